@@ -1,0 +1,193 @@
+//! The EFI System Partition producer: GRUB for x86_64-efi made with `grub-mkimage`,
+//! its `grub.cfg`, the kernel and initramfs, in a FAT32 filesystem made with
+//! `mkfs.vfat --invariant` and filled with mtools (no mounts, no root).
+
+use crate::kernel::Kernel;
+use crate::run::run;
+use crate::spec::SizePolicy;
+use anyhow::{bail, Context, Result};
+use oneimage_format::size::{align_up, format_size};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// GRUB modules built into the EFI image, so it needs nothing from disk but grub.cfg.
+const GRUB_MODULES: &[&str] = &[
+    "part_gpt",
+    "part_msdos",
+    "fat",
+    "ext2",
+    "iso9660",
+    "normal",
+    "configfile",
+    "linux",
+    "boot",
+    "echo",
+    "test",
+    "search",
+    "search_fs_uuid",
+    "search_label",
+    "serial",
+    "terminal",
+    "all_video",
+    "gfxterm",
+    "gzio",
+    "xzio",
+    "zstd",
+    "ls",
+    "cat",
+    "reboot",
+    "halt",
+    "sleep",
+    "chain",
+    "efi_gop",
+    "loadenv",
+];
+
+/// Where the kernel and initramfs go on the ESP.
+pub const KERNEL_PATH: &str = "/oneimage/vmlinuz";
+/// Where the initramfs goes on the ESP.
+pub const INITRD_PATH: &str = "/oneimage/initrd.img";
+
+/// What the boot menu needs to know.
+pub struct EspParams<'a> {
+    /// Volume label.
+    pub label: &'a str,
+    /// FAT volume id.
+    pub volume_id: u32,
+    /// Timestamp for every file.
+    pub epoch: i64,
+    /// Fixed size or content plus headroom.
+    pub size: SizePolicy,
+    /// Menu entry title.
+    pub title: &'a str,
+    /// Full kernel command line.
+    pub cmdline: String,
+    /// GRUB menu timeout.
+    pub timeout: u32,
+}
+
+/// The GRUB configuration written to `/EFI/BOOT/grub.cfg`.
+pub fn grub_cfg(p: &EspParams) -> String {
+    format!(
+        "# Written by oneimage.\n\
+         serial --unit=0 --speed=115200\n\
+         terminal_input console serial\n\
+         terminal_output console serial\n\
+         set timeout={timeout}\n\
+         set default=persistent\n\
+         menuentry '{title}' --id persistent {{\n\
+         \tlinux {KERNEL_PATH} {cmdline}\n\
+         \tinitrd {INITRD_PATH}\n\
+         }}\n",
+        timeout = p.timeout,
+        title = p.title.replace('\'', ""),
+        cmdline = p.cmdline,
+    )
+}
+
+fn grub_dir() -> Result<PathBuf> {
+    let d = PathBuf::from("/usr/lib/grub/x86_64-efi");
+    if !d.join("normal.mod").exists() {
+        bail!(
+            "GRUB for x86_64-efi not found in {} (apt-get install grub-efi-amd64-bin)",
+            d.display()
+        );
+    }
+    Ok(d)
+}
+
+/// Makes the ESP filesystem image at `out`; returns its size in bytes.
+pub fn make_esp(kernel: &Kernel, p: &EspParams, out: &Path, work: &Path) -> Result<u64> {
+    let stage = work.join("esp");
+    let boot = stage.join("EFI/BOOT");
+    let ours = stage.join("oneimage");
+    std::fs::create_dir_all(&boot)?;
+    std::fs::create_dir_all(&ours)?;
+    let mut mkimage = Command::new("grub-mkimage");
+    mkimage
+        .arg("-O")
+        .arg("x86_64-efi")
+        .arg("-d")
+        .arg(grub_dir()?)
+        .args(["-p", "/EFI/BOOT", "-o"])
+        .arg(boot.join("BOOTX64.EFI"))
+        .args(GRUB_MODULES);
+    run(&mut mkimage, "making the GRUB EFI image")?;
+    std::fs::write(boot.join("grub.cfg"), grub_cfg(p))?;
+    std::fs::copy(&kernel.image, ours.join("vmlinuz"))
+        .with_context(|| format!("copying kernel {}", kernel.image.display()))?;
+    std::fs::copy(&kernel.initrd, ours.join("initrd.img"))
+        .with_context(|| format!("copying initramfs {}", kernel.initrd.display()))?;
+
+    let mut content = 0u64;
+    let mut paths = Vec::new();
+    for item in walkdir::WalkDir::new(&stage).sort_by_file_name() {
+        let item = item?;
+        content += align_up(item.metadata()?.len(), 4096);
+        paths.push(item.path().to_path_buf());
+    }
+    // Children first, so setting a file's time does not change its directory's again.
+    for path in paths.iter().rev() {
+        set_times(path, p.epoch)?;
+    }
+    let size = match p.size {
+        SizePolicy::Fixed(n) => {
+            if n < content + (2 << 20) {
+                bail!(
+                    "esp.size = {} is too small for the boot files ({})",
+                    format_size(n),
+                    format_size(content)
+                );
+            }
+            align_up(n, 1 << 20)
+        }
+        SizePolicy::Minimal { headroom } => {
+            align_up((content + headroom + content / 10).max(64 << 20), 1 << 20)
+        }
+    };
+    let f = std::fs::File::create(out)?;
+    f.set_len(size)?;
+    drop(f);
+    run(
+        Command::new("mkfs.vfat")
+            .args(["-F", "32", "--invariant", "-i"])
+            .arg(format!("{:08X}", p.volume_id))
+            .arg("-n")
+            .arg(p.label)
+            .arg(out),
+        "making the ESP filesystem",
+    )?;
+    let mut mcopy = Command::new("mcopy");
+    mcopy
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .env("SOURCE_DATE_EPOCH", p.epoch.to_string())
+        .args(["-s", "-p", "-m", "-Q", "-i"])
+        .arg(out)
+        .arg(stage.join("EFI"))
+        .arg(&ours)
+        .arg("::/");
+    run(&mut mcopy, "copying boot files to the ESP")?;
+    run(
+        Command::new("fsck.fat").arg("-n").arg(out),
+        "checking the ESP",
+    )?;
+    Ok(size)
+}
+
+fn set_times(path: &Path, epoch: i64) -> Result<()> {
+    use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD};
+    let t = Timespec {
+        tv_sec: epoch,
+        tv_nsec: 0,
+    };
+    utimensat(
+        CWD,
+        path,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .with_context(|| format!("setting times of {}", path.display()))
+}

@@ -1,0 +1,259 @@
+//! The root filesystem producer: `mkfs.ext4 -d` fills the image from the staging
+//! directory, then one `debugfs` script sets what an unprivileged copy cannot carry
+//! (owners, modes, device nodes, FIFOs, extended attributes) and pins every timestamp.
+
+use crate::rootfs::{Kind, Tree};
+use crate::run::run;
+use crate::spec::SizePolicy;
+use anyhow::{bail, Context, Result};
+use oneimage_format::size::{align_up, format_size};
+use oneimage_format::Guid;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+/// Everything that decides the bytes of the root filesystem besides its content.
+pub struct Ext4Params<'a> {
+    /// Volume label.
+    pub label: &'a str,
+    /// Filesystem UUID (also used as the directory hash seed).
+    pub uuid: Guid,
+    /// Timestamp for every time field; file mtimes are clamped to it.
+    pub epoch: i64,
+    /// Fixed size or content plus headroom.
+    pub size: SizePolicy,
+}
+
+/// Features pinned here rather than taken from the host's /etc/mke2fs.conf, so the
+/// image is the same on every build host and readable by older kernels and GRUB.
+const MKE2FS_CONF: &str = "[defaults]
+\tbase_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
+\tdefault_mntopts = acl,user_xattr
+\tblocksize = 4096
+\tinode_size = 256
+\tinode_ratio = 16384
+\treserved_ratio = 5.0
+[fs_types]
+\text4 = {
+\t\tfeatures = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+\t}
+";
+
+const BLOCK: u64 = 4096;
+
+/// Blocks mke2fs gives the journal for a filesystem of `blocks` blocks (its own table).
+fn journal_blocks(blocks: u64) -> u64 {
+    match blocks {
+        0..=32767 => 1024,
+        32768..=262143 => 4096,
+        262144..=524287 => 8192,
+        524288..=4194303 => 16384,
+        4194304..=8388607 => 32768,
+        8388608..=16777215 => 65536,
+        16777216..=33554431 => 131072,
+        _ => 262144,
+    }
+}
+
+/// Content estimate: (data bytes, inodes needed).
+fn estimate(tree: &Tree) -> (u64, u64) {
+    let mut blocks = 0u64;
+    let mut dir_bytes: std::collections::HashMap<&str, u64> = Default::default();
+    for (path, e) in &tree.entries {
+        match &e.kind {
+            Kind::File(n) => blocks += n.div_ceil(BLOCK),
+            Kind::Symlink(t) if t.as_os_str().len() >= 60 => blocks += 1,
+            _ => {}
+        }
+        if e.xattrs
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 16)
+            .sum::<usize>()
+            > 96
+        {
+            blocks += 1;
+        }
+        if let Some((parent, name)) = path.rsplit_once('/') {
+            *dir_bytes.entry(parent).or_default() += 8 + align_up(name.len() as u64, 4);
+        }
+    }
+    let dirs = tree
+        .entries
+        .values()
+        .filter(|e| e.kind == Kind::Dir)
+        .count() as u64;
+    blocks += dirs;
+    blocks += dir_bytes.values().map(|b| b / BLOCK).sum::<u64>();
+    (blocks * BLOCK, tree.entries.len() as u64)
+}
+
+/// Bytes a filesystem needs for `data` bytes of content in `inodes` inodes.
+fn minimal_bytes(data: u64, inodes: u64, headroom: u64) -> u64 {
+    let mut size = data + headroom;
+    for _ in 0..4 {
+        let blocks = size / BLOCK;
+        let n = inode_count(inodes, size);
+        let meta = n * 256 + journal_blocks(blocks) * BLOCK + blocks / 64 * 2;
+        size = ((data + meta) as f64 / 0.95 * 1.02) as u64 + headroom + (4 << 20);
+    }
+    align_up(size, 1 << 20)
+}
+
+/// Inodes to create: room for the content plus growth, never fewer than the default ratio.
+fn inode_count(entries: u64, size: u64) -> u64 {
+    (entries + entries / 4 + 1024).max(size / 16384)
+}
+
+/// Makes the ext4 root filesystem of `tree` in the file `out`; returns its size in bytes.
+pub fn make_ext4(tree: &Tree, p: &Ext4Params, out: &Path, work: &Path) -> Result<u64> {
+    let conf = work.join("mke2fs.conf");
+    std::fs::write(&conf, MKE2FS_CONF).context("writing mke2fs.conf")?;
+    let (data, inodes) = estimate(tree);
+    let (mut size, retries) = match p.size {
+        SizePolicy::Fixed(n) => (align_up(n, BLOCK), 0),
+        SizePolicy::Minimal { headroom } => (minimal_bytes(data, inodes, headroom), 6),
+    };
+    if let SizePolicy::Fixed(n) = p.size {
+        if n < data {
+            bail!(
+                "root.size = {} is too small: the root filesystem holds about {} of data",
+                format_size(n),
+                format_size(data)
+            );
+        }
+    }
+    let mut attempt = 0;
+    loop {
+        let _ = std::fs::remove_file(out);
+        let f =
+            std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+        f.set_len(size)?;
+        drop(f);
+        let uuid = p.uuid.to_string();
+        let mut cmd = Command::new("mkfs.ext4");
+        cmd.env("MKE2FS_CONFIG", &conf)
+            .env("E2FSPROGS_FAKE_TIME", p.epoch.to_string())
+            .env("SOURCE_DATE_EPOCH", p.epoch.to_string())
+            .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256"])
+            .arg("-N")
+            .arg(inode_count(inodes, size).to_string())
+            .arg("-L")
+            .arg(p.label)
+            .arg("-U")
+            .arg(&uuid)
+            .arg("-E")
+            .arg(format!("hash_seed={uuid},lazy_itable_init=1,nodiscard"))
+            .arg("-d")
+            .arg(&tree.staging)
+            .arg(out);
+        match run(&mut cmd, "making the root filesystem") {
+            Ok(_) => break,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                let full = msg.contains("Could not allocate")
+                    || msg.contains("No space left")
+                    || msg.contains("No free space")
+                    || msg.contains("Could not allocate inode");
+                if !full {
+                    return Err(e);
+                }
+                if attempt >= retries {
+                    let _ = std::fs::remove_file(out);
+                    bail!(
+                        "the root filesystem content (about {}) does not fit in root.size = {}",
+                        format_size(data),
+                        format_size(size)
+                    );
+                }
+                attempt += 1;
+                size = align_up(size + size / 6, 1 << 20);
+                eprintln!(
+                    "oneimage: root filesystem full, retrying with {}",
+                    format_size(size)
+                );
+            }
+        }
+    }
+    apply_metadata(tree, p.epoch, out, work)?;
+    let check = Command::new("e2fsck").args(["-fn"]).arg(out).output();
+    match check {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => bail!(
+            "e2fsck found problems in the root filesystem we made:\n{}",
+            crate::run::tail(&o.stdout)
+        ),
+        Err(e) => bail!("running e2fsck: {e}"),
+    }
+    Ok(size)
+}
+
+/// Applies owners, modes, special files, extended attributes and times with debugfs.
+fn apply_metadata(tree: &Tree, epoch: i64, img: &Path, work: &Path) -> Result<()> {
+    let xdir = work.join("xattrs");
+    std::fs::create_dir_all(&xdir)?;
+    let mut s = String::new();
+    let mut nx = 0usize;
+    for (path, e) in &tree.entries {
+        // debugfs's mknod links the new node into the current directory under the name
+        // given, so it has to be run from the parent.
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let parent = if parent.is_empty() { "/" } else { parent };
+        match e.kind {
+            Kind::Hardlink(_) => continue, // same inode as its first name
+            Kind::Char(ma, mi) => {
+                writeln!(s, "cd \"{parent}\"\nmknod \"{name}\" c {ma} {mi}\ncd /")?
+            }
+            Kind::Block(ma, mi) => {
+                writeln!(s, "cd \"{parent}\"\nmknod \"{name}\" b {ma} {mi}\ncd /")?
+            }
+            Kind::Fifo => writeln!(s, "cd \"{parent}\"\nmknod \"{name}\" p\ncd /")?,
+            _ => {}
+        }
+        let mtime = e.mtime.min(epoch);
+        writeln!(s, "sif \"{path}\" mode 0{:o}", e.type_bits() | e.mode)?;
+        writeln!(s, "sif \"{path}\" uid {}", e.uid)?;
+        writeln!(s, "sif \"{path}\" gid {}", e.gid)?;
+        writeln!(s, "sif \"{path}\" mtime {mtime}")?;
+        writeln!(s, "sif \"{path}\" atime {mtime}")?;
+        writeln!(s, "sif \"{path}\" ctime {epoch}")?;
+        writeln!(s, "sif \"{path}\" crtime {epoch}")?;
+        for (name, value) in &e.xattrs {
+            let f = xdir.join(nx.to_string());
+            nx += 1;
+            std::fs::write(&f, value)?;
+            writeln!(s, "ea_set -f \"{}\" \"{path}\" \"{name}\"", f.display())?;
+        }
+    }
+    for field in ["mtime", "atime", "ctime", "crtime"] {
+        writeln!(s, "sif /lost+found {field} {epoch}")?;
+    }
+    let script = work.join("metadata.debugfs");
+    std::fs::write(&script, s)?;
+    let out = run(
+        Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&script)
+            .arg(img),
+        "setting ownership and special files",
+    )?;
+    // debugfs exits 0 even when a command fails; its errors go to stderr.
+    let errors: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    if !errors.is_empty() {
+        bail!(
+            "debugfs could not apply metadata ({} errors), first: {}",
+            errors.len(),
+            errors
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! Finding the kernel and initramfs inside a root filesystem.
+
+use crate::rootfs::{Kind, Tree};
+use anyhow::{bail, Result};
+use std::cmp::Ordering;
+use std::path::PathBuf;
+
+/// A kernel image and its initramfs, as staged files.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    /// Kernel release, e.g. `6.1.0-56-amd64`.
+    pub version: String,
+    /// Kernel image in the staging directory.
+    pub image: PathBuf,
+    /// Initramfs in the staging directory.
+    pub initrd: PathBuf,
+}
+
+/// Compares kernel versions numerically where they are numbers (`6.10` > `6.9`).
+fn version_cmp(a: &str, b: &str) -> Ordering {
+    let split = |s: &str| -> Vec<(u64, String)> {
+        s.split(|c: char| !c.is_ascii_alphanumeric())
+            .map(|p| (p.parse::<u64>().unwrap_or(0), p.to_string()))
+            .collect()
+    };
+    split(a).cmp(&split(b))
+}
+
+/// Finds the newest kernel with an initramfs: Debian's `/boot/vmlinuz-V` +
+/// `/boot/initrd.img-V`, or `/usr/lib/modules/V/vmlinuz` + `initrd`.
+pub fn find_kernel(tree: &Tree) -> Result<Kernel> {
+    let mut found: Vec<(String, String, Option<String>)> = Vec::new();
+    for (path, e) in &tree.entries {
+        if !matches!(e.kind, Kind::File(_) | Kind::Hardlink(_)) {
+            continue;
+        }
+        if let Some(v) = path.strip_prefix("/boot/vmlinuz-") {
+            let initrd = [
+                format!("/boot/initrd.img-{v}"),
+                format!("/boot/initramfs-{v}.img"),
+            ]
+            .into_iter()
+            .find(|p| tree.resolve(p).is_some());
+            found.push((v.to_string(), path.clone(), initrd));
+        } else if let Some(rest) = path.strip_prefix("/usr/lib/modules/") {
+            if let Some(v) = rest.strip_suffix("/vmlinuz") {
+                let initrd = Some(format!("/usr/lib/modules/{v}/initrd"))
+                    .filter(|p| tree.resolve(p).is_some());
+                found.push((v.to_string(), path.clone(), initrd));
+            }
+        }
+    }
+    found.sort_by(|a, b| version_cmp(&a.0, &b.0));
+    let Some((version, image, initrd)) = found.pop() else {
+        bail!("the root filesystem has no kernel: looked for /boot/vmlinuz-VERSION and /usr/lib/modules/VERSION/vmlinuz (install a kernel package, e.g. linux-image-amd64)");
+    };
+    let Some(initrd) = initrd else {
+        bail!("kernel {image} has no initramfs: looked for /boot/initrd.img-{version}, /boot/initramfs-{version}.img and /usr/lib/modules/{version}/initrd (install initramfs-tools or dracut)");
+    };
+    let (image, _) = tree.resolve(&image).expect("listed above");
+    let (initrd, _) = tree.resolve(&initrd).expect("checked above");
+    Ok(Kernel {
+        version,
+        image: tree.staged(&image),
+        initrd: tree.staged(&initrd),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_version_wins() {
+        assert_eq!(
+            version_cmp("6.10.0-1-amd64", "6.9.0-3-amd64"),
+            Ordering::Greater
+        );
+        assert_eq!(
+            version_cmp("6.1.0-56-amd64", "6.1.0-9-amd64"),
+            Ordering::Greater
+        );
+    }
+}

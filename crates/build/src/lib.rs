@@ -1,0 +1,150 @@
+//! The oneimage builder: spec -> root filesystem tree -> plan -> filesystems -> image.
+//!
+//! Every step works in a private directory inside the output directory; the image
+//! appears under its final name only when it is complete.
+
+pub mod assemble;
+pub mod esp;
+pub mod ext4;
+pub mod kernel;
+pub mod plan;
+pub mod rootfs;
+pub mod run;
+pub mod spec;
+
+use anyhow::{bail, Context, Result};
+use oneimage_format::size::format_size;
+use spec::{RootfsSource, Spec};
+use std::path::{Path, PathBuf};
+
+/// Options that are not part of the spec.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Directory the image is written to (created if missing).
+    pub outdir: PathBuf,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    /// The disk image.
+    pub image: PathBuf,
+    /// Its layout.
+    pub plan: plan::Plan,
+    /// Kernel release booted by default.
+    pub kernel_version: String,
+}
+
+fn epoch_from_env() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => Ok(Some(v.trim().parse().with_context(|| {
+            format!(
+                "environment variable SOURCE_DATE_EPOCH = {v:?}: expected whole seconds since 1970"
+            )
+        })?)),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Builds the image described by the spec at `spec_path`.
+pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
+    let checked = Spec::load(spec_path)?;
+    let spec = &checked.spec;
+    std::fs::create_dir_all(&opts.outdir)
+        .with_context(|| format!("creating output directory {}", opts.outdir.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix(&format!(".oneimage-work-{}-", spec.name))
+        .tempdir_in(&opts.outdir)
+        .with_context(|| format!("creating a work directory in {}", opts.outdir.display()))?;
+    let w = work.path();
+    let mut epoch = spec.source_date_epoch.or(epoch_from_env()?);
+
+    let mut tree = rootfs::Tree::new(&w.join("rootfs"))?;
+    match &checked.source {
+        RootfsSource::Directory(d) => {
+            eprintln!("oneimage: reading root filesystem from {}", d.display());
+            rootfs::add_directory(&mut tree, d)?;
+        }
+        RootfsSource::Tarball(t) => {
+            eprintln!("oneimage: reading root filesystem from {}", t.display());
+            rootfs::add_tarball(&mut tree, t)?;
+        }
+        RootfsSource::Mmdebstrap(m) => {
+            let tar = w.join("mmdebstrap.tar");
+            rootfs::run_mmdebstrap(m, epoch, &tar)?;
+            rootfs::add_tarball(&mut tree, &tar)?;
+            std::fs::remove_file(&tar)?;
+        }
+    }
+    if let Some(o) = &checked.overlay {
+        eprintln!("oneimage: applying overlay {}", o.display());
+        rootfs::add_overlay(&mut tree, o)?;
+    }
+    // Without a given epoch, the newest file time is the only one the inputs fix.
+    let epoch =
+        *epoch.get_or_insert_with(|| tree.entries.values().map(|e| e.mtime).max().unwrap_or(0));
+    let kernel = kernel::find_kernel(&tree)
+        .with_context(|| format!("{}: root filesystem", spec_path.display()))?;
+    eprintln!("oneimage: kernel {}", kernel.version);
+
+    let ids = plan::Ids::from_seed(&checked.seed);
+    let mut cmdline = format!("root=PARTUUID={} rw", ids.root_part);
+    if !spec.boot.cmdline.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(&spec.boot.cmdline);
+    }
+    let esp_img = w.join("esp.img");
+    let esp_bytes = esp::make_esp(
+        &kernel,
+        &esp::EspParams {
+            label: &spec.esp.label,
+            volume_id: ids.esp_volume_id,
+            epoch,
+            size: checked.esp_size,
+            title: spec.boot.title.as_deref().unwrap_or(&spec.name),
+            cmdline,
+            timeout: spec.boot.timeout,
+        },
+        &esp_img,
+        w,
+    )
+    .with_context(|| format!("{}: ESP", spec_path.display()))?;
+    eprintln!("oneimage: ESP {} ready", format_size(esp_bytes));
+
+    let root_img = w.join("root.img");
+    let root_bytes = ext4::make_ext4(
+        &tree,
+        &ext4::Ext4Params {
+            label: &spec.root.label,
+            uuid: ids.root_fs,
+            epoch,
+            size: checked.root_size,
+        },
+        &root_img,
+        w,
+    )
+    .with_context(|| format!("{}: root filesystem", spec_path.display()))?;
+    eprintln!(
+        "oneimage: root filesystem {} ready",
+        format_size(root_bytes)
+    );
+    // The staging copy is no longer needed; free the space before assembly.
+    std::fs::remove_dir_all(&tree.staging).ok();
+
+    let plan = plan::Plan::new(&ids, esp_bytes, root_bytes);
+    eprint!("oneimage: layout\n{plan}");
+    let image = opts.outdir.join(format!("{}.img", spec.name));
+    let partial = w.join(format!("{}.img", spec.name));
+    assemble::assemble(&plan, &esp_img, &root_img, &partial)?;
+    if image.is_dir() {
+        bail!("{} is a directory; refusing to replace it", image.display());
+    }
+    std::fs::rename(&partial, &image)
+        .with_context(|| format!("moving the finished image to {}", image.display()))?;
+    eprintln!("oneimage: wrote {}", image.display());
+    Ok(BuildReport {
+        image,
+        plan,
+        kernel_version: kernel.version,
+    })
+}

@@ -1,0 +1,114 @@
+//! Reading a root filesystem, or an overlay, from a directory.
+
+use super::{make_owner_accessible, normalize, Entry, Kind, Tree};
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+/// How ownership of the files read is decided.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// Keep each file's own owner, group and extended attributes.
+    Keep,
+    /// Everything belongs to root:root (overlays checked out by an ordinary user).
+    Root,
+}
+
+/// Adds every file under `dir` to `tree`, keeping ownership and extended attributes.
+pub fn add_directory(tree: &mut Tree, dir: &Path) -> Result<()> {
+    walk(tree, dir, Owner::Keep)
+}
+
+/// Copies every file under `dir` over `tree`, owned by root, keeping modes.
+pub fn add_overlay(tree: &mut Tree, dir: &Path) -> Result<()> {
+    walk(tree, dir, Owner::Root)
+}
+
+fn walk(tree: &mut Tree, dir: &Path, owner: Owner) -> Result<()> {
+    let mut links: HashMap<(u64, u64), String> = HashMap::new();
+    for item in walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        let item = item.with_context(|| format!("reading directory {}", dir.display()))?;
+        let src = item.path();
+        let rel = src.strip_prefix(dir).expect("walkdir stays under its root");
+        let p = normalize(rel).with_context(|| format!("in {}", dir.display()))?;
+        let md = item
+            .path()
+            .symlink_metadata()
+            .with_context(|| format!("reading {}", src.display()))?;
+        if p == "/" && owner == Owner::Root {
+            continue; // an overlay does not change the root directory itself
+        }
+        let ft = md.file_type();
+        let rdev = md.rdev();
+        let (major, minor) = (
+            ((rdev >> 8) & 0xfff) as u32 | ((rdev >> 32) & !0xfff) as u32,
+            (rdev & 0xff) as u32 | ((rdev >> 12) & !0xff) as u32,
+        );
+        let mut kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_file() {
+            Kind::File(md.len())
+        } else if ft.is_symlink() {
+            Kind::Symlink(
+                std::fs::read_link(src)
+                    .with_context(|| format!("reading link {}", src.display()))?,
+            )
+        } else if ft.is_char_device() {
+            Kind::Char(major, minor)
+        } else if ft.is_block_device() {
+            Kind::Block(major, minor)
+        } else if ft.is_fifo() {
+            Kind::Fifo
+        } else {
+            bail!("{}: sockets cannot be stored in an image", src.display());
+        };
+        if ft.is_file() && md.nlink() > 1 {
+            let key = (md.dev(), md.ino());
+            match links.get(&key) {
+                Some(first) => kind = Kind::Hardlink(first.clone()),
+                None => {
+                    links.insert(key, p.clone());
+                }
+            }
+        }
+        let mut xattrs = Vec::new();
+        if owner == Owner::Keep && !ft.is_symlink() {
+            let names = xattr::list(src)
+                .with_context(|| format!("listing extended attributes of {}", src.display()))?;
+            for name in names {
+                let name_str = name.to_string_lossy().into_owned();
+                if let Some(v) = xattr::get(src, &name)
+                    .with_context(|| format!("reading attribute {name_str} of {}", src.display()))?
+                {
+                    xattrs.push((name_str, v));
+                }
+            }
+            xattrs.sort();
+        }
+        let (uid, gid) = match owner {
+            Owner::Keep => (md.uid(), md.gid()),
+            Owner::Root => (0, 0),
+        };
+        let entry = Entry {
+            kind,
+            mode: md.mode() & 0o7777,
+            uid,
+            gid,
+            mtime: md.mtime(),
+            xattrs,
+        };
+        let is_dir = entry.kind == Kind::Dir;
+        tree.insert(&p, entry, |dest| {
+            std::fs::copy(src, dest).with_context(|| format!("copying {}", src.display()))?;
+            make_owner_accessible(dest, false)
+        })?;
+        if is_dir {
+            make_owner_accessible(&tree.staged(&p), true)?;
+        }
+    }
+    Ok(())
+}

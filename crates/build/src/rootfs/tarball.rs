@@ -1,0 +1,118 @@
+//! Reading a root filesystem from a tarball (plain, gzip, xz or zstd), without privileges.
+
+use super::{make_owner_accessible, normalize, Entry, Kind, Tree};
+use anyhow::{bail, Context, Result};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+/// Opens `path` and wraps it in the decompressor its first bytes call for.
+fn open_decompressed(path: &Path) -> Result<Box<dyn Read>> {
+    let f = File::open(path).with_context(|| format!("opening tarball {}", path.display()))?;
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let head = r.fill_buf()?.to_vec();
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::MultiGzDecoder::new(r))
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Box::new(liblzma::read::XzDecoder::new_multi_decoder(r))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(zstd::stream::read::Decoder::with_buffer(r)?)
+    } else if head.starts_with(b"BZh") {
+        bail!(
+            "tarball {}: bzip2 compression is not supported; use gzip, xz or zstd",
+            path.display()
+        );
+    } else {
+        Box::new(r)
+    })
+}
+
+/// Adds every entry of the tarball at `path` to `tree`.
+pub fn add_tarball(tree: &mut Tree, path: &Path) -> Result<()> {
+    let ctx = || format!("reading tarball {}", path.display());
+    let mut archive = tar::Archive::new(open_decompressed(path)?);
+    let mut count = 0usize;
+    for entry in archive.entries().with_context(ctx)? {
+        let mut entry = entry.with_context(ctx)?;
+        let name = entry.path().with_context(ctx)?.into_owned();
+        let p = normalize(&name).with_context(ctx)?;
+        let h = entry.header().clone();
+        let mut meta = Entry {
+            kind: Kind::Dir,
+            mode: h.mode().with_context(ctx)? & 0o7777,
+            uid: h.uid().with_context(ctx)? as u32,
+            gid: h.gid().with_context(ctx)? as u32,
+            mtime: h.mtime().with_context(ctx)? as i64,
+            xattrs: Vec::new(),
+        };
+        if let Some(exts) = entry.pax_extensions().with_context(ctx)? {
+            for ext in exts {
+                let ext = ext.with_context(ctx)?;
+                let key = ext.key().map_err(|_| {
+                    anyhow::anyhow!("{}: non-UTF-8 PAX key in {}", path.display(), p)
+                })?;
+                let value = ext.value_bytes();
+                let num = || -> Option<i64> {
+                    let s = std::str::from_utf8(value).ok()?;
+                    s.split('.').next()?.parse().ok()
+                };
+                match key {
+                    "mtime" => meta.mtime = num().unwrap_or(meta.mtime),
+                    "uid" => meta.uid = num().map(|v| v as u32).unwrap_or(meta.uid),
+                    "gid" => meta.gid = num().map(|v| v as u32).unwrap_or(meta.gid),
+                    _ => {
+                        if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                            meta.xattrs.push((name.to_string(), value.to_vec()));
+                        }
+                    }
+                }
+            }
+        }
+        meta.xattrs.sort();
+        let link = || -> Result<PathBuf> {
+            Ok(entry
+                .link_name()
+                .with_context(ctx)?
+                .with_context(|| format!("{}: link {p} has no target", path.display()))?
+                .into_owned())
+        };
+        use tar::EntryType as T;
+        meta.kind = match h.entry_type() {
+            T::Directory => Kind::Dir,
+            T::Regular | T::Continuous => Kind::File(h.size().with_context(ctx)?),
+            T::Symlink => Kind::Symlink(link()?),
+            T::Link => Kind::Hardlink(normalize(&link()?).with_context(ctx)?),
+            T::Char | T::Block => {
+                let major = h.device_major().with_context(ctx)?.unwrap_or(0);
+                let minor = h.device_minor().with_context(ctx)?.unwrap_or(0);
+                if h.entry_type() == T::Char {
+                    Kind::Char(major, minor)
+                } else {
+                    Kind::Block(major, minor)
+                }
+            }
+            T::Fifo => Kind::Fifo,
+            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => continue,
+            other => bail!(
+                "{}: {p}: unsupported tar entry type {other:?}",
+                path.display()
+            ),
+        };
+        let is_dir = meta.kind == Kind::Dir;
+        tree.insert(&p, meta, |dest| {
+            let mut out =
+                File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
+            std::io::copy(&mut entry, &mut out)
+                .with_context(|| format!("{}: extracting {p}", path.display()))?;
+            Ok(())
+        })?;
+        if is_dir {
+            make_owner_accessible(&tree.staged(&p), true)?;
+        }
+        count += 1;
+    }
+    if count == 0 {
+        bail!("tarball {} holds no files", path.display());
+    }
+    Ok(())
+}

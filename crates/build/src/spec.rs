@@ -1,0 +1,407 @@
+//! The image spec: a TOML file, documented key by key in `docs/spec.md`.
+//!
+//! Parsing refuses unknown keys and wrong types (serde names the key and line);
+//! [`Spec::load`] then checks values that TOML types cannot express (sizes, paths).
+
+use anyhow::{bail, Context, Result};
+use oneimage_format::size::parse_size;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// A whole image spec as written in the TOML file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Spec {
+    /// Image name: the output is `NAME.img`.
+    pub name: String,
+    /// Seed every GUID and UUID derives from; defaults to `name`.
+    pub seed: Option<String>,
+    /// Timestamp (seconds since 1970) used for every time in the image.
+    pub source_date_epoch: Option<i64>,
+    /// Target architecture; only `x86_64` so far.
+    #[serde(default = "default_arch")]
+    pub architecture: String,
+    /// Where the root filesystem comes from.
+    pub rootfs: RootfsSpec,
+    /// The EFI System Partition.
+    #[serde(default)]
+    pub esp: EspSpec,
+    /// The root partition.
+    #[serde(default)]
+    pub root: RootSpec,
+    /// Boot loader settings.
+    #[serde(default)]
+    pub boot: BootSpec,
+}
+
+fn default_arch() -> String {
+    "x86_64".into()
+}
+
+/// `[rootfs]`: exactly one of `directory`, `tarball`, `mmdebstrap`, plus an optional overlay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RootfsSpec {
+    /// A directory holding the root filesystem.
+    pub directory: Option<PathBuf>,
+    /// A tarball (plain, gzip, xz or zstd) of the root filesystem.
+    pub tarball: Option<PathBuf>,
+    /// Build the root filesystem with mmdebstrap.
+    pub mmdebstrap: Option<MmdebstrapSpec>,
+    /// A directory copied over the root filesystem; its files are owned by root.
+    pub overlay: Option<PathBuf>,
+}
+
+/// `[rootfs.mmdebstrap]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MmdebstrapSpec {
+    /// Debian suite, e.g. `bookworm`.
+    pub suite: String,
+    /// mmdebstrap variant, default `minbase`.
+    #[serde(default = "default_variant")]
+    pub variant: String,
+    /// Extra packages to install.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Archive components, default `["main"]`.
+    #[serde(default)]
+    pub components: Vec<String>,
+    /// Mirror URL; default: the host's apt sources.
+    pub mirror: Option<String>,
+    /// Keyring file for the mirror; default: the host's apt configuration.
+    pub keyring: Option<PathBuf>,
+}
+
+fn default_variant() -> String {
+    "minbase".into()
+}
+
+/// `[esp]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EspSpec {
+    /// `auto` or a size such as `256M`.
+    #[serde(default = "auto")]
+    pub size: String,
+    /// FAT volume label (at most 11 characters).
+    #[serde(default = "esp_label")]
+    pub label: String,
+}
+
+impl Default for EspSpec {
+    fn default() -> Self {
+        EspSpec {
+            size: auto(),
+            label: esp_label(),
+        }
+    }
+}
+
+fn auto() -> String {
+    "auto".into()
+}
+fn esp_label() -> String {
+    "ESP".into()
+}
+
+/// `[root]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RootSpec {
+    /// `minimal` (content plus `headroom`) or a fixed size such as `4G`.
+    #[serde(default = "minimal")]
+    pub size: String,
+    /// Free space added to a `minimal` root filesystem.
+    #[serde(default = "headroom")]
+    pub headroom: String,
+    /// Filesystem label (at most 16 bytes).
+    #[serde(default = "root_label")]
+    pub label: String,
+    /// Filesystem type; only `ext4` so far.
+    #[serde(default = "ext4")]
+    pub filesystem: String,
+}
+
+impl Default for RootSpec {
+    fn default() -> Self {
+        RootSpec {
+            size: minimal(),
+            headroom: headroom(),
+            label: root_label(),
+            filesystem: ext4(),
+        }
+    }
+}
+
+fn minimal() -> String {
+    "minimal".into()
+}
+fn headroom() -> String {
+    "256M".into()
+}
+fn root_label() -> String {
+    "root".into()
+}
+fn ext4() -> String {
+    "ext4".into()
+}
+
+/// `[boot]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BootSpec {
+    /// Extra kernel command line, appended after `root=... rw`.
+    #[serde(default)]
+    pub cmdline: String,
+    /// GRUB menu timeout in seconds.
+    #[serde(default = "timeout")]
+    pub timeout: u32,
+    /// Menu entry title; default: the image name.
+    pub title: Option<String>,
+}
+
+impl Default for BootSpec {
+    fn default() -> Self {
+        BootSpec {
+            cmdline: String::new(),
+            timeout: timeout(),
+            title: None,
+        }
+    }
+}
+
+fn timeout() -> u32 {
+    3
+}
+
+/// Where the root filesystem comes from, resolved and checked.
+#[derive(Debug, Clone)]
+pub enum RootfsSource {
+    /// An existing directory.
+    Directory(PathBuf),
+    /// An existing tarball.
+    Tarball(PathBuf),
+    /// To be made by mmdebstrap.
+    Mmdebstrap(MmdebstrapSpec),
+}
+
+/// Size of a partition: fixed or derived from the content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizePolicy {
+    /// Exactly this many bytes.
+    Fixed(u64),
+    /// Content plus this many bytes of headroom.
+    Minimal {
+        /// Free bytes to add.
+        headroom: u64,
+    },
+}
+
+/// A spec after loading and checking: paths absolute, sizes in bytes.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The spec as written.
+    pub spec: Spec,
+    /// The spec file, for messages.
+    pub path: PathBuf,
+    /// Seed for identifiers.
+    pub seed: String,
+    /// Root filesystem source.
+    pub source: RootfsSource,
+    /// Overlay directory, if any.
+    pub overlay: Option<PathBuf>,
+    /// ESP size policy (`auto` is `Minimal`).
+    pub esp_size: SizePolicy,
+    /// Root size policy.
+    pub root_size: SizePolicy,
+}
+
+impl Spec {
+    /// Reads, parses and checks a spec file; relative paths are taken from its directory.
+    pub fn load(path: &Path) -> Result<Checked> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading spec {}", path.display()))?;
+        let spec: Spec =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        spec.check(path)
+    }
+
+    fn check(self, path: &Path) -> Result<Checked> {
+        let p = path.display();
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let resolve = |key: &str, rel: &Path, want_dir: bool| -> Result<PathBuf> {
+            let abs = base.join(rel);
+            let meta = std::fs::metadata(&abs).with_context(|| {
+                format!(
+                    "{p}: {key} = \"{}\": {} does not exist or cannot be read",
+                    rel.display(),
+                    abs.display()
+                )
+            })?;
+            if want_dir && !meta.is_dir() {
+                bail!("{p}: {key} = \"{}\": expected a directory", rel.display());
+            }
+            if !want_dir && !meta.is_file() {
+                bail!("{p}: {key} = \"{}\": expected a file", rel.display());
+            }
+            Ok(abs)
+        };
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || self.name.starts_with('.')
+        {
+            bail!("{p}: name = \"{}\": expected letters, digits, '-', '_' or '.', not starting with '.'", self.name);
+        }
+        if self.architecture != "x86_64" {
+            bail!(
+                "{p}: architecture = \"{}\": only \"x86_64\" is supported so far",
+                self.architecture
+            );
+        }
+        if self.root.filesystem != "ext4" {
+            bail!(
+                "{p}: root.filesystem = \"{}\": only \"ext4\" is supported so far",
+                self.root.filesystem
+            );
+        }
+        if self.esp.label.is_empty() || self.esp.label.len() > 11 || !self.esp.label.is_ascii() {
+            bail!(
+                "{p}: esp.label = \"{}\": expected 1 to 11 ASCII characters",
+                self.esp.label
+            );
+        }
+        if self.root.label.len() > 16 {
+            bail!(
+                "{p}: root.label = \"{}\": expected at most 16 bytes",
+                self.root.label
+            );
+        }
+        let r = &self.rootfs;
+        let given = [
+            r.directory.is_some(),
+            r.tarball.is_some(),
+            r.mmdebstrap.is_some(),
+        ];
+        let source = match given {
+            [true, false, false] => RootfsSource::Directory(resolve(
+                "rootfs.directory",
+                r.directory.as_ref().unwrap(),
+                true,
+            )?),
+            [false, true, false] => RootfsSource::Tarball(resolve(
+                "rootfs.tarball",
+                r.tarball.as_ref().unwrap(),
+                false,
+            )?),
+            [false, false, true] => {
+                let mut m = r.mmdebstrap.clone().unwrap();
+                if let Some(k) = &m.keyring {
+                    m.keyring = Some(resolve("rootfs.mmdebstrap.keyring", k, false)?);
+                }
+                RootfsSource::Mmdebstrap(m)
+            }
+            _ => bail!(
+                "{p}: [rootfs]: expected exactly one of directory, tarball or [rootfs.mmdebstrap]"
+            ),
+        };
+        let overlay = match &r.overlay {
+            Some(o) => Some(resolve("rootfs.overlay", o, true)?),
+            None => None,
+        };
+        let size =
+            |key: &str, v: &str| parse_size(v).map_err(|e| anyhow::anyhow!("{p}: {key}: {e}"));
+        let esp_size = match self.esp.size.as_str() {
+            "auto" => SizePolicy::Minimal { headroom: 16 << 20 },
+            s => SizePolicy::Fixed(size("esp.size", s)?),
+        };
+        let root_size = match self.root.size.as_str() {
+            "minimal" => SizePolicy::Minimal {
+                headroom: size("root.headroom", &self.root.headroom)?,
+            },
+            s => SizePolicy::Fixed(size("root.size", s)?),
+        };
+        if let SizePolicy::Fixed(n) = esp_size {
+            if n < 33 << 20 {
+                bail!(
+                    "{p}: esp.size = \"{}\": a FAT32 ESP needs at least 33M",
+                    self.esp.size
+                );
+            }
+        }
+        if let SizePolicy::Fixed(n) = root_size {
+            if n < 16 << 20 {
+                bail!(
+                    "{p}: root.size = \"{}\": expected at least 16M",
+                    self.root.size
+                );
+            }
+        }
+        let seed = self.seed.clone().unwrap_or_else(|| self.name.clone());
+        Ok(Checked {
+            path: path.to_path_buf(),
+            seed,
+            source,
+            overlay,
+            esp_size,
+            root_size,
+            spec: self,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Checked> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tree")).unwrap();
+        let p = dir.path().join("s.toml");
+        std::fs::write(&p, text).unwrap();
+        Spec::load(&p)
+    }
+
+    #[test]
+    fn minimal_spec_loads_with_defaults() {
+        let c = load("name = \"x\"\n[rootfs]\ndirectory = \"tree\"\n").unwrap();
+        assert_eq!(c.seed, "x");
+        assert_eq!(
+            c.root_size,
+            SizePolicy::Minimal {
+                headroom: 256 << 20
+            }
+        );
+        assert!(matches!(c.source, RootfsSource::Directory(_)));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = load("name = \"x\"\nbogus = 1\n[rootfs]\ndirectory = \"tree\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("bogus"), "{e:#}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = load("name = \"x\"\n[rootfs]\ndirectory = \"tree\"\n[boot]\ntimeout = \"no\"\n")
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("timeout"), "{e:#}");
+    }
+
+    #[test]
+    fn missing_tree_and_bad_size_are_named() {
+        let e = load("name = \"x\"\n[rootfs]\ndirectory = \"nope\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("rootfs.directory"), "{e:#}");
+        let e = load("name = \"x\"\n[rootfs]\ndirectory = \"tree\"\n[root]\nsize = \"4X\"\n")
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("root.size"), "{e:#}");
+        let e = load("name = \"x\"\n[rootfs]\n").unwrap_err();
+        assert!(format!("{e:#}").contains("exactly one"), "{e:#}");
+    }
+}

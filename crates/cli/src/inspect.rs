@@ -1,0 +1,58 @@
+//! `oneimage inspect`: prints the report of `oneimage_format::inspect` as text or JSON.
+
+use anyhow::{Context, Result};
+use oneimage_format::size::format_size;
+use std::path::Path;
+
+/// Inspects `image` and prints the result.
+pub fn run(image: &Path, json: bool) -> Result<()> {
+    let mut f =
+        std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let report = oneimage_format::inspect::inspect(&mut f)
+        .with_context(|| format!("reading {}", image.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} ({} bytes), GPT, {}-byte sectors, disk GUID {}",
+        image.display(),
+        format_size(report.size),
+        report.size,
+        report.sector_size,
+        report.disk_guid
+    );
+    if !report.backup_at_end {
+        println!("  note: the backup partition table is not at the end of the disk (the image was enlarged)");
+    }
+    for p in &report.partitions {
+        println!(
+            "p{} {:<14} {:<12} offset {:>12}  size {:>10}  type {}  PARTUUID {}",
+            p.entry.number,
+            p.entry.name,
+            p.type_name.unwrap_or("?"),
+            p.offset,
+            format_size(p.size),
+            p.entry.type_guid,
+            p.entry.guid
+        );
+        if let Some(fs) = &p.filesystem {
+            let used = fs.used_bytes.map(format_size).unwrap_or_else(|| "?".into());
+            println!(
+                "   {} label {:?} UUID {} used {} of {}",
+                fs.kind,
+                fs.label,
+                fs.uuid,
+                used,
+                format_size(fs.total_bytes)
+            );
+        }
+        for b in &p.boot_files {
+            println!("   {:<40} {:>10}", b.path, format_size(b.size));
+        }
+        if let Some(e) = &p.error {
+            println!("   error: {e}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! The `oneimage` command: parses arguments and calls the libraries.
+
+mod inspect;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Build, inspect and boot one generic Linux OS image.
+#[derive(Parser, Debug)]
+#[command(name = "oneimage", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Build a disk image from a spec file (see docs/spec.md).
+    Build {
+        /// The image spec (TOML).
+        spec: PathBuf,
+        /// Directory for the image.
+        #[arg(short, long, default_value = ".")]
+        output: PathBuf,
+    },
+    /// Show partitions, filesystems and boot files of an image, without mounting it.
+    Inspect {
+        /// The disk image.
+        image: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot an image in QEMU (UEFI), attached as a disk and changed in place.
+    Qemu {
+        /// The disk image.
+        image: PathBuf,
+        /// Leave the image file untouched (writes go to a temporary overlay).
+        #[arg(long)]
+        snapshot: bool,
+        /// Enlarge the disk first (sparse), like writing to a bigger USB stick.
+        #[arg(long, value_name = "SIZE")]
+        disk_size: Option<String>,
+        /// No window: read the serial console here.
+        #[arg(long)]
+        headless: bool,
+        /// Exit 0 as soon as TEXT appears on the serial console (needs --headless).
+        #[arg(long, value_name = "TEXT", requires = "headless")]
+        expect: Option<String>,
+        /// Give up after SECONDS (needs --headless).
+        #[arg(long, value_name = "SECONDS", requires = "headless")]
+        timeout: Option<u64>,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 1024)]
+        memory: u32,
+        /// Do not copy the serial console to stdout.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("oneimage: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Build { spec, output } => {
+            let report =
+                oneimage_build::build(&spec, &oneimage_build::BuildOptions { outdir: output })?;
+            println!("{}", report.image.display());
+            Ok(())
+        }
+        Cmd::Inspect { image, json } => inspect::run(&image, json),
+        Cmd::Qemu {
+            image,
+            snapshot,
+            disk_size,
+            headless,
+            expect,
+            timeout,
+            memory,
+            quiet,
+        } => {
+            let disk_size = disk_size
+                .map(|s| oneimage_format::size::parse_size(&s).context("--disk-size"))
+                .transpose()?;
+            let opts = oneimage_vm::QemuOptions {
+                image,
+                snapshot,
+                disk_size,
+                headless,
+                expect: expect.clone(),
+                timeout: timeout.map(Duration::from_secs),
+                memory_mib: memory,
+                echo_console: !quiet,
+            };
+            use oneimage_vm::Outcome;
+            match oneimage_vm::run(&opts)? {
+                Outcome::Found => {
+                    eprintln!(
+                        "oneimage: found {:?} on the console",
+                        expect.unwrap_or_default()
+                    );
+                    Ok(())
+                }
+                Outcome::Exited(Some(0)) => Ok(()),
+                Outcome::Exited(code) => bail!("qemu exited with {code:?}"),
+                Outcome::ExitedEarly { code, tail } => bail!(
+                    "qemu exited ({code:?}) before {:?} appeared; last console lines:\n{tail}",
+                    expect.unwrap_or_default()
+                ),
+                Outcome::TimedOut { tail } => bail!(
+                    "timed out after {} s waiting for {:?}; last console lines:\n{tail}",
+                    timeout.unwrap_or(0),
+                    expect.unwrap_or_default()
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

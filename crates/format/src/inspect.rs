@@ -1,0 +1,106 @@
+//! What is inside a disk image, read without mounting: the partition table, each
+//! partition's filesystem, and the boot files on the ESP.
+
+use crate::fat::{read_contents, FatFile};
+use crate::gpt::{read_table, type_name, GptError, Partition};
+use crate::probe::{probe, FsInfo};
+use crate::slice::Slice;
+use std::io::{self, Read, Seek, SeekFrom};
+
+/// One partition and what it holds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PartitionReport {
+    /// Table entry.
+    #[serde(flatten)]
+    pub entry: Partition,
+    /// Short type name, when the type is known.
+    pub type_name: Option<&'static str>,
+    /// Byte offset on the disk.
+    pub offset: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Filesystem, if one was recognised.
+    pub filesystem: Option<FsInfo>,
+    /// Files that boot the system, for an ESP (every file on it).
+    pub boot_files: Vec<FatFile>,
+    /// A problem met while reading this partition.
+    pub error: Option<String>,
+}
+
+/// The whole image.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// Image size in bytes.
+    pub size: u64,
+    /// Bytes per sector of the partition table.
+    pub sector_size: u64,
+    /// Disk GUID.
+    pub disk_guid: crate::Guid,
+    /// Whether the backup header sits in the last sector, as it should.
+    pub backup_at_end: bool,
+    /// Partitions in table order.
+    pub partitions: Vec<PartitionReport>,
+}
+
+/// Errors from inspecting an image.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InspectError {
+    /// No readable GPT.
+    #[error("no GUID partition table found: {0}")]
+    NoTable(#[from] GptError),
+    /// Reading failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Reads the image in `disk`.
+pub fn inspect<R: Read + Seek>(disk: &mut R) -> Result<Report, InspectError> {
+    let size = disk.seek(SeekFrom::End(0))?;
+    let table = read_table(disk)?;
+    let ss = table.sector_size;
+    let mut partitions = Vec::new();
+    for p in &table.partitions {
+        let (offset, len) = (p.offset(ss), p.len(ss));
+        let mut rep = PartitionReport {
+            entry: p.clone(),
+            type_name: type_name(p.type_guid),
+            offset,
+            size: len,
+            filesystem: None,
+            boot_files: Vec::new(),
+            error: None,
+        };
+        if offset + len > size {
+            rep.error = Some(format!(
+                "partition ends at byte {}, beyond the image ({size} bytes)",
+                offset + len
+            ));
+            partitions.push(rep);
+            continue;
+        }
+        let mut part = Slice::new(&mut *disk, offset, len);
+        rep.filesystem = probe(&mut part)?;
+        if rep.filesystem.as_ref().is_some_and(|f| f.kind == "vfat") {
+            match read_contents(Slice::new(&mut *disk, offset, len), 0, len) {
+                Ok(c) => {
+                    if let Some(fs) = rep.filesystem.as_mut() {
+                        fs.used_bytes = Some(c.used_bytes);
+                    }
+                    if rep.type_name == Some("esp") {
+                        rep.boot_files = c.files;
+                    }
+                }
+                Err(e) => rep.error = Some(format!("reading FAT filesystem: {e}")),
+            }
+        }
+        partitions.push(rep);
+    }
+    Ok(Report {
+        size,
+        sector_size: ss,
+        disk_guid: table.disk_guid,
+        backup_at_end: table.backup_lba == size / ss - 1,
+        partitions,
+    })
+}

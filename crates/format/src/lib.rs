@@ -1,0 +1,15 @@
+//! Pure on-disk format code for oneimage.
+//!
+//! Everything here works over byte buffers and `Read`/`Write`/`Seek`: no processes are
+//! spawned, no clock is read and there is no global state, so every function gives the
+//! same bytes for the same inputs.
+
+pub mod fat;
+pub mod gpt;
+pub mod guid;
+pub mod inspect;
+pub mod probe;
+pub mod size;
+pub mod slice;
+
+pub use guid::Guid;

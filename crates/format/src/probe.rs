@@ -1,0 +1,156 @@
+//! Recognising the filesystem in a partition from its superblock, without mounting.
+
+use std::io::{self, Read, Seek, SeekFrom};
+
+/// What a partition holds, as far as its superblock tells.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FsInfo {
+    /// `ext4`, `ext2/3`, `vfat`, `iso9660` or `squashfs`.
+    pub kind: String,
+    /// Volume label (may be empty).
+    pub label: String,
+    /// Filesystem UUID or FAT volume id, as the kernel's by-uuid names show it.
+    pub uuid: String,
+    /// Total size in bytes.
+    pub total_bytes: u64,
+    /// Bytes in use, when the superblock records it.
+    pub used_bytes: Option<u64>,
+}
+
+fn le16(b: &[u8], o: usize) -> u64 {
+    u16::from_le_bytes([b[o], b[o + 1]]) as u64
+}
+fn le32(b: &[u8], o: usize) -> u64 {
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) as u64
+}
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b)
+        .trim_end_matches(['\0', ' '])
+        .to_string()
+}
+
+/// Probes `dev` (positioned anywhere; it is seeked) and returns what it holds, or `None`.
+pub fn probe<R: Read + Seek>(dev: &mut R) -> io::Result<Option<FsInfo>> {
+    let mut head = vec![0u8; 4096];
+    dev.seek(SeekFrom::Start(0))?;
+    let n = read_full(dev, &mut head)?;
+    head.truncate(n);
+    if let Some(i) = probe_ext(&head) {
+        return Ok(Some(i));
+    }
+    if let Some(i) = probe_fat(&head) {
+        return Ok(Some(i));
+    }
+    if head.len() >= 96 && &head[0..4] == b"hsqs" {
+        return Ok(Some(FsInfo {
+            kind: "squashfs".into(),
+            label: String::new(),
+            uuid: String::new(),
+            total_bytes: u64::from_le_bytes(head[40..48].try_into().unwrap()),
+            used_bytes: None,
+        }));
+    }
+    Ok(None)
+}
+
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+fn probe_ext(head: &[u8]) -> Option<FsInfo> {
+    let sb = head.get(1024..2048)?;
+    if le16(sb, 56) != 0xEF53 {
+        return None;
+    }
+    let block = 1024u64 << le32(sb, 24);
+    let incompat = le32(sb, 96);
+    let is64 = incompat & 0x80 != 0;
+    let hi = |o: usize| if is64 { le32(sb, o) << 32 } else { 0 };
+    let blocks = le32(sb, 4) | hi(0x150);
+    let free = le32(sb, 12) | hi(0x158);
+    let u = &sb[104..120];
+    let uuid = format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]
+    );
+    // extents (0x40) or flex_bg (0x200) mark ext4.
+    let kind = if incompat & 0x240 != 0 {
+        "ext4"
+    } else {
+        "ext2/3"
+    };
+    Some(FsInfo {
+        kind: kind.into(),
+        label: text(&sb[120..136]),
+        uuid,
+        total_bytes: blocks * block,
+        used_bytes: Some(blocks.saturating_sub(free) * block),
+    })
+}
+
+fn probe_fat(head: &[u8]) -> Option<FsInfo> {
+    if head.len() < 512 || head[510] != 0x55 || head[511] != 0xaa {
+        return None;
+    }
+    let bps = le16(head, 11);
+    if !matches!(bps, 512 | 1024 | 2048 | 4096) || head[13] == 0 {
+        return None;
+    }
+    let total = match le16(head, 19) {
+        0 => le32(head, 32),
+        n => n,
+    };
+    let (id_off, label_off, kind_off) = if le16(head, 22) == 0 {
+        (67, 71, 82)
+    } else {
+        (39, 43, 54)
+    };
+    if &head[kind_off..kind_off + 3] != b"FAT" {
+        return None;
+    }
+    let id = le32(head, id_off);
+    Some(FsInfo {
+        kind: "vfat".into(),
+        label: text(&head[label_off..label_off + 11]),
+        uuid: format!("{:04X}-{:04X}", id >> 16, id & 0xffff),
+        total_bytes: total * bps,
+        used_bytes: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    #[test]
+    fn recognises_nothing_in_zeros() {
+        assert_eq!(probe(&mut Cursor::new(vec![0u8; 8192])).unwrap(), None);
+    }
+
+    #[test]
+    fn reads_ext4_superblock_fields() {
+        let mut img = vec![0u8; 8192];
+        let sb = &mut img[1024..2048];
+        sb[4..8].copy_from_slice(&1000u32.to_le_bytes());
+        sb[12..16].copy_from_slice(&400u32.to_le_bytes());
+        sb[24..28].copy_from_slice(&2u32.to_le_bytes()); // 4096-byte blocks
+        sb[56..58].copy_from_slice(&0xEF53u16.to_le_bytes());
+        sb[96..100].copy_from_slice(&0x240u32.to_le_bytes());
+        sb[104..120].copy_from_slice(&[0x11; 16]);
+        sb[120..124].copy_from_slice(b"root");
+        let i = probe(&mut Cursor::new(img)).unwrap().unwrap();
+        assert_eq!(i.kind, "ext4");
+        assert_eq!(i.label, "root");
+        assert_eq!(i.total_bytes, 4096000);
+        assert_eq!(i.used_bytes, Some(600 * 4096));
+        assert_eq!(i.uuid, "11111111-1111-1111-1111-111111111111");
+    }
+}

@@ -1,0 +1,123 @@
+//! Watching the serial console of a headless QEMU for an expected text.
+
+use anyhow::Result;
+use std::io::{Read, Write};
+use std::process::Child;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// What to wait for.
+#[derive(Debug, Clone)]
+pub struct Expect {
+    /// Text that ends the run with success.
+    pub text: Option<String>,
+    /// Longest wait.
+    pub timeout: Option<Duration>,
+    /// Copy the console to our stdout.
+    pub echo: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The expected text appeared; QEMU was stopped.
+    Found,
+    /// QEMU exited by itself with this code; `tail` holds the last console lines.
+    Exited(Option<i32>),
+    /// QEMU exited before the expected text appeared.
+    ExitedEarly {
+        /// Exit code.
+        code: Option<i32>,
+        /// Last console lines.
+        tail: String,
+    },
+    /// Time ran out; QEMU was stopped.
+    TimedOut {
+        /// Last console lines.
+        tail: String,
+    },
+}
+
+const KEEP: usize = 64 * 1024;
+
+fn last_lines(buf: &[u8], n: usize) -> String {
+    let s = String::from_utf8_lossy(buf);
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Reads the child's stdout until the text appears, it exits, or time runs out.
+pub fn watch(mut child: Child, e: &Expect) -> Result<Outcome> {
+    let mut out = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 4096];
+        loop {
+            match out.read(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send(b[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut buf: Vec<u8> = Vec::new();
+    let stdout = std::io::stdout();
+    loop {
+        let wait = match e.timeout {
+            Some(t) => match t.checked_sub(start.elapsed()) {
+                Some(left) => left,
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Ok(Outcome::TimedOut {
+                        tail: last_lines(&buf, 30),
+                    });
+                }
+            },
+            None => Duration::from_secs(3600),
+        };
+        match rx.recv_timeout(wait.min(Duration::from_millis(500))) {
+            Ok(chunk) => {
+                if e.echo {
+                    let mut l = stdout.lock();
+                    let _ = l.write_all(&chunk);
+                    let _ = l.flush();
+                }
+                let search_from = buf
+                    .len()
+                    .saturating_sub(e.text.as_ref().map_or(0, |t| t.len()));
+                buf.extend_from_slice(&chunk);
+                if let Some(t) = &e.text {
+                    if buf[search_from..]
+                        .windows(t.len())
+                        .any(|w| w == t.as_bytes())
+                    {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Ok(Outcome::Found);
+                    }
+                }
+                if buf.len() > 2 * KEEP {
+                    buf.drain(..buf.len() - KEEP);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait()?;
+                let tail = last_lines(&buf, 30);
+                return Ok(if e.text.is_some() {
+                    Outcome::ExitedEarly {
+                        code: status.code(),
+                        tail,
+                    }
+                } else {
+                    Outcome::Exited(status.code())
+                });
+            }
+        }
+    }
+}

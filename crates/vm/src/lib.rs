@@ -1,0 +1,159 @@
+//! Booting an image in QEMU the way a user would: UEFI firmware with its own writable
+//! variable store, the image attached as a disk and changed in place (as a USB stick
+//! would be), or through a throw-away overlay with `snapshot`.
+
+mod accel;
+mod console;
+mod firmware;
+
+pub use console::{Expect, Outcome};
+pub use firmware::Firmware;
+
+use anyhow::{bail, Context, Result};
+use oneimage_format::size::format_size;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// How to boot.
+#[derive(Debug, Clone)]
+pub struct QemuOptions {
+    /// The disk image.
+    pub image: PathBuf,
+    /// Leave the image untouched: writes go to a temporary overlay.
+    pub snapshot: bool,
+    /// Enlarge the disk to this many bytes first (sparse), like a bigger USB stick.
+    pub disk_size: Option<u64>,
+    /// No window; the serial console is read by us.
+    pub headless: bool,
+    /// Stop with success when this text appears on the serial console.
+    pub expect: Option<String>,
+    /// Give up after this long.
+    pub timeout: Option<Duration>,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Print the serial console to stdout as it arrives.
+    pub echo_console: bool,
+}
+
+/// Resizes `image` up to `size` bytes, sparse; refuses to shrink.
+pub fn grow_image(image: &Path, size: u64) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(image)
+        .with_context(|| format!("opening {} to enlarge it", image.display()))?;
+    let cur = f.metadata()?.len();
+    if size < cur {
+        bail!(
+            "--disk-size {} is smaller than {} ({}); refusing to shrink the image",
+            format_size(size),
+            image.display(),
+            format_size(cur)
+        );
+    }
+    f.set_len(size)?;
+    Ok(())
+}
+
+/// Boots the image and returns how the run ended.
+pub fn run(opts: &QemuOptions) -> Result<Outcome> {
+    let image = &opts.image;
+    let meta = std::fs::metadata(image).with_context(|| format!("image {}", image.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", image.display());
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("oneimage-qemu-")
+        .tempdir()?;
+    let fw = Firmware::find()?;
+    let vars = if opts.snapshot {
+        let v = tmp.path().join("vars.fd");
+        std::fs::copy(&fw.vars_template, &v)?;
+        v
+    } else {
+        fw.persistent_vars(image)?
+    };
+
+    let drive = if opts.snapshot {
+        // A qcow2 overlay keeps the image untouched and can be larger than it.
+        let overlay = tmp.path().join("overlay.qcow2");
+        let size = opts.disk_size.unwrap_or(meta.len()).max(meta.len());
+        let abs = std::fs::canonicalize(image)?;
+        let mut cmd = Command::new("qemu-img");
+        cmd.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&abs)
+            .arg(&overlay)
+            .arg(size.to_string());
+        let out = cmd
+            .output()
+            .context("running qemu-img (apt-get install qemu-utils)")?;
+        if !out.status.success() {
+            bail!(
+                "qemu-img create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        format!("file={},format=qcow2,if=none,id=disk0", overlay.display())
+    } else {
+        if let Some(size) = opts.disk_size {
+            grow_image(image, size)?;
+        }
+        format!("file={},format=raw,if=none,id=disk0", image.display())
+    };
+
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", "q35", "-smp", "2", "-m"])
+        .arg(opts.memory_mib.to_string());
+    if accel::kvm_works() {
+        cmd.args(["-accel", "kvm", "-cpu", "host"]);
+    } else {
+        eprintln!("oneimage: KVM is not usable here; emulating the CPU (TCG), which is slower");
+        cmd.args(["-accel", "tcg", "-cpu", "max"]);
+    }
+    cmd.arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            fw.code.display()
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ))
+        .arg("-drive")
+        .arg(drive)
+        .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=1"])
+        .args(["-nic", "none", "-no-reboot"]);
+    let graphical = !opts.headless && std::env::var_os("DISPLAY").is_some();
+    if opts.headless {
+        cmd.args(["-display", "none", "-monitor", "none"]).args([
+            "-chardev",
+            "stdio,id=ser0,signal=off",
+            "-serial",
+            "chardev:ser0",
+        ]);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    } else if graphical {
+        cmd.args(["-serial", "mon:stdio"]);
+    } else {
+        cmd.arg("-nographic");
+    }
+    eprintln!("oneimage: {cmd:?}");
+    if !opts.headless {
+        let status = cmd
+            .status()
+            .context("running qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+        return Ok(Outcome::Exited(status.code()));
+    }
+    let child = cmd
+        .spawn()
+        .context("running qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+    let expect = Expect {
+        text: opts.expect.clone(),
+        timeout: opts.timeout,
+        echo: opts.echo_console,
+    };
+    let outcome = console::watch(child, &expect)?;
+    drop(tmp);
+    Ok(outcome)
+}
