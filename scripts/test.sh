@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, and integration tests that build real Debian images and
+# boot them in QEMU. Installs what is needed first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --workspace --release --locked
+cargo test --workspace --release --locked -- --test-threads=2
