@@ -230,7 +230,9 @@ fn apply_metadata(tree: &Tree, epoch: i64, img: &Path, work: &Path) -> Result<()
     let script = work.join("metadata.debugfs");
     std::fs::write(&script, s)?;
     let out = run(
+        // Without the fake time debugfs stamps the superblock with the wall clock.
         Command::new("debugfs")
+            .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
             .arg("-w")
             .arg("-f")
             .arg(&script)

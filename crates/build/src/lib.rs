@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 pub struct BuildOptions {
     /// Directory the image is written to (created if missing).
     pub outdir: PathBuf,
+    /// Keep root filesystems made by mmdebstrap here and reuse them when the
+    /// `[rootfs.mmdebstrap]` settings and the epoch are the same.
+    pub rootfs_cache: Option<PathBuf>,
 }
 
 /// What a build produced.
@@ -69,12 +72,18 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
             eprintln!("oneimage: reading root filesystem from {}", t.display());
             rootfs::add_tarball(&mut tree, t)?;
         }
-        RootfsSource::Mmdebstrap(m) => {
-            let tar = w.join("mmdebstrap.tar");
-            rootfs::run_mmdebstrap(m, epoch, &tar)?;
-            rootfs::add_tarball(&mut tree, &tar)?;
-            std::fs::remove_file(&tar)?;
-        }
+        RootfsSource::Mmdebstrap(m) => match &opts.rootfs_cache {
+            Some(cache) => {
+                let tar = rootfs::cached_mmdebstrap(m, epoch, cache)?;
+                rootfs::add_tarball(&mut tree, &tar)?;
+            }
+            None => {
+                let tar = w.join("mmdebstrap.tar");
+                rootfs::run_mmdebstrap(m, epoch, &tar)?;
+                rootfs::add_tarball(&mut tree, &tar)?;
+                std::fs::remove_file(&tar)?;
+            }
+        },
     }
     if let Some(o) = &checked.overlay {
         eprintln!("oneimage: applying overlay {}", o.display());

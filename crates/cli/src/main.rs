@@ -24,6 +24,9 @@ enum Cmd {
         /// Directory for the image.
         #[arg(short, long, default_value = ".")]
         output: PathBuf,
+        /// Keep root filesystems made by mmdebstrap in DIR and reuse them.
+        #[arg(long, value_name = "DIR")]
+        rootfs_cache: Option<PathBuf>,
     },
     /// Show partitions, filesystems and boot files of an image, without mounting it.
     Inspect {

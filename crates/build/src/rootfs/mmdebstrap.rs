@@ -2,7 +2,8 @@
 
 use crate::spec::MmdebstrapSpec;
 use anyhow::{bail, Context, Result};
-use std::path::Path;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Runs mmdebstrap for `m`, writing a tarball to `out`; `epoch` pins its timestamps.
@@ -35,4 +36,32 @@ pub fn run_mmdebstrap(m: &MmdebstrapSpec, epoch: Option<i64>, out: &Path) -> Res
         bail!("mmdebstrap for suite {} failed ({status})", m.suite);
     }
     Ok(())
+}
+
+/// Returns a tarball for `m` from `cache`, running mmdebstrap only when there is none yet.
+///
+/// The key covers every setting that changes what mmdebstrap makes, so a changed spec
+/// never reuses a stale root filesystem; the archive moving on does not invalidate it
+/// (delete the cache to pick up updates).
+pub fn cached_mmdebstrap(m: &MmdebstrapSpec, epoch: Option<i64>, cache: &Path) -> Result<PathBuf> {
+    let mut h = Sha256::new();
+    h.update(format!(
+        "{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}",
+        m.suite, m.variant, m.packages, m.components, m.mirror, m.keyring, epoch
+    ));
+    let key: String = h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let tar = cache.join(format!("mmdebstrap-{}-{key}.tar", m.suite));
+    if tar.exists() {
+        eprintln!("oneimage: using cached root filesystem {}", tar.display());
+        return Ok(tar);
+    }
+    std::fs::create_dir_all(cache).with_context(|| format!("creating cache directory {}", cache.display()))?;
+    let partial = cache.join(format!(".partial-{key}-{}.tar", std::process::id()));
+    let result = run_mmdebstrap(m, epoch, &partial);
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    std::fs::rename(&partial, &tar).with_context(|| format!("storing {}", tar.display()))?;
+    Ok(tar)
 }
