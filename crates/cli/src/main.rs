@@ -74,9 +74,16 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Cmd::Build { spec, output } => {
-            let report =
-                oneimage_build::build(&spec, &oneimage_build::BuildOptions { outdir: output })?;
+        Cmd::Build {
+            spec,
+            output,
+            rootfs_cache,
+        } => {
+            let opts = oneimage_build::BuildOptions {
+                outdir: output,
+                rootfs_cache,
+            };
+            let report = oneimage_build::build(&spec, &opts)?;
             println!("{}", report.image.display());
             Ok(())
         }

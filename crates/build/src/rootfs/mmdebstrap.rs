@@ -49,13 +49,17 @@ pub fn cached_mmdebstrap(m: &MmdebstrapSpec, epoch: Option<i64>, cache: &Path) -
         "{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}",
         m.suite, m.variant, m.packages, m.components, m.mirror, m.keyring, epoch
     ));
-    let key: String = h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let key: String = h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let tar = cache.join(format!("mmdebstrap-{}-{key}.tar", m.suite));
     if tar.exists() {
         eprintln!("oneimage: using cached root filesystem {}", tar.display());
         return Ok(tar);
     }
-    std::fs::create_dir_all(cache).with_context(|| format!("creating cache directory {}", cache.display()))?;
+    std::fs::create_dir_all(cache)
+        .with_context(|| format!("creating cache directory {}", cache.display()))?;
     let partial = cache.join(format!(".partial-{key}-{}.tar", std::process::id()));
     let result = run_mmdebstrap(m, epoch, &partial);
     if let Err(e) = result {
