@@ -1,0 +1,148 @@
+//! Shared helpers for the integration tests: running the real `oneimage` binary and the
+//! independent tools that judge its output.
+#![allow(dead_code)]
+
+use sha2::{Digest, Sha256};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The marker the demo image prints when its boot is complete.
+pub const MARKER: &str = "oneimage-demo: booted";
+
+/// A command for the `oneimage` binary under test.
+pub fn oneimage() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_oneimage"))
+}
+
+/// Runs `cmd` and returns its output, panicking with stderr if it could not start.
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+/// Runs `cmd`, panics with its output unless it exits 0, and returns stdout as text.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = output(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The repository's top directory.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// SHA-256 of a file, as hex.
+pub fn sha256(path: &Path) -> String {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The partitions of `image` as `oneimage inspect --json` reports them.
+pub fn inspect(image: &Path) -> serde_json::Value {
+    let text = ok(oneimage().arg("inspect").arg("--json").arg(image));
+    serde_json::from_str(&text).expect("inspect --json prints JSON")
+}
+
+/// Copies bytes `[offset, offset+len)` of `image` into a new file `out`.
+pub fn extract(image: &Path, offset: u64, len: u64, out: &Path) {
+    let mut src = std::fs::File::open(image).unwrap();
+    src.seek(SeekFrom::Start(offset)).unwrap();
+    let mut dst = std::fs::File::create(out).unwrap();
+    std::io::copy(&mut src.take(len), &mut dst).unwrap();
+    dst.flush().unwrap();
+}
+
+/// Extracts partition `n` (1-based) of `image` into `dir`, using the GPT sgdisk reads.
+pub fn extract_partition(image: &Path, n: u32, dir: &Path) -> PathBuf {
+    let info = ok(Command::new("sgdisk").arg(format!("--info={n}")).arg(image));
+    let field = |name: &str| -> u64 {
+        let line = info
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {info}"));
+        line.split(':')
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (first, last) = (field("First sector"), field("Last sector"));
+    let out = dir.join(format!("p{n}.img"));
+    extract(image, first * 512, (last + 1 - first) * 512, &out);
+    out
+}
+
+/// Runs a debugfs request against an ext4 image and returns what it printed.
+pub fn debugfs(fs: &Path, request: &str) -> String {
+    ok(Command::new("debugfs").arg("-R").arg(request).arg(fs))
+}
+
+/// True when running as root (then tests switch to an ordinary user where needed).
+pub fn is_root() -> bool {
+    rustix_uid() == 0
+}
+
+fn rustix_uid() -> u32 {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A command that runs `program` as an unprivileged user: `nobody` via setpriv when we are
+/// root, or as ourselves when we already are an ordinary user.
+pub fn unprivileged(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg("env")
+            .arg("HOME=/nonexistent")
+            .arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A temporary directory anyone can write to (for unprivileged builds).
+pub fn shared_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::Builder::new()
+        .prefix("oneimage-test-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    d
+}
+
+/// Lists what is left in `dir`: after a failed build there must be no image and no
+/// work directory.
+pub fn leftovers(dir: &Path) -> Vec<String> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}

@@ -1,0 +1,389 @@
+//! Builds from small synthetic root filesystems: metadata survives an unprivileged
+//! build, and bad input is refused clearly with nothing left behind.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+/// A v2 file capability blob (cap_net_raw), as `setcap cap_net_raw+ep` writes it.
+const CAP_NET_RAW: [u8; 20] = [
+    0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,
+];
+
+struct Item<'a> {
+    path: &'a str,
+    kind: tar::EntryType,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    data: &'a [u8],
+    link: Option<&'a str>,
+    dev: (u32, u32),
+}
+
+fn item(path: &str, kind: tar::EntryType) -> Item<'_> {
+    Item {
+        path,
+        kind,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        data: b"",
+        link: None,
+        dev: (0, 0),
+    }
+}
+
+/// Writes a tarball with the given entries (and xattrs for `/usr/bin/ping`).
+fn write_tarball(path: &Path, items: &[Item]) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut b = tar::Builder::new(f);
+    for it in items {
+        if it.path == "./usr/bin/ping" {
+            b.append_pax_extensions([
+                ("SCHILY.xattr.security.capability", &CAP_NET_RAW[..]),
+                ("SCHILY.xattr.user.oneimage", &b"kept"[..]),
+            ])
+            .unwrap();
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(it.kind);
+        h.set_mode(it.mode);
+        h.set_uid(it.uid);
+        h.set_gid(it.gid);
+        h.set_mtime(1_600_000_000);
+        h.set_size(it.data.len() as u64);
+        if let Some(l) = it.link {
+            h.set_link_name(l).unwrap();
+        }
+        if matches!(it.kind, tar::EntryType::Char | tar::EntryType::Block) {
+            h.set_device_major(it.dev.0).unwrap();
+            h.set_device_minor(it.dev.1).unwrap();
+        }
+        h.set_path(it.path).unwrap();
+        h.set_cksum();
+        b.append(&h, it.data).unwrap();
+    }
+    b.finish().unwrap();
+}
+
+/// The smallest root filesystem oneimage accepts: a kernel and an initramfs (their
+/// content does not matter for building), plus whatever the test adds.
+fn base_items() -> Vec<Item<'static>> {
+    use tar::EntryType as T;
+    vec![
+        Item {
+            mode: 0o755,
+            ..item("./", T::Directory)
+        },
+        Item {
+            mode: 0o755,
+            ..item("./boot/", T::Directory)
+        },
+        Item {
+            data: b"not really a kernel",
+            ..item("./boot/vmlinuz-1.0", T::Regular)
+        },
+        Item {
+            data: b"not really an initramfs",
+            ..item("./boot/initrd.img-1.0", T::Regular)
+        },
+    ]
+}
+
+fn full_items() -> Vec<Item<'static>> {
+    use tar::EntryType as T;
+    let mut v = base_items();
+    v.extend([
+        Item {
+            mode: 0o755,
+            ..item("./etc/", T::Directory)
+        },
+        Item {
+            mode: 0o640,
+            gid: 42,
+            data: b"root:*:19000:0:99999:7:::\n",
+            ..item("./etc/shadow", T::Regular)
+        },
+        Item {
+            mode: 0o600,
+            uid: 1234,
+            gid: 5678,
+            data: b"secret",
+            ..item("./etc/owned by user", T::Regular)
+        },
+        Item {
+            mode: 0o755,
+            ..item("./usr/", T::Directory)
+        },
+        Item {
+            mode: 0o755,
+            ..item("./usr/bin/", T::Directory)
+        },
+        Item {
+            mode: 0o4755,
+            data: b"#!/bin/sh\n",
+            ..item("./usr/bin/passwd", T::Regular)
+        },
+        Item {
+            mode: 0o755,
+            data: b"ping",
+            ..item("./usr/bin/ping", T::Regular)
+        },
+        Item {
+            link: Some("./usr/bin/passwd"),
+            mode: 0o4755,
+            ..item("./usr/bin/passwd-hardlink", T::Link)
+        },
+        Item {
+            mode: 0o777,
+            link: Some("passwd"),
+            ..item("./usr/bin/pw", T::Symlink)
+        },
+        Item {
+            mode: 0o755,
+            ..item("./dev/", T::Directory)
+        },
+        Item {
+            mode: 0o666,
+            dev: (1, 3),
+            ..item("./dev/null", T::Char)
+        },
+        Item {
+            mode: 0o660,
+            gid: 6,
+            dev: (8, 0),
+            ..item("./dev/sda", T::Block)
+        },
+        Item {
+            mode: 0o600,
+            ..item("./dev/initctl", T::Fifo)
+        },
+        Item {
+            mode: 0o1777,
+            ..item("./tmp/", T::Directory)
+        },
+    ]);
+    v
+}
+
+fn spec(dir: &Path, body: &str) -> std::path::PathBuf {
+    let p = dir.join("spec.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn unprivileged_build_keeps_owners_modes_links_devices_and_xattrs() {
+    let d = shared_tempdir();
+    let tar = d.path().join("root.tar");
+    write_tarball(&tar, &full_items());
+    let s = spec(
+        d.path(),
+        "name = \"meta\"\nsource-date-epoch = 1700000000\n[rootfs]\ntarball = \"root.tar\"\n[root]\nsize = \"64M\"\n",
+    );
+    let out = d.path().join("out");
+    ok(unprivileged(Path::new(env!("CARGO_BIN_EXE_oneimage")))
+        .arg("build")
+        .arg(&s)
+        .arg("-o")
+        .arg(&out));
+    let image = out.join("meta.img");
+    assert!(
+        ok(std::process::Command::new("sgdisk").arg("-v").arg(&image))
+            .contains("No problems found")
+    );
+    let root = extract_partition(&image, 2, d.path());
+    ok(std::process::Command::new("e2fsck").arg("-fn").arg(&root));
+
+    let shadow = debugfs(&root, "stat /etc/shadow");
+    assert!(shadow.contains("Mode:  0640"), "{shadow}");
+    assert!(shadow.contains("User:     0   Group:    42"), "{shadow}");
+    let owned = debugfs(&root, "stat \"/etc/owned by user\"");
+    assert!(owned.contains("User:  1234   Group:  5678"), "{owned}");
+    assert!(owned.contains("Mode:  0600"), "{owned}");
+    let passwd = debugfs(&root, "stat /usr/bin/passwd");
+    assert!(passwd.contains("Mode:  04755"), "{passwd}");
+    assert!(passwd.contains("Links: 2"), "hardlink kept: {passwd}");
+    let link = debugfs(&root, "stat /usr/bin/passwd-hardlink");
+    let inode = |s: &str| s.split_whitespace().nth(1).unwrap().to_string();
+    assert_eq!(inode(&passwd), inode(&link), "both names share one inode");
+    let null = debugfs(&root, "stat /dev/null");
+    assert!(null.contains("Type: character special"), "{null}");
+    assert!(null.contains("Device major/minor number: 01:03"), "{null}");
+    assert!(null.contains("Mode:  0666"), "{null}");
+    let sda = debugfs(&root, "stat /dev/sda");
+    assert!(
+        sda.contains("Type: block special") && sda.contains("08:00"),
+        "{sda}"
+    );
+    assert!(sda.contains("Group:     6"), "{sda}");
+    assert!(debugfs(&root, "stat /dev/initctl").contains("Type: FIFO"));
+    assert!(debugfs(&root, "stat /tmp").contains("Mode:  01777"));
+    assert!(debugfs(&root, "stat /usr/bin/pw").contains("Fast link dest: \"passwd\""));
+    let xattrs = debugfs(&root, "ea_list /usr/bin/ping");
+    assert!(xattrs.contains("security.capability (20)"), "{xattrs}");
+    assert!(xattrs.contains("user.oneimage (4) = \"kept\""), "{xattrs}");
+    // Every timestamp comes from the inputs: mtimes from the tarball, the rest the epoch.
+    let times = debugfs(&root, "stat /etc/shadow");
+    assert!(times.contains("mtime: 0x5f5e1000"), "{times}");
+    assert!(times.contains("ctime: 0x6553f100"), "{times}");
+}
+
+#[test]
+fn same_inputs_same_bytes_with_different_seeds_differing() {
+    let d = tempfile::tempdir().unwrap();
+    let tar = d.path().join("root.tar");
+    write_tarball(&tar, &full_items());
+    let body = "name = \"r\"\nsource-date-epoch = 1700000000\n[rootfs]\ntarball = \"root.tar\"\n";
+    let s = spec(d.path(), body);
+    ok(oneimage()
+        .arg("build")
+        .arg(&s)
+        .arg("-o")
+        .arg(d.path().join("a")));
+    ok(oneimage()
+        .arg("build")
+        .arg(&s)
+        .arg("-o")
+        .arg(d.path().join("b")));
+    let (a, b) = (d.path().join("a/r.img"), d.path().join("b/r.img"));
+    assert_eq!(sha256(&a), sha256(&b));
+    std::fs::write(&s, format!("seed = \"other\"\n{body}")).unwrap();
+    ok(oneimage()
+        .arg("build")
+        .arg(&s)
+        .arg("-o")
+        .arg(d.path().join("c")));
+    let c = d.path().join("c/r.img");
+    assert_ne!(sha256(&a), sha256(&c));
+    let (ja, jc) = (inspect(&a), inspect(&c));
+    assert_ne!(ja["disk_guid"], jc["disk_guid"]);
+    assert_ne!(ja["partitions"][1]["guid"], jc["partitions"][1]["guid"]);
+}
+
+/// Runs a build that must fail; returns stderr after checking nothing was left behind.
+fn failing_build(dir: &Path, body: &str) -> String {
+    let s = spec(dir, body);
+    let out = dir.join("out");
+    let o = output(oneimage().arg("build").arg(&s).arg("-o").arg(&out));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "build should fail:\n{err}");
+    assert!(err.contains("error"), "{err}");
+    assert_eq!(
+        leftovers(&out),
+        Vec::<String>::new(),
+        "left behind after: {err}"
+    );
+    err
+}
+
+#[test]
+fn unknown_key_is_refused_by_name() {
+    let d = tempfile::tempdir().unwrap();
+    write_tarball(&d.path().join("root.tar"), &base_items());
+    let err = failing_build(
+        d.path(),
+        "name = \"x\"\n[rootfs]\ntarball = \"root.tar\"\n[root]\nsise = \"1G\"\n",
+    );
+    assert!(err.contains("sise") && err.contains("spec.toml"), "{err}");
+}
+
+#[test]
+fn wrong_type_is_refused_by_name() {
+    let d = tempfile::tempdir().unwrap();
+    write_tarball(&d.path().join("root.tar"), &base_items());
+    let err = failing_build(
+        d.path(),
+        "name = \"x\"\n[rootfs]\ntarball = \"root.tar\"\n[boot]\ntimeout = \"soon\"\n",
+    );
+    assert!(err.contains("timeout"), "{err}");
+}
+
+#[test]
+fn missing_root_filesystem_is_refused_by_key_and_path() {
+    let d = tempfile::tempdir().unwrap();
+    let err = failing_build(
+        d.path(),
+        "name = \"x\"\n[rootfs]\ntarball = \"nowhere.tar\"\n",
+    );
+    assert!(
+        err.contains("rootfs.tarball") && err.contains("nowhere.tar"),
+        "{err}"
+    );
+}
+
+#[test]
+fn size_too_small_for_content_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let big = vec![0x5au8; 40 << 20];
+    let mut items = base_items();
+    items.push(Item {
+        data: &big,
+        ..item("./big", tar::EntryType::Regular)
+    });
+    write_tarball(&d.path().join("root.tar"), &items);
+    let err = failing_build(
+        d.path(),
+        "name = \"x\"\n[rootfs]\ntarball = \"root.tar\"\n[root]\nsize = \"20M\"\n",
+    );
+    assert!(
+        err.contains("root.size") && err.contains("too small"),
+        "{err}"
+    );
+}
+
+#[test]
+fn impossible_size_value_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    write_tarball(&d.path().join("root.tar"), &base_items());
+    let err = failing_build(
+        d.path(),
+        "name = \"x\"\n[rootfs]\ntarball = \"root.tar\"\n[root]\nsize = \"lots\"\n",
+    );
+    assert!(err.contains("root.size") && err.contains("lots"), "{err}");
+}
+
+#[test]
+fn root_filesystem_without_kernel_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let items: Vec<Item> = base_items()
+        .into_iter()
+        .filter(|i| !i.path.contains("vmlinuz"))
+        .collect();
+    write_tarball(&d.path().join("root.tar"), &items);
+    let err = failing_build(d.path(), "name = \"x\"\n[rootfs]\ntarball = \"root.tar\"\n");
+    assert!(
+        err.contains("no kernel") && err.contains("vmlinuz"),
+        "{err}"
+    );
+}
+
+#[test]
+fn directory_source_and_overlay_give_root_owned_files() {
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("tree");
+    std::fs::create_dir_all(tree.join("boot")).unwrap();
+    std::fs::write(tree.join("boot/vmlinuz-2.0"), b"k").unwrap();
+    std::fs::write(tree.join("boot/initrd.img-2.0"), b"i").unwrap();
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/hostname"), b"base\n").unwrap();
+    let overlay = d.path().join("overlay");
+    std::fs::create_dir_all(overlay.join("etc")).unwrap();
+    std::fs::write(overlay.join("etc/hostname"), b"overlaid\n").unwrap();
+    let s = spec(
+        d.path(),
+        "name = \"dir\"\n[rootfs]\ndirectory = \"tree\"\noverlay = \"overlay\"\n",
+    );
+    ok(oneimage()
+        .arg("build")
+        .arg(&s)
+        .arg("-o")
+        .arg(d.path().join("out")));
+    let root = extract_partition(&d.path().join("out/dir.img"), 2, d.path());
+    ok(std::process::Command::new("e2fsck").arg("-fn").arg(&root));
+    assert_eq!(debugfs(&root, "cat /etc/hostname"), "overlaid\n");
+    assert!(debugfs(&root, "stat /boot/vmlinuz-2.0").contains("Size: 1"));
+}
