@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --locked
 mkdir -p out
-target/release/oneimage build examples/debian.toml -o out
+target/release/oneimage build examples/debian.toml -o out --rootfs-cache out/cache
 target/release/oneimage qemu out/debian-demo.img --snapshot --headless \
   --expect "oneimage-demo: booted" --timeout 900
