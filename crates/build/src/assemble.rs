@@ -1,4 +1,4 @@
-//! Assembly: partition images copied into place (holes stay holes), then the GPT.
+//! Assembly: the image file, the ESP copied into place (holes stay holes), the GPT.
 
 use crate::plan::{Plan, SECTOR};
 use anyhow::{Context, Result};
@@ -6,24 +6,42 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-/// Writes the disk image for `plan` at `out` from the ESP and root filesystem images.
-pub fn assemble(plan: &Plan, esp: &Path, root: &Path, out: &Path) -> Result<()> {
+/// Creates (or recreates) the image file at `path`, sparse, `bytes` long.
+pub fn create_image(path: &Path, bytes: u64) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.set_len(bytes)
+        .with_context(|| format!("sizing {}", path.display()))?;
+    Ok(())
+}
+
+/// Completes the image at `disk_path`, whose root filesystem is already in place: copies
+/// the ESP in, writes the partition table and syncs.
+pub fn finish(plan: &Plan, esp: &Path, disk_path: &Path) -> Result<()> {
     let mut disk = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .create_new(true)
-        .open(out)
-        .with_context(|| format!("creating {}", out.display()))?;
-    disk.set_len(plan.total_bytes)?;
+        .open(disk_path)
+        .with_context(|| format!("opening {}", disk_path.display()))?;
+    if disk.metadata()?.len() != plan.total_bytes {
+        anyhow::bail!(
+            "{} is not {} bytes long as planned",
+            disk_path.display(),
+            plan.total_bytes
+        );
+    }
     copy_sparse(esp, &disk, plan.esp.offset(SECTOR))?;
-    copy_sparse(root, &disk, plan.root.offset(SECTOR))?;
     oneimage_format::gpt::write_table(
         &mut disk,
         SECTOR,
         plan.disk_guid,
         &[plan.esp.clone(), plan.root.clone()],
     )
-    .with_context(|| format!("writing the partition table of {}", out.display()))?;
+    .with_context(|| format!("writing the partition table of {}", disk_path.display()))?;
     disk.sync_all()?;
     Ok(())
 }

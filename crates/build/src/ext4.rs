@@ -104,8 +104,36 @@ fn inode_count(entries: u64, size: u64) -> u64 {
     (entries + entries / 4 + 1024).max(size / 16384)
 }
 
-/// Makes the ext4 root filesystem of `tree` in the file `out`; returns its size in bytes.
-pub fn make_ext4(tree: &Tree, p: &Ext4Params, out: &Path, work: &Path) -> Result<u64> {
+/// Where a filesystem of a given size is to be made: a file and a byte offset in it.
+///
+/// The builder passes a function that lays out the whole disk image for that size, so
+/// the filesystem is made in place inside the image instead of being copied there.
+pub struct Placement {
+    /// The file to write into (already at its full length).
+    pub file: std::path::PathBuf,
+    /// Byte offset of the filesystem in it.
+    pub offset: u64,
+}
+
+/// e2fsprogs' name for "the filesystem at `offset` of `file`".
+fn device_name(pl: &Placement) -> Result<String> {
+    let f = pl.file.to_str().context("work path is not UTF-8")?;
+    if f.contains('?') {
+        bail!("the output path {f} contains '?', which e2fsprogs cannot address");
+    }
+    Ok(format!("{f}?offset={}", pl.offset))
+}
+
+/// Makes the ext4 root filesystem of `tree` where `place(size)` says; returns its size.
+///
+/// For `minimal` sizes a filesystem that turns out too full is made again, larger, at
+/// the placement `place` gives for the new size.
+pub fn make_ext4(
+    tree: &Tree,
+    p: &Ext4Params,
+    work: &Path,
+    mut place: impl FnMut(u64) -> Result<Placement>,
+) -> Result<u64> {
     let conf = work.join("mke2fs.conf");
     std::fs::write(&conf, MKE2FS_CONF).context("writing mke2fs.conf")?;
     let (data, inodes) = estimate(tree);
@@ -123,12 +151,8 @@ pub fn make_ext4(tree: &Tree, p: &Ext4Params, out: &Path, work: &Path) -> Result
         }
     }
     let mut attempt = 0;
-    loop {
-        let _ = std::fs::remove_file(out);
-        let f =
-            std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
-        f.set_len(size)?;
-        drop(f);
+    let placement = loop {
+        let pl = place(size)?;
         let uuid = p.uuid.to_string();
         let mut cmd = Command::new("mkfs.ext4");
         cmd.env("MKE2FS_CONFIG", &conf)
@@ -142,12 +166,17 @@ pub fn make_ext4(tree: &Tree, p: &Ext4Params, out: &Path, work: &Path) -> Result
             .arg("-U")
             .arg(&uuid)
             .arg("-E")
-            .arg(format!("hash_seed={uuid},lazy_itable_init=1,nodiscard"))
+            // One -E only: mke2fs keeps just the last one given.
+            .arg(format!(
+                "hash_seed={uuid},lazy_itable_init=1,nodiscard,offset={}",
+                pl.offset
+            ))
             .arg("-d")
             .arg(&tree.staging)
-            .arg(out);
+            .arg(&pl.file)
+            .arg((size / BLOCK).to_string());
         match run(&mut cmd, "making the root filesystem") {
-            Ok(_) => break,
+            Ok(_) => break pl,
             Err(e) => {
                 let msg = format!("{e:#}");
                 let full = msg.contains("Could not allocate")
@@ -158,7 +187,6 @@ pub fn make_ext4(tree: &Tree, p: &Ext4Params, out: &Path, work: &Path) -> Result
                     return Err(e);
                 }
                 if attempt >= retries {
-                    let _ = std::fs::remove_file(out);
                     bail!(
                         "the root filesystem content (about {}) does not fit in root.size = {}",
                         format_size(data),
@@ -173,11 +201,13 @@ pub fn make_ext4(tree: &Tree, p: &Ext4Params, out: &Path, work: &Path) -> Result
                 );
             }
         }
-    }
-    apply_metadata(tree, p.epoch, out, work)?;
-    let check = Command::new("e2fsck").args(["-fn"]).arg(out).output();
+    };
+    let dev = device_name(&placement)?;
+    apply_metadata(tree, p.epoch, &dev, work)?;
+    let check = Command::new("e2fsck").args(["-fn"]).arg(&dev).output();
     match check {
-        Ok(o) if o.status.success() => {}
+        // With -n, e2fsck exits 0 after declining some fixes; any declined fix is a defect.
+        Ok(o) if o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("? no") => {}
         Ok(o) => bail!(
             "e2fsck found problems in the root filesystem we made:\n{}",
             crate::run::tail(&o.stdout)
@@ -187,12 +217,25 @@ pub fn make_ext4(tree: &Tree, p: &Ext4Params, out: &Path, work: &Path) -> Result
     Ok(size)
 }
 
+/// The permission bits a staged copy of an entry has (see `rootfs::make_owner_accessible`).
+fn staged_mode(kind: &Kind) -> u32 {
+    match kind {
+        Kind::Dir => 0o755,
+        Kind::Symlink(_) => 0o777,
+        _ => 0o644,
+    }
+}
+
 /// Applies owners, modes, special files, extended attributes and times with debugfs.
-fn apply_metadata(tree: &Tree, epoch: i64, img: &Path, work: &Path) -> Result<()> {
+fn apply_metadata(tree: &Tree, epoch: i64, img: &str, work: &Path) -> Result<()> {
     let xdir = work.join("xattrs");
     std::fs::create_dir_all(&xdir)?;
     let mut s = String::new();
     let mut nx = 0usize;
+    let builder = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
     for (path, e) in &tree.entries {
         // debugfs's mknod links the new node into the current directory under the name
         // given, so it has to be run from the parent.
@@ -200,6 +243,8 @@ fn apply_metadata(tree: &Tree, epoch: i64, img: &Path, work: &Path) -> Result<()
         let parent = if parent.is_empty() { "/" } else { parent };
         match e.kind {
             Kind::Hardlink(_) => continue, // same inode as its first name
+            // mkfs.ext4 -d made the special files of a borrowed source directory itself.
+            Kind::Char(..) | Kind::Block(..) | Kind::Fifo if tree.borrowed => {}
             Kind::Char(ma, mi) => {
                 writeln!(s, "cd \"{parent}\"\nmknod \"{name}\" c {ma} {mi}\ncd /")?
             }
@@ -209,23 +254,49 @@ fn apply_metadata(tree: &Tree, epoch: i64, img: &Path, work: &Path) -> Result<()
             Kind::Fifo => writeln!(s, "cd \"{parent}\"\nmknod \"{name}\" p\ncd /")?,
             _ => {}
         }
+        // Only what mkfs.ext4 -d did not already get right is set, which keeps the
+        // script short: mkfs copies owner, mode and times from the staged file, takes the
+        // creation time from the fake clock, and copies a borrowed directory's xattrs.
+        let special = matches!(e.kind, Kind::Char(..) | Kind::Block(..) | Kind::Fifo);
+        let made_by_debugfs = special && !tree.borrowed;
+        let (staged_mode, staged_uid, staged_gid) = if tree.borrowed {
+            (e.mode, e.uid, e.gid)
+        } else {
+            (staged_mode(&e.kind), builder.0, builder.1)
+        };
+        // debugfs reads a bare number as a date (YYYYMMDD...) when it can; "@N" is seconds.
         let mtime = e.mtime.min(epoch);
-        writeln!(s, "sif \"{path}\" mode 0{:o}", e.type_bits() | e.mode)?;
-        writeln!(s, "sif \"{path}\" uid {}", e.uid)?;
-        writeln!(s, "sif \"{path}\" gid {}", e.gid)?;
-        writeln!(s, "sif \"{path}\" mtime {mtime}")?;
-        writeln!(s, "sif \"{path}\" atime {mtime}")?;
-        writeln!(s, "sif \"{path}\" ctime {epoch}")?;
-        writeln!(s, "sif \"{path}\" crtime {epoch}")?;
-        for (name, value) in &e.xattrs {
-            let f = xdir.join(nx.to_string());
-            nx += 1;
-            std::fs::write(&f, value)?;
-            writeln!(s, "ea_set -f \"{}\" \"{path}\" \"{name}\"", f.display())?;
+        if made_by_debugfs || staged_mode != e.mode {
+            writeln!(s, "sif \"{path}\" mode 0{:o}", e.type_bits() | e.mode)?;
+        }
+        if made_by_debugfs || staged_uid != e.uid {
+            writeln!(s, "sif \"{path}\" uid {}", e.uid)?;
+        }
+        if made_by_debugfs || staged_gid != e.gid {
+            writeln!(s, "sif \"{path}\" gid {}", e.gid)?;
+        }
+        // Staged files carry their final mtimes (see Tree::pin_times); a borrowed
+        // directory's files may carry newer ones.
+        if made_by_debugfs || (tree.borrowed && e.mtime > epoch) {
+            writeln!(s, "sif \"{path}\" mtime @{mtime}")?;
+        }
+        // mkfs.ext4 -d reading a file or directory may update its access time first.
+        writeln!(s, "sif \"{path}\" atime @{mtime}")?;
+        writeln!(s, "sif \"{path}\" ctime @{epoch}")?;
+        if made_by_debugfs {
+            writeln!(s, "sif \"{path}\" crtime @{epoch}")?;
+        }
+        if !tree.borrowed {
+            for (name, value) in &e.xattrs {
+                let f = xdir.join(nx.to_string());
+                nx += 1;
+                std::fs::write(&f, value)?;
+                writeln!(s, "ea_set -f \"{}\" \"{path}\" \"{name}\"", f.display())?;
+            }
         }
     }
     for field in ["mtime", "atime", "ctime", "crtime"] {
-        writeln!(s, "sif /lost+found {field} {epoch}")?;
+        writeln!(s, "sif /lost+found {field} @{epoch}")?;
     }
     let script = work.join("metadata.debugfs");
     std::fs::write(&script, s)?;
@@ -257,5 +328,15 @@ fn apply_metadata(tree: &Tree, epoch: i64, img: &Path, work: &Path) -> Result<()
                 .join("; ")
         );
     }
+    // The superblock counts the kilobytes ever written, which depends on how much the
+    // script above had to change (more as an ordinary user). A fresh filesystem has
+    // written nothing worth counting; a separate run so its own writes are the same.
+    run(
+        Command::new("debugfs")
+            .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+            .args(["-w", "-R", "ssv kbytes_written 0"])
+            .arg(img),
+        "resetting the write counter",
+    )?;
     Ok(())
 }

@@ -62,7 +62,11 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
     let w = work.path();
     let mut epoch = spec.source_date_epoch.or(epoch_from_env()?);
 
-    let mut tree = rootfs::Tree::new(&w.join("rootfs"))?;
+    // A plain directory is read in place; anything else is staged in the work directory.
+    let mut tree = match (&checked.source, &checked.overlay) {
+        (RootfsSource::Directory(d), None) => rootfs::Tree::borrow(d)?,
+        _ => rootfs::Tree::new(&w.join("rootfs"))?,
+    };
     match &checked.source {
         RootfsSource::Directory(d) => {
             eprintln!("oneimage: reading root filesystem from {}", d.display());
@@ -92,6 +96,7 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
     // Without a given epoch, the newest file time is the only one the inputs fix.
     let epoch =
         *epoch.get_or_insert_with(|| tree.entries.values().map(|e| e.mtime).max().unwrap_or(0));
+    tree.pin_times(epoch)?;
     let kernel = kernel::find_kernel(&tree)
         .with_context(|| format!("{}: root filesystem", spec_path.display()))?;
     eprintln!("oneimage: kernel {}", kernel.version);
@@ -120,7 +125,20 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
     .with_context(|| format!("{}: ESP", spec_path.display()))?;
     eprintln!("oneimage: ESP {} ready", format_size(esp_bytes));
 
-    let root_img = w.join("root.img");
+    let image = opts.outdir.join(format!("{}.img", spec.name));
+    if image.is_dir() {
+        bail!("{} is a directory; refusing to replace it", image.display());
+    }
+    let partial = w.join(format!("{}.img", spec.name));
+    // The root filesystem is made in place inside the image, laid out for its size.
+    let place = |root_bytes: u64| -> Result<ext4::Placement> {
+        let plan = plan::Plan::new(&ids, esp_bytes, root_bytes);
+        assemble::create_image(&partial, plan.total_bytes)?;
+        Ok(ext4::Placement {
+            file: partial.clone(),
+            offset: plan.root.offset(plan::SECTOR),
+        })
+    };
     let root_bytes = ext4::make_ext4(
         &tree,
         &ext4::Ext4Params {
@@ -129,25 +147,22 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
             epoch,
             size: checked.root_size,
         },
-        &root_img,
         w,
+        place,
     )
     .with_context(|| format!("{}: root filesystem", spec_path.display()))?;
     eprintln!(
         "oneimage: root filesystem {} ready",
         format_size(root_bytes)
     );
-    // The staging copy is no longer needed; free the space before assembly.
-    std::fs::remove_dir_all(&tree.staging).ok();
+    if !tree.borrowed {
+        // The staging copy is no longer needed; free the space before finishing.
+        std::fs::remove_dir_all(&tree.staging).ok();
+    }
 
     let plan = plan::Plan::new(&ids, esp_bytes, root_bytes);
     eprint!("oneimage: layout\n{plan}");
-    let image = opts.outdir.join(format!("{}.img", spec.name));
-    let partial = w.join(format!("{}.img", spec.name));
-    assemble::assemble(&plan, &esp_img, &root_img, &partial)?;
-    if image.is_dir() {
-        bail!("{} is a directory; refusing to replace it", image.display());
-    }
+    assemble::finish(&plan, &esp_img, &partial)?;
     std::fs::rename(&partial, &image)
         .with_context(|| format!("moving the finished image to {}", image.display()))?;
     eprintln!("oneimage: wrote {}", image.display());

@@ -46,7 +46,7 @@ fn demo_image_passes_independent_checks() {
     let esp = extract_partition(image, 1, d.path());
     ok(Command::new("fsck.fat").arg("-n").arg(&esp));
     let root = extract_partition(image, 2, d.path());
-    ok(Command::new("e2fsck").arg("-fn").arg(&root));
+    e2fsck_clean(&root);
 
     // Ownership, modes and device nodes of the Debian tree survived.
     let shadow = debugfs(&root, "stat /etc/shadow");
@@ -60,6 +60,10 @@ fn demo_image_passes_independent_checks() {
         null.contains("character special") && null.contains("01:03"),
         "{null}"
     );
+    // Times: modification times clamped to the spec's epoch (2026-01-01), the rest set to it.
+    let passwd = debugfs(&root, "stat /etc/passwd");
+    assert!(passwd.contains("ctime: 0x6955b900:00000000"), "{passwd}");
+    assert!(passwd.contains("crtime: 0x6955b900:00000000"), "{passwd}");
     let unit = debugfs(&root, "stat /etc/systemd/system/oneimage-demo.service");
     assert!(
         unit.contains("User:     0   Group:     0"),

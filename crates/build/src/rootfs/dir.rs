@@ -106,7 +106,7 @@ fn walk(tree: &mut Tree, dir: &Path, owner: Owner) -> Result<()> {
             std::fs::copy(src, dest).with_context(|| format!("copying {}", src.display()))?;
             make_owner_accessible(dest, false)
         })?;
-        if is_dir {
+        if is_dir && !tree.borrowed {
             make_owner_accessible(&tree.staged(&p), true)?;
         }
     }

@@ -73,6 +73,9 @@ pub struct Tree {
     pub staging: PathBuf,
     /// Metadata by absolute path (`/`, `/etc`, `/etc/passwd`, ...), sorted.
     pub entries: BTreeMap<String, Entry>,
+    /// The staging directory is the user's own source directory: nothing is copied
+    /// or created in it, and mkfs reads it as it is.
+    pub borrowed: bool,
 }
 
 impl Tree {
@@ -95,7 +98,15 @@ impl Tree {
         Ok(Tree {
             staging: staging.to_path_buf(),
             entries,
+            borrowed: false,
         })
+    }
+
+    /// A tree whose contents stay in `dir`, a source directory that is only read.
+    pub fn borrow(dir: &Path) -> Result<Tree> {
+        let mut t = Tree::new(dir)?;
+        t.borrowed = true;
+        Ok(t)
     }
 
     /// Where `path` (absolute, normalised) lives in the staging directory.
@@ -113,6 +124,10 @@ impl Tree {
         entry: Entry,
         write: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<()> {
+        if self.borrowed {
+            self.entries.insert(path.to_string(), entry);
+            return Ok(());
+        }
         let staged = self.staged(path);
         let existing = self.entries.get(path).map(|e| e.kind.clone());
         match (&existing, &entry.kind) {
@@ -130,16 +145,45 @@ impl Tree {
                 }
             }
         }
-        if let Some(parent) = staged.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
+        // Parents the source never listed become root-owned 0755 directories (a listed
+        // entry, coming later, replaces that metadata).
+        let mut missing = Vec::new();
+        let mut ancestor = Path::new(path).parent();
+        while let Some(a) = ancestor {
+            let a_str = a.to_str().expect("normalised paths are UTF-8");
+            if a_str == "/" || self.entries.contains_key(a_str) {
+                break;
+            }
+            missing.push(a_str.to_string());
+            ancestor = a.parent();
+        }
+        for dir in missing.into_iter().rev() {
+            let staged_dir = self.staged(&dir);
+            std::fs::create_dir_all(&staged_dir)
+                .with_context(|| format!("creating {}", staged_dir.display()))?;
+            make_owner_accessible(&staged_dir, true)?;
+            let implied = Entry {
+                kind: Kind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: entry.mtime,
+                xattrs: Vec::new(),
+            };
+            self.entries.insert(dir, implied);
         }
         match &entry.kind {
             Kind::Dir => {
                 std::fs::create_dir_all(&staged)
                     .with_context(|| format!("creating {}", staged.display()))?;
+                make_owner_accessible(&staged, true)?;
             }
-            Kind::File(_) => write(&staged)?,
+            Kind::File(_) => {
+                write(&staged)?;
+                // Known modes in the staging copy, whatever the umask: the ext4 step
+                // relies on them.
+                make_owner_accessible(&staged, false)?;
+            }
             Kind::Symlink(target) => std::os::unix::fs::symlink(target, &staged)
                 .with_context(|| format!("creating symlink {}", staged.display()))?,
             Kind::Hardlink(target) => {
@@ -153,6 +197,40 @@ impl Tree {
             Kind::Char(..) | Kind::Block(..) | Kind::Fifo => {}
         }
         self.entries.insert(path.to_string(), entry);
+        Ok(())
+    }
+
+    /// Sets every staged file's access and modification time to its entry's mtime,
+    /// clamped to `epoch`, so mkfs.ext4 -d copies final times. Children go first, so
+    /// a directory's time is not disturbed again. Does nothing for a borrowed tree.
+    pub fn pin_times(&self, epoch: i64) -> Result<()> {
+        use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD};
+        if self.borrowed {
+            return Ok(());
+        }
+        for (path, e) in self.entries.iter().rev() {
+            if matches!(
+                e.kind,
+                Kind::Char(..) | Kind::Block(..) | Kind::Fifo | Kind::Hardlink(_)
+            ) {
+                continue;
+            }
+            let t = Timespec {
+                tv_sec: e.mtime.min(epoch),
+                tv_nsec: 0,
+            };
+            let staged = self.staged(path);
+            utimensat(
+                CWD,
+                &staged,
+                &Timestamps {
+                    last_access: t,
+                    last_modification: t,
+                },
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .with_context(|| format!("setting times of {}", staged.display()))?;
+        }
         Ok(())
     }
 

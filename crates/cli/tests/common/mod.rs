@@ -146,3 +146,14 @@ pub fn leftovers(dir: &Path) -> Vec<String> {
         Err(_) => Vec::new(),
     }
 }
+
+/// Runs `e2fsck -fn` on an ext4 image and fails on any problem, including the ones
+/// e2fsck declines to fix under -n yet still exits 0 for.
+pub fn e2fsck_clean(fs: &Path) {
+    let out = ok(Command::new("e2fsck").arg("-fn").arg(fs));
+    assert!(
+        !out.contains("? no"),
+        "e2fsck found problems in {}:\n{out}",
+        fs.display()
+    );
+}
