@@ -112,15 +112,18 @@ fn demo_image_passes_independent_checks() {
 #[test]
 fn demo_build_is_reproducible_and_needs_no_root() {
     let first = sha256(demo());
+    // Everything the ordinary user reads is copied where it can read it.
     let d = shared_tempdir();
+    let examples = share(&repo().join("examples"), d.path());
+    let cache = share(&cache(), d.path());
     let out = d.path().join("out");
-    ok(unprivileged(Path::new(env!("CARGO_BIN_EXE_oneimage")))
+    ok(unprivileged_oneimage(d.path())
         .arg("build")
-        .arg(repo().join("examples/debian.toml"))
+        .arg(examples.join("debian.toml"))
         .arg("-o")
         .arg(&out)
         .arg("--rootfs-cache")
-        .arg(cache()));
+        .arg(&cache));
     assert_eq!(sha256(&out.join("debian-demo.img")), first);
 }
 

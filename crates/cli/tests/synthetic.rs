@@ -185,7 +185,7 @@ fn unprivileged_build_keeps_owners_modes_links_devices_and_xattrs() {
         "name = \"meta\"\nsource-date-epoch = 1767225600\n[rootfs]\ntarball = \"root.tar\"\n[root]\nsize = \"64M\"\n",
     );
     let out = d.path().join("out");
-    ok(unprivileged(Path::new(env!("CARGO_BIN_EXE_oneimage")))
+    ok(unprivileged_oneimage(d.path())
         .arg("build")
         .arg(&s)
         .arg("-o")

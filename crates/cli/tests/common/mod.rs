@@ -110,19 +110,37 @@ fn rustix_uid() -> u32 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
-/// A command that runs `program` as an unprivileged user: `nobody` via setpriv when we are
-/// root, or as ourselves when we already are an ordinary user.
-pub fn unprivileged(program: &Path) -> Command {
+/// A command that runs the `oneimage` binary as an unprivileged user: `nobody` via
+/// setpriv when we are root, or as ourselves when we already are an ordinary user.
+///
+/// The binary is first copied into `shared` (see [`shared_tempdir`]), since `nobody`
+/// may not be able to reach the build tree (a checkout under /root, say).
+pub fn unprivileged_oneimage(shared: &Path) -> Command {
+    let program = shared.join("oneimage");
+    if !program.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_oneimage"), &program).unwrap();
+    }
     if is_root() {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg("env")
             .arg("HOME=/nonexistent")
-            .arg(program);
+            .arg(&program);
         c
     } else {
-        Command::new(program)
+        Command::new(&program)
     }
+}
+
+/// Copies a file or directory tree into `shared`, readable by everyone; returns the copy.
+pub fn share(src: &Path, shared: &Path) -> PathBuf {
+    let dst = shared.join(src.file_name().unwrap());
+    ok(Command::new("cp")
+        .args(["-r", "--no-preserve=ownership"])
+        .arg(src)
+        .arg(&dst));
+    ok(Command::new("chmod").args(["-R", "a+rX"]).arg(&dst));
+    dst
 }
 
 /// A temporary directory anyone can write to (for unprivileged builds).
