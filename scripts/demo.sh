@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/build-agent.sh
 cargo build --release --locked
 mkdir -p out
 target/release/oneimage build examples/debian.toml -o out --rootfs-cache out/cache

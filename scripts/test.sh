@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/build-agent.sh
 cargo build --workspace --release --locked
 cargo test --workspace --release --locked -- --test-threads=2

@@ -116,8 +116,12 @@ pub fn make_esp(kernel: &Kernel, p: &EspParams, out: &Path, work: &Path) -> Resu
     std::fs::write(boot.join("grub.cfg"), grub_cfg(p))?;
     std::fs::copy(&kernel.image, ours.join("vmlinuz"))
         .with_context(|| format!("copying kernel {}", kernel.image.display()))?;
-    std::fs::copy(&kernel.initrd, ours.join("initrd.img"))
-        .with_context(|| format!("copying initramfs {}", kernel.initrd.display()))?;
+    let initrd = kernel
+        .initrd
+        .as_ref()
+        .context("no initramfs to boot with")?;
+    std::fs::copy(initrd, ours.join("initrd.img"))
+        .with_context(|| format!("copying initramfs {}", initrd.display()))?;
 
     let mut content = 0u64;
     let mut paths = Vec::new();

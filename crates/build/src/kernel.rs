@@ -12,8 +12,9 @@ pub struct Kernel {
     pub version: String,
     /// Kernel image in the staging directory.
     pub image: PathBuf,
-    /// Initramfs in the staging directory.
-    pub initrd: PathBuf,
+    /// The initramfs to boot with: the root filesystem's own (staged), if it has one,
+    /// until the builder makes its own.
+    pub initrd: Option<PathBuf>,
 }
 
 /// Compares kernel versions numerically where they are numbers (`6.10` > `6.9`).
@@ -26,7 +27,7 @@ fn version_cmp(a: &str, b: &str) -> Ordering {
     split(a).cmp(&split(b))
 }
 
-/// Finds the newest kernel with an initramfs: Debian's `/boot/vmlinuz-V` +
+/// Finds the newest kernel and its initramfs, if any: Debian's `/boot/vmlinuz-V` +
 /// `/boot/initrd.img-V`, or `/usr/lib/modules/V/vmlinuz` + `initrd`.
 pub fn find_kernel(tree: &Tree) -> Result<Kernel> {
     let mut found: Vec<(String, String, Option<String>)> = Vec::new();
@@ -54,15 +55,14 @@ pub fn find_kernel(tree: &Tree) -> Result<Kernel> {
     let Some((version, image, initrd)) = found.pop() else {
         bail!("the root filesystem has no kernel: looked for /boot/vmlinuz-VERSION and /usr/lib/modules/VERSION/vmlinuz (install a kernel package, e.g. linux-image-amd64)");
     };
-    let Some(initrd) = initrd else {
-        bail!("kernel {image} has no initramfs: looked for /boot/initrd.img-{version}, /boot/initramfs-{version}.img and /usr/lib/modules/{version}/initrd (install initramfs-tools or dracut)");
-    };
     let (image, _) = tree.resolve(&image).expect("listed above");
-    let (initrd, _) = tree.resolve(&initrd).expect("checked above");
+    let initrd = initrd
+        .and_then(|i| tree.resolve(&i))
+        .map(|(p, _)| tree.staged(&p));
     Ok(Kernel {
         version,
         image: tree.staged(&image),
-        initrd: tree.staged(&initrd),
+        initrd,
     })
 }
 

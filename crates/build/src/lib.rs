@@ -6,6 +6,7 @@
 pub mod assemble;
 pub mod esp;
 pub mod ext4;
+pub mod initramfs;
 pub mod kernel;
 pub mod plan;
 pub mod rootfs;
@@ -97,9 +98,33 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
     let epoch =
         *epoch.get_or_insert_with(|| tree.entries.values().map(|e| e.mtime).max().unwrap_or(0));
     tree.pin_times(epoch)?;
-    let kernel = kernel::find_kernel(&tree)
+    let mut kernel = kernel::find_kernel(&tree)
         .with_context(|| format!("{}: root filesystem", spec_path.display()))?;
     eprintln!("oneimage: kernel {}", kernel.version);
+    match spec.boot.initramfs.as_str() {
+        "oneimage" => {
+            let agent = initramfs::find_agent()?;
+            let initrd = w.join("oneimage-initrd.img");
+            let sum = initramfs::make_initramfs(&tree, &kernel.version, &agent, epoch, &initrd)
+                .with_context(|| format!("{}: initramfs", spec_path.display()))?;
+            eprintln!(
+                "oneimage: initramfs with {} modules and {}",
+                sum.modules.len(),
+                sum.tools.join(", ")
+            );
+            if !sum.missing.is_empty() {
+                eprintln!("oneimage: modules not in this kernel: {}", sum.missing.join(" "));
+            }
+            kernel.initrd = Some(initrd);
+        }
+        _ if kernel.initrd.is_none() => bail!(
+            "{}: boot.initramfs = \"rootfs\", but kernel {} has no initramfs in the root filesystem (looked for /boot/initrd.img-{v}, /boot/initramfs-{v}.img, /usr/lib/modules/{v}/initrd)",
+            spec_path.display(),
+            kernel.version,
+            v = kernel.version
+        ),
+        _ => {}
+    }
 
     let ids = plan::Ids::from_seed(&checked.seed);
     let mut cmdline = format!("root=PARTUUID={} rw", ids.root_part);

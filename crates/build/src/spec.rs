@@ -159,6 +159,13 @@ pub struct BootSpec {
     pub timeout: u32,
     /// Menu entry title; default: the image name.
     pub title: Option<String>,
+    /// `oneimage` (our own agent, the default) or `rootfs` (the root filesystem's own).
+    #[serde(default = "initramfs")]
+    pub initramfs: String,
+}
+
+fn initramfs() -> String {
+    "oneimage".into()
 }
 
 impl Default for BootSpec {
@@ -167,6 +174,7 @@ impl Default for BootSpec {
             cmdline: String::new(),
             timeout: timeout(),
             title: None,
+            initramfs: initramfs(),
         }
     }
 }
@@ -275,6 +283,12 @@ impl Spec {
             bail!(
                 "{p}: esp.label = \"{}\": expected 1 to 11 ASCII characters",
                 self.esp.label
+            );
+        }
+        if !matches!(self.boot.initramfs.as_str(), "oneimage" | "rootfs") {
+            bail!(
+                "{p}: boot.initramfs = \"{}\": expected \"oneimage\" or \"rootfs\"",
+                self.boot.initramfs
             );
         }
         if self.root.label.len() > 16 {

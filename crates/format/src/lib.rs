@@ -4,6 +4,8 @@
 //! spawned, no clock is read and there is no global state, so every function gives the
 //! same bytes for the same inputs.
 
+pub mod cpio;
+pub mod elf;
 pub mod fat;
 pub mod gpt;
 pub mod guid;

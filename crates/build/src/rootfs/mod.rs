@@ -234,6 +234,51 @@ impl Tree {
         Ok(())
     }
 
+    /// Resolves `path` component by component, following symlinks inside the tree (as
+    /// the booted system would, e.g. `/lib64` -> `usr/lib64`), to the path of an entry
+    /// that is not a symlink. `None` when something on the way is missing.
+    pub fn resolve_path(&self, path: &str) -> Option<String> {
+        let mut todo: Vec<String> = path
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .rev()
+            .map(str::to_string)
+            .collect();
+        let mut cur = String::new();
+        let mut hops = 0;
+        while let Some(comp) = todo.pop() {
+            match comp.as_str() {
+                "." => continue,
+                ".." => {
+                    cur.truncate(cur.rfind('/').unwrap_or(0));
+                    continue;
+                }
+                _ => {}
+            }
+            let next = format!("{cur}/{comp}");
+            match &self.entries.get(&next)?.kind {
+                Kind::Symlink(target) => {
+                    hops += 1;
+                    if hops > 40 {
+                        return None;
+                    }
+                    let t = target.to_str()?;
+                    if t.starts_with('/') {
+                        cur.clear();
+                    }
+                    todo.extend(
+                        t.split('/')
+                            .filter(|c| !c.is_empty())
+                            .rev()
+                            .map(str::to_string),
+                    );
+                }
+                _ => cur = next,
+            }
+        }
+        Some(if cur.is_empty() { "/".into() } else { cur })
+    }
+
     /// Looks up an entry, following symlinks inside the tree (at most 16 hops).
     pub fn resolve(&self, path: &str) -> Option<(String, &Entry)> {
         let mut p = path.to_string();
@@ -327,5 +372,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.resolve("/vmlinuz").unwrap().0, "/boot/vmlinuz-1");
+        t.insert("/b", e(Kind::Symlink("/boot".into())), |_| Ok(()))
+            .unwrap();
+        assert_eq!(t.resolve_path("/b/vmlinuz-1").unwrap(), "/boot/vmlinuz-1");
+        assert_eq!(t.resolve_path("/b/../vmlinuz").unwrap(), "/boot/vmlinuz-1");
+        assert_eq!(t.resolve_path("/b/nothing"), None);
     }
 }

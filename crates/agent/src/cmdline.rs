@@ -1,0 +1,81 @@
+//! The kernel command line, as far as the agent is concerned.
+
+/// What the agent takes from `/proc/cmdline`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cmdline {
+    /// `root=PARTUUID=...`, lower-case.
+    pub root_partuuid: String,
+    /// `ro` given (default read-write).
+    pub read_only: bool,
+    /// `init=` or `/sbin/init`.
+    pub init: String,
+    /// `rootwait=SECONDS`-like `oneimage.wait=SECONDS`, default 30.
+    pub root_wait_secs: u64,
+}
+
+impl Cmdline {
+    /// How the root is to be mounted, for the log.
+    pub fn mode_name(&self) -> &'static str {
+        if self.read_only {
+            "read-only"
+        } else {
+            "read-write"
+        }
+    }
+}
+
+/// Reads and parses `/proc/cmdline`.
+pub fn read() -> Result<Cmdline, String> {
+    let text = std::fs::read_to_string("/proc/cmdline")
+        .map_err(|e| format!("reading /proc/cmdline: {e}"))?;
+    parse(&text)
+}
+
+/// Parses a kernel command line.
+pub fn parse(text: &str) -> Result<Cmdline, String> {
+    let mut c = Cmdline {
+        root_partuuid: String::new(),
+        read_only: false,
+        init: "/sbin/init".into(),
+        root_wait_secs: 30,
+    };
+    for word in text.split_whitespace() {
+        let (k, v) = word.split_once('=').unwrap_or((word, ""));
+        match k {
+            "root" => match v.strip_prefix("PARTUUID=") {
+                Some(u) => c.root_partuuid = u.to_ascii_lowercase(),
+                None => return Err(format!("root={v}: only root=PARTUUID=... is supported")),
+            },
+            "ro" => c.read_only = true,
+            "rw" => c.read_only = false,
+            "init" => c.init = v.to_string(),
+            "oneimage.wait" => {
+                c.root_wait_secs = v
+                    .parse()
+                    .map_err(|_| format!("oneimage.wait={v}: expected seconds"))?
+            }
+            _ => {}
+        }
+    }
+    if c.root_partuuid.is_empty() {
+        return Err("the kernel command line has no root=PARTUUID=...".into());
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_root_and_flags() {
+        let c =
+            parse("BOOT_IMAGE=/x root=PARTUUID=AB-CD rw console=ttyS0 oneimage.wait=5\n").unwrap();
+        assert_eq!(c.root_partuuid, "ab-cd");
+        assert!(!c.read_only);
+        assert_eq!(c.root_wait_secs, 5);
+        assert_eq!(c.init, "/sbin/init");
+        assert!(parse("ro quiet").is_err());
+        assert!(parse("root=/dev/sda1").is_err());
+    }
+}

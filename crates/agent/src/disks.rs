@@ -1,0 +1,104 @@
+//! Finding the partition with a given GUID by reading the partition tables of the disks
+//! the kernel has found, waiting for slow ones (USB) up to a deadline.
+
+use crate::log::say;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A whole disk and the partitions its table lists: (number, GUID).
+struct Seen {
+    disk: String,
+    partitions: Vec<(u32, String)>,
+}
+
+fn whole_disks() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/sys/class/block")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| {
+                    !std::path::Path::new(&format!("/sys/class/block/{n}/partition")).exists()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn read_disk(disk: &str) -> Option<Seen> {
+    let mut f = std::fs::File::open(format!("/dev/{disk}")).ok()?;
+    let table = oneimage_format::gpt::read_table(&mut f).ok()?;
+    Some(Seen {
+        disk: disk.to_string(),
+        partitions: table
+            .partitions
+            .iter()
+            .map(|p| (p.number, p.guid.to_string()))
+            .collect(),
+    })
+}
+
+/// The device node of partition `number` of `disk`, once the kernel has made it.
+fn partition_node(disk: &str, number: u32) -> Option<PathBuf> {
+    let rd = std::fs::read_dir(format!("/sys/class/block/{disk}")).ok()?;
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let n = std::fs::read_to_string(e.path().join("partition")).ok();
+        if n.map(|s| s.trim().parse::<u32>().ok()) == Some(Some(number)) {
+            let node = PathBuf::from(format!("/dev/{name}"));
+            if node.exists() {
+                return Some(node);
+            }
+        }
+    }
+    None
+}
+
+/// Waits until a disk shows partition `guid`; returns its device node.
+pub fn wait_for_partition(guid: &str, timeout: Duration) -> Result<PathBuf, String> {
+    let start = Instant::now();
+    let mut announced = false;
+    loop {
+        let seen: Vec<Seen> = whole_disks().iter().filter_map(|d| read_disk(d)).collect();
+        for s in &seen {
+            if let Some((n, _)) = s.partitions.iter().find(|(_, g)| g == guid) {
+                if let Some(node) = partition_node(&s.disk, *n) {
+                    return Ok(node);
+                }
+            }
+        }
+        if start.elapsed() >= timeout {
+            let mut msg = format!(
+                "no partition {guid} appeared within {} s; disks seen:",
+                timeout.as_secs()
+            );
+            let disks = whole_disks();
+            if disks.is_empty() {
+                msg.push_str(" none");
+            }
+            for d in disks {
+                match seen.iter().find(|s| s.disk == d) {
+                    Some(s) => {
+                        let parts: Vec<String> = s
+                            .partitions
+                            .iter()
+                            .map(|(n, g)| format!("{n}={g}"))
+                            .collect();
+                        msg.push_str(&format!(" {d} (GPT: {})", parts.join(", ")));
+                    }
+                    None => msg.push_str(&format!(" {d} (no GPT)")),
+                }
+            }
+            return Err(msg);
+        }
+        if !announced {
+            say(&format!(
+                "waiting up to {} s for partition {guid}",
+                timeout.as_secs()
+            ));
+            announced = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,330 @@
+//! oneimage's own initramfs, generated from the image's root filesystem: the agent
+//! `oneimage-init` as `/init`, the kernel modules the boot needs (with their
+//! dependencies, from `modules.dep`, decompressed), and the tools the agent runs
+//! (`e2fsck`, an emergency `/bin/sh`) with their shared libraries. No root, no chroot.
+
+use crate::rootfs::{Kind, Tree};
+use anyhow::{bail, Context, Result};
+use oneimage_format::cpio::{CpioKind, CpioWriter};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Modules the boot may need, by name; missing or built-in ones are skipped.
+/// crc32c comes first: ext4's metadata checksums need it and nothing loads it on demand.
+pub const WANTED_MODULES: &[&str] = &[
+    "crc32c_generic",
+    "crc32c_intel",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "scsi_mod",
+    "sd_mod",
+    "sr_mod",
+    "ahci",
+    "ata_piix",
+    "nvme",
+    "xhci_pci",
+    "ehci_pci",
+    "ohci_pci",
+    "uhci_hcd",
+    "usb_storage",
+    "uas",
+    "mmc_block",
+    "sdhci_pci",
+    "sdhci_acpi",
+    "ext4",
+    "vfat",
+    "nls_cp437",
+    "nls_iso8859_1",
+    "nls_ascii",
+    "isofs",
+    "squashfs",
+    "overlay",
+    "loop",
+    "dm_mod",
+    "dm_crypt",
+];
+
+/// Programs copied from the root filesystem when present: (path in the root, path in the
+/// initramfs).
+const TOOLS: &[(&str, &str)] = &[("/sbin/e2fsck", "/sbin/e2fsck"), ("/bin/sh", "/bin/sh")];
+
+/// Directories searched for shared libraries, as the dynamic loader does.
+const LIB_DIRS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib64",
+    "/lib64",
+    "/usr/lib",
+    "/lib",
+];
+
+/// What went into an initramfs, for the build log.
+pub struct Summary {
+    /// Modules included, in load order.
+    pub modules: Vec<String>,
+    /// Wanted modules neither found nor built into the kernel.
+    pub missing: Vec<String>,
+    /// Programs included.
+    pub tools: Vec<String>,
+}
+
+fn module_name(path: &str) -> String {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    let base = base.split(".ko").next().unwrap_or(base);
+    base.replace('-', "_")
+}
+
+/// Reads a module from the tree, decompressing `.ko.xz`, `.ko.zst` and `.ko.gz`.
+fn read_module(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).with_context(|| format!("reading module {}", path.display()))?;
+    let name = path.to_string_lossy();
+    let mut out = Vec::new();
+    if name.ends_with(".xz") {
+        liblzma::read::XzDecoder::new(&raw[..]).read_to_end(&mut out)?;
+    } else if name.ends_with(".zst") {
+        out = zstd::decode_all(&raw[..])?;
+    } else if name.ends_with(".gz") {
+        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out)?;
+    } else {
+        out = raw;
+    }
+    Ok(out)
+}
+
+/// Everything the initramfs will hold, by path.
+#[derive(Default)]
+struct Contents {
+    dirs: BTreeSet<String>,
+    files: BTreeMap<String, (u32, Vec<u8>)>,
+}
+
+impl Contents {
+    fn add_file(&mut self, path: &str, perm: u32, data: Vec<u8>) {
+        let mut p = Path::new(path).parent();
+        while let Some(d) = p {
+            let s = d.to_string_lossy();
+            if s != "/" {
+                self.dirs.insert(s.into_owned());
+            }
+            p = d.parent();
+        }
+        self.files.insert(path.to_string(), (perm, data));
+    }
+}
+
+/// Adds `program` (a path in the tree) as `dest`, with its interpreter and libraries.
+fn add_program(tree: &Tree, c: &mut Contents, program: &str, dest: &str) -> Result<bool> {
+    let Some(real) = tree.resolve_path(program) else {
+        return Ok(false);
+    };
+    let data = std::fs::read(tree.staged(&real)).with_context(|| format!("reading {program}"))?;
+    let mut queue = vec![data.clone()];
+    c.add_file(dest, 0o755, data);
+    while let Some(bin) = queue.pop() {
+        let Some(needs) = oneimage_format::elf::needs(&bin) else {
+            continue;
+        };
+        let mut wanted: Vec<(String, String)> = Vec::new();
+        if let Some(interp) = needs.interpreter {
+            wanted.push((interp.clone(), interp));
+        }
+        for lib in needs.libraries {
+            let found = LIB_DIRS
+                .iter()
+                .map(|d| format!("{d}/{lib}"))
+                .find(|p| tree.resolve_path(p).is_some());
+            match found {
+                Some(p) => wanted.push((p.clone(), format!("/usr/lib/x86_64-linux-gnu/{lib}"))),
+                None => bail!("{program} needs {lib}, which the root filesystem does not have"),
+            }
+        }
+        for (src, dst) in wanted {
+            if c.files.contains_key(&dst) {
+                continue;
+            }
+            let real = tree
+                .resolve_path(&src)
+                .with_context(|| format!("{program} needs {src}"))?;
+            let lib =
+                std::fs::read(tree.staged(&real)).with_context(|| format!("reading {src}"))?;
+            queue.push(lib.clone());
+            c.add_file(&dst, 0o755, lib);
+        }
+    }
+    Ok(true)
+}
+
+/// Adds the wanted modules of `moddir` with their dependencies; returns the load list,
+/// the module names in load order and the wanted modules that are neither there nor
+/// built in.
+fn add_modules(
+    tree: &Tree,
+    c: &mut Contents,
+    version: &str,
+    moddir: &str,
+) -> Result<(String, Vec<String>, Vec<String>)> {
+    let read_text = |name: &str| {
+        std::fs::read_to_string(tree.staged(&format!("{moddir}/{name}"))).unwrap_or_default()
+    };
+    let dep_text = read_text("modules.dep");
+    if dep_text.is_empty() {
+        bail!("{moddir}/modules.dep is missing or empty (run depmod {version} in the root filesystem)");
+    }
+    let mut deps: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    for line in dep_text.lines() {
+        if let Some((m, rest)) = line.split_once(':') {
+            let d = rest.split_whitespace().map(str::to_string).collect();
+            deps.insert(module_name(m), (m.to_string(), d));
+        }
+    }
+    let builtin: BTreeSet<String> = read_text("modules.builtin")
+        .lines()
+        .map(module_name)
+        .collect();
+    let mut order: Vec<String> = Vec::new();
+    let mut missing = Vec::new();
+    fn visit(
+        p: &str,
+        deps: &BTreeMap<String, (String, Vec<String>)>,
+        order: &mut Vec<String>,
+        depth: usize,
+    ) {
+        if depth > 64 || order.iter().any(|o| o == p) {
+            return;
+        }
+        if let Some((_, ds)) = deps.get(&module_name(p)) {
+            for d in ds {
+                visit(d, deps, order, depth + 1);
+            }
+        }
+        order.push(p.to_string());
+    }
+    for want in WANTED_MODULES {
+        match deps.get(*want) {
+            Some((path, _)) => visit(path, &deps, &mut order, 0),
+            None if builtin.contains(*want) => {}
+            None => missing.push(want.to_string()),
+        }
+    }
+    let mut list = String::new();
+    let mut modules = Vec::new();
+    for rel in &order {
+        let src = format!("{moddir}/{rel}");
+        let real = tree
+            .resolve_path(&src)
+            .with_context(|| format!("modules.dep names {src}, which is missing"))?;
+        let data = read_module(&tree.staged(&real))?;
+        let dest_rel = rel
+            .trim_end_matches(".xz")
+            .trim_end_matches(".zst")
+            .trim_end_matches(".gz");
+        let dest = format!("/usr/lib/modules/{version}/{dest_rel}");
+        list.push_str(&dest);
+        list.push('\n');
+        modules.push(module_name(rel));
+        c.add_file(&dest, 0o644, data);
+    }
+    Ok((list, modules, missing))
+}
+
+/// Writes the initramfs for kernel `version` of `tree` to `out` (zstd-compressed cpio).
+pub fn make_initramfs(
+    tree: &Tree,
+    version: &str,
+    agent: &Path,
+    epoch: i64,
+    out: &Path,
+) -> Result<Summary> {
+    let mut c = Contents::default();
+    let agent_bin =
+        std::fs::read(agent).with_context(|| format!("reading the agent {}", agent.display()))?;
+    match oneimage_format::elf::needs(&agent_bin) {
+        Some(n) if n.interpreter.is_none() => {}
+        _ => bail!(
+            "{} is not a statically linked ELF program (build it with scripts/build-agent.sh)",
+            agent.display()
+        ),
+    }
+    c.add_file("/init", 0o755, agent_bin);
+
+    let moddir = [
+        format!("/usr/lib/modules/{version}"),
+        format!("/lib/modules/{version}"),
+    ]
+    .into_iter()
+    .find_map(|d| {
+        tree.resolve_path(&d)
+            .filter(|r| matches!(tree.entries.get(r).map(|e| &e.kind), Some(Kind::Dir)))
+    });
+    let (list, modules, missing) = match moddir {
+        Some(dir) => add_modules(tree, &mut c, version, &dir)?,
+        // A kernel with every driver built in needs no modules.
+        None => (
+            String::new(),
+            Vec::new(),
+            WANTED_MODULES.iter().map(|m| m.to_string()).collect(),
+        ),
+    };
+    c.add_file("/etc/oneimage/modules", 0o644, list.into_bytes());
+
+    let mut tools = Vec::new();
+    for (src, dst) in TOOLS {
+        if add_program(tree, &mut c, src, dst)? {
+            tools.push(dst.to_string());
+        }
+    }
+
+    let f = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let enc = zstd::stream::write::Encoder::new(f, 9)?;
+    let mut w = CpioWriter::new(enc, epoch.clamp(0, u32::MAX as i64) as u32);
+    for d in ["/dev", "/proc", "/sys", "/run", "/sysroot", "/tmp"] {
+        c.dirs.insert(d.to_string());
+    }
+    for d in &c.dirs {
+        w.add(d, CpioKind::Dir, 0o755, &[])?;
+    }
+    // The kernel opens /dev/console for /init before any devtmpfs is mounted.
+    w.add("/dev/console", CpioKind::Char(5, 1), 0o600, &[])?;
+    for (path, (perm, data)) in &c.files {
+        w.add(path, CpioKind::File, *perm, data)?;
+    }
+    w.finish()?.finish()?.sync_all()?;
+    Ok(Summary {
+        modules,
+        missing,
+        tools,
+    })
+}
+
+/// Where the `oneimage-init` agent is: `$ONEIMAGE_INIT`, next to this program, or where
+/// `scripts/build-agent.sh` puts it in a cargo target directory.
+pub fn find_agent() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ONEIMAGE_INIT") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("locating the oneimage program")?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let candidates = [
+        dir.join("oneimage-init"),
+        dir.join("../agent/oneimage-init"),
+    ];
+    for c in &candidates {
+        if c.exists() {
+            if let Some(n) = std::fs::read(c)
+                .ok()
+                .and_then(|b| oneimage_format::elf::needs(&b))
+            {
+                if n.interpreter.is_none() {
+                    return Ok(c.clone());
+                }
+            }
+        }
+    }
+    bail!(
+        "the static boot agent oneimage-init was not found (looked for $ONEIMAGE_INIT, {} and {}); build it with scripts/build-agent.sh",
+        candidates[0].display(),
+        candidates[1].display()
+    )
+}
