@@ -9,14 +9,18 @@ pub struct Cmdline {
     pub read_only: bool,
     /// `init=` or `/sbin/init`.
     pub init: String,
-    /// `rootwait=SECONDS`-like `oneimage.wait=SECONDS`, default 30.
+    /// `oneimage.wait=SECONDS`, default 30.
     pub root_wait_secs: u64,
+    /// `oneimage.mode=live`: the root read-only under a RAM overlay, nothing written.
+    pub live: bool,
 }
 
 impl Cmdline {
     /// How the root is to be mounted, for the log.
     pub fn mode_name(&self) -> &'static str {
-        if self.read_only {
+        if self.live {
+            "live"
+        } else if self.read_only {
             "read-only"
         } else {
             "read-write"
@@ -38,6 +42,7 @@ pub fn parse(text: &str) -> Result<Cmdline, String> {
         read_only: false,
         init: "/sbin/init".into(),
         root_wait_secs: 30,
+        live: false,
     };
     for word in text.split_whitespace() {
         let (k, v) = word.split_once('=').unwrap_or((word, ""));
@@ -49,6 +54,11 @@ pub fn parse(text: &str) -> Result<Cmdline, String> {
             "ro" => c.read_only = true,
             "rw" => c.read_only = false,
             "init" => c.init = v.to_string(),
+            "oneimage.mode" => match v {
+                "live" => c.live = true,
+                "persistent" => c.live = false,
+                _ => return Err(format!("oneimage.mode={v}: expected live or persistent")),
+            },
             "oneimage.wait" => {
                 c.root_wait_secs = v
                     .parse()
@@ -76,6 +86,8 @@ mod tests {
         assert_eq!(c.root_wait_secs, 5);
         assert_eq!(c.init, "/sbin/init");
         assert!(parse("ro quiet").is_err());
+        assert!(parse("root=PARTUUID=x oneimage.mode=live").unwrap().live);
+        assert!(parse("root=PARTUUID=x oneimage.mode=bogus").is_err());
         assert!(parse("root=/dev/sda1").is_err());
     }
 }

@@ -38,8 +38,13 @@ fn run() -> Result<(), String> {
         cmd.root_partuuid,
         root.display()
     ));
-    mounts::check_root(&root);
-    mounts::mount_root(&root, cmd.read_only)?;
+    if cmd.live {
+        // Live: nothing may be written, not even by a filesystem check or journal replay.
+        mounts::mount_live(&root)?;
+    } else {
+        mounts::check_root(&root);
+        mounts::mount_root(&root, cmd.read_only)?;
+    }
     mounts::switch_root(&cmd.init)
 }
 

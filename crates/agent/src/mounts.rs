@@ -89,3 +89,56 @@ pub fn switch_root(init: &str) -> Result<(), String> {
     let err = std::process::Command::new(init).exec();
     Err(format!("executing {init}: {err}"))
 }
+
+/// Live mode: the root read-only (no journal replay) as the lower layer of an overlay
+/// whose upper layer is RAM, mounted at /sysroot. Everything written is lost at power off.
+pub fn mount_live(dev: &Path) -> Result<(), String> {
+    let lower = "/run/oneimage/lower";
+    let rw = "/run/oneimage/rw";
+    for d in [lower, rw, NEW_ROOT] {
+        std::fs::create_dir_all(d).map_err(|e| format!("creating {d}: {e}"))?;
+    }
+    let noload = std::ffi::CString::new("noload").expect("no NUL");
+    mount(
+        dev,
+        lower,
+        "ext4",
+        MountFlags::RDONLY,
+        Some(noload.as_c_str()),
+    )
+    .map_err(|e| {
+        format!(
+            "mounting {} (ext4) read-only on {lower}: {e}",
+            dev.display()
+        )
+    })?;
+    mount(
+        "tmpfs",
+        rw,
+        "tmpfs",
+        MountFlags::empty(),
+        None::<&std::ffi::CStr>,
+    )
+    .map_err(|e| format!("mounting tmpfs on {rw}: {e}"))?;
+    for d in ["upper", "work"] {
+        std::fs::create_dir_all(format!("{rw}/{d}"))
+            .map_err(|e| format!("creating {rw}/{d}: {e}"))?;
+    }
+    let opts = std::ffi::CString::new(format!(
+        "lowerdir={lower},upperdir={rw}/upper,workdir={rw}/work"
+    ))
+    .expect("no NUL");
+    mount(
+        "overlay",
+        NEW_ROOT,
+        "overlay",
+        MountFlags::empty(),
+        Some(opts.as_c_str()),
+    )
+    .map_err(|e| format!("mounting the live overlay on {NEW_ROOT}: {e}"))?;
+    say(&format!(
+        "live: {} read-only under a RAM overlay on {NEW_ROOT}; nothing will be written to the disk",
+        dev.display()
+    ));
+    Ok(())
+}

@@ -66,8 +66,10 @@ pub struct EspParams<'a> {
     pub timeout: u32,
 }
 
-/// The GRUB configuration written to `/EFI/BOOT/grub.cfg`.
+/// The GRUB configuration written to `/EFI/BOOT/grub.cfg`: the persistent entry (the
+/// default) and a live one, both reachable by hotkey (`p`, `l`) from a serial console.
 pub fn grub_cfg(p: &EspParams) -> String {
+    let title = p.title.replace('\'', "");
     format!(
         "# Written by oneimage.\n\
          serial --unit=0 --speed=115200\n\
@@ -75,12 +77,15 @@ pub fn grub_cfg(p: &EspParams) -> String {
          terminal_output console serial\n\
          set timeout={timeout}\n\
          set default=persistent\n\
-         menuentry '{title}' --id persistent {{\n\
+         menuentry '{title}' --id persistent --hotkey=p {{\n\
          \tlinux {KERNEL_PATH} {cmdline}\n\
+         \tinitrd {INITRD_PATH}\n\
+         }}\n\
+         menuentry '{title} (live: nothing is written to the disk)' --id live --hotkey=l {{\n\
+         \tlinux {KERNEL_PATH} {cmdline} oneimage.mode=live\n\
          \tinitrd {INITRD_PATH}\n\
          }}\n",
         timeout = p.timeout,
-        title = p.title.replace('\'', ""),
         cmdline = p.cmdline,
     )
 }

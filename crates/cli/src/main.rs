@@ -61,6 +61,13 @@ enum Cmd {
         /// Do not copy the serial console to stdout.
         #[arg(long)]
         quiet: bool,
+        /// Write the serial console to FILE (needs --headless).
+        #[arg(long, value_name = "FILE", requires = "headless")]
+        console_log: Option<PathBuf>,
+        /// Pick this boot menu entry for this run only: persistent or live (needs
+        /// --headless; the image's default stays).
+        #[arg(long, value_name = "ENTRY", requires = "headless", value_parser = ["persistent", "live"])]
+        entry: Option<String>,
     },
 }
 
@@ -97,6 +104,8 @@ fn run(cli: Cli) -> Result<()> {
             timeout,
             memory,
             quiet,
+            console_log,
+            entry,
         } => {
             let disk_size = disk_size
                 .map(|s| oneimage_format::size::parse_size(&s).context("--disk-size"))
@@ -110,6 +119,8 @@ fn run(cli: Cli) -> Result<()> {
                 timeout: timeout.map(Duration::from_secs),
                 memory_mib: memory,
                 echo_console: !quiet,
+                console_log,
+                entry,
             };
             use oneimage_vm::Outcome;
             match oneimage_vm::run(&opts)? {

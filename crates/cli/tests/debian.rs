@@ -104,6 +104,16 @@ fn demo_image_passes_independent_checks() {
         .arg(&esp)
         .arg("::/EFI/BOOT/grub.cfg"));
     assert!(cfg.contains(&format!("root=PARTUUID={root_guid}")), "{cfg}");
+    // oneimage's initramfs, not Debian's (about 35 MiB with initramfs-tools).
+    let initrd = parts[0]["boot_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "/oneimage/initrd.img")
+        .unwrap()["size"]
+        .as_u64()
+        .unwrap();
+    assert!(initrd < 10 << 20, "initramfs is {initrd} bytes");
     let used = parts[1]["filesystem"]["used_bytes"].as_u64().unwrap();
     let total = parts[1]["filesystem"]["total_bytes"].as_u64().unwrap();
     assert!(used > 300 << 20 && used < total, "used {used} of {total}");
@@ -131,16 +141,28 @@ fn demo_build_is_reproducible_and_needs_no_root() {
 fn demo_boots_with_snapshot_and_leaves_the_file_untouched() {
     let image = demo();
     let before = sha256(image);
-    ok(oneimage().arg("qemu").arg(image).args([
-        "--snapshot",
-        "--headless",
-        "--quiet",
-        "--expect",
-        MARKER,
-        "--timeout",
-        "900",
-    ]));
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("console.log");
+    ok(oneimage()
+        .arg("qemu")
+        .arg(image)
+        .args(["--snapshot", "--headless", "--quiet", "--expect", MARKER])
+        .args(["--timeout", "900", "--console-log"])
+        .arg(&log));
     assert_eq!(sha256(image), before);
+    // The boot went through oneimage's own initramfs and its agent.
+    let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    for step in [
+        "oneimage-init: loaded ",
+        "oneimage-init: /dev/vda2 is clean",
+        "oneimage-init: mounted /dev/vda2 on /sysroot read-write",
+        "oneimage-init: switching to /sbin/init",
+    ] {
+        assert!(
+            console.contains(step),
+            "{step:?} missing from the console:\n{console}"
+        );
+    }
 }
 
 #[test]
@@ -214,4 +236,101 @@ fn qemu_reports_a_missing_marker_with_the_console_tail() {
         err.contains("never printed") && err.contains("last console lines"),
         "{err}"
     );
+}
+
+/// Boots a copy of the demo changed by `damage`, until the agent reports an error; returns
+/// the console.
+fn boot_broken(damage: impl FnOnce(&Path), expect: &str) -> String {
+    let d = tempfile::tempdir().unwrap();
+    let image = d.path().join("broken.img");
+    ok(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(demo())
+        .arg(&image));
+    damage(&image);
+    let log = d.path().join("console.log");
+    ok(oneimage()
+        .arg("qemu")
+        .arg(&image)
+        .args(["--snapshot", "--headless", "--quiet", "--expect", expect])
+        .args(["--timeout", "900", "--console-log"])
+        .arg(&log));
+    let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    assert!(!console.contains("Kernel panic"), "{console}");
+    console
+}
+
+#[test]
+fn missing_root_partition_is_reported_by_the_agent() {
+    // Give the root partition another GUID: root=PARTUUID= now names nothing.
+    let console = boot_broken(
+        |img| {
+            ok(Command::new("sgdisk")
+                .arg("--partition-guid=2:0fc63daf-8483-4772-8e79-3d69d8477de4")
+                .arg(img));
+        },
+        "oneimage-init: error: no partition",
+    );
+    // It says what it did see, so a user can tell a missing disk from a wrong one.
+    assert!(console.contains("vda (GPT: 1="), "{console}");
+}
+
+#[test]
+fn damaged_root_filesystem_is_reported_by_the_agent() {
+    // Zero the primary ext4 superblock of the root partition.
+    let console = boot_broken(
+        |img| {
+            let info = ok(Command::new("sgdisk").arg("--info=2").arg(img));
+            let first: u64 = info
+                .lines()
+                .find(|l| l.starts_with("First sector"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap();
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
+            f.seek(SeekFrom::Start(first * 512)).unwrap();
+            f.write_all(&[0u8; 4096]).unwrap();
+        },
+        "oneimage-init: error: mounting /dev/vda2",
+    );
+    assert!(
+        console.contains("oneimage-init: e2fsck exit code"),
+        "{console}"
+    );
+}
+
+#[test]
+fn live_boot_writes_nothing_to_the_disk() {
+    let d = tempfile::tempdir().unwrap();
+    let image = d.path().join("stick.img");
+    ok(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(demo())
+        .arg(&image));
+    let before = sha256(&image);
+    let log = d.path().join("console.log");
+    // In place (no --snapshot): only the live mode stands between the guest and the file.
+    // The demo prints its marker only after it has appended to a file and synced, so the
+    // booted system did write.
+    ok(oneimage()
+        .arg("qemu")
+        .arg(&image)
+        .args([
+            "--headless",
+            "--quiet",
+            "--entry",
+            "live",
+            "--expect",
+            MARKER,
+        ])
+        .args(["--timeout", "900", "--console-log"])
+        .arg(&log));
+    let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    assert!(
+        console.contains("oneimage-init: live: /dev/vda2 read-only under a RAM overlay"),
+        "{console}"
+    );
+    assert_eq!(sha256(&image), before, "a live boot changed the disk image");
 }

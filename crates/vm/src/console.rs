@@ -15,6 +15,11 @@ pub struct Expect {
     pub timeout: Option<Duration>,
     /// Copy the console to our stdout.
     pub echo: bool,
+    /// Also write everything the console printed to this file.
+    pub log: Option<std::path::PathBuf>,
+    /// Once the first text appears, type the bytes on the serial console (to pick a
+    /// boot menu entry with no one at the keyboard).
+    pub press: Option<(String, Vec<u8>)>,
 }
 
 /// How a run ended.
@@ -49,6 +54,8 @@ fn last_lines(buf: &[u8], n: usize) -> String {
 /// Reads the child's stdout until the text appears, it exits, or time runs out.
 pub fn watch(mut child: Child, e: &Expect) -> Result<Outcome> {
     let mut out = child.stdout.take().expect("stdout is piped");
+    let mut keyboard = child.stdin.take();
+    let mut pressed = false;
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     std::thread::spawn(move || {
         let mut b = [0u8; 4096];
@@ -65,6 +72,13 @@ pub fn watch(mut child: Child, e: &Expect) -> Result<Outcome> {
     });
     let start = Instant::now();
     let mut buf: Vec<u8> = Vec::new();
+    let mut log = match &e.log {
+        Some(p) => Some(
+            std::fs::File::create(p)
+                .map_err(|err| anyhow::anyhow!("creating console log {}: {err}", p.display()))?,
+        ),
+        None => None,
+    };
     let stdout = std::io::stdout();
     loop {
         let wait = match e.timeout {
@@ -82,6 +96,9 @@ pub fn watch(mut child: Child, e: &Expect) -> Result<Outcome> {
         };
         match rx.recv_timeout(wait.min(Duration::from_millis(500))) {
             Ok(chunk) => {
+                if let Some(f) = log.as_mut() {
+                    f.write_all(&chunk)?;
+                }
                 if e.echo {
                     let mut l = stdout.lock();
                     let _ = l.write_all(&chunk);
@@ -91,6 +108,15 @@ pub fn watch(mut child: Child, e: &Expect) -> Result<Outcome> {
                     .len()
                     .saturating_sub(e.text.as_ref().map_or(0, |t| t.len()));
                 buf.extend_from_slice(&chunk);
+                if let (Some((trigger, keys)), false) = (&e.press, pressed) {
+                    if buf.windows(trigger.len()).any(|w| w == trigger.as_bytes()) {
+                        if let Some(k) = keyboard.as_mut() {
+                            k.write_all(keys)?;
+                            k.flush()?;
+                        }
+                        pressed = true;
+                    }
+                }
                 if let Some(t) = &e.text {
                     if buf[search_from..]
                         .windows(t.len())

@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// Text of oneimage's boot menu that shows GRUB is waiting for a key.
+const MENU_READY: &str = "(live: nothing is written to the disk)";
+
 /// How to boot.
 #[derive(Debug, Clone)]
 pub struct QemuOptions {
@@ -34,6 +37,10 @@ pub struct QemuOptions {
     pub memory_mib: u32,
     /// Print the serial console to stdout as it arrives.
     pub echo_console: bool,
+    /// Write the serial console to this file (headless runs).
+    pub console_log: Option<PathBuf>,
+    /// Boot menu entry to pick for this run (`persistent` or `live`), headless runs only.
+    pub entry: Option<String>,
 }
 
 /// Resizes `image` up to `size` bytes, sparse; refuses to shrink.
@@ -132,7 +139,13 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
             "-serial",
             "chardev:ser0",
         ]);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        // stdin is the serial console's keyboard, used to pick a menu entry.
+        cmd.stdin(if opts.entry.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped());
     } else if graphical {
         cmd.args(["-serial", "mon:stdio"]);
     } else {
@@ -152,6 +165,15 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
         text: opts.expect.clone(),
         timeout: opts.timeout,
         echo: opts.echo_console,
+        log: opts.console_log.clone(),
+        press: match opts.entry.as_deref() {
+            None => None,
+            // oneimage's grub.cfg gives each entry a hotkey; the menu shows the live
+            // entry's title, which says when GRUB is ready for a key.
+            Some("live") => Some((MENU_READY.to_string(), b"l".to_vec())),
+            Some("persistent") => Some((MENU_READY.to_string(), b"p".to_vec())),
+            Some(other) => bail!("--entry {other}: expected persistent or live"),
+        },
     };
     let outcome = console::watch(child, &expect)?;
     drop(tmp);
