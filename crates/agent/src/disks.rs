@@ -55,8 +55,19 @@ fn partition_node(disk: &str, number: u32) -> Option<PathBuf> {
     None
 }
 
-/// Waits until a disk shows partition `guid`; returns its device node.
-pub fn wait_for_partition(guid: &str, timeout: Duration) -> Result<PathBuf, String> {
+/// The partition found: its disk, number and device node.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Whole-disk name, e.g. `vda`.
+    pub disk: String,
+    /// Partition number in the table.
+    pub number: u32,
+    /// Device node, e.g. `/dev/vda2`.
+    pub node: PathBuf,
+}
+
+/// Waits until a disk shows partition `guid`; returns where it is.
+pub fn wait_for_partition(guid: &str, timeout: Duration) -> Result<Found, String> {
     let start = Instant::now();
     let mut announced = false;
     loop {
@@ -64,7 +75,11 @@ pub fn wait_for_partition(guid: &str, timeout: Duration) -> Result<PathBuf, Stri
         for s in &seen {
             if let Some((n, _)) = s.partitions.iter().find(|(_, g)| g == guid) {
                 if let Some(node) = partition_node(&s.disk, *n) {
-                    return Ok(node);
+                    return Ok(Found {
+                        disk: s.disk.clone(),
+                        number: *n,
+                        node,
+                    });
                 }
             }
         }

@@ -8,6 +8,7 @@
 
 mod cmdline;
 mod disks;
+mod grow;
 mod log;
 mod modules;
 mod mounts;
@@ -31,8 +32,9 @@ fn run() -> Result<(), String> {
         cmd.mode_name()
     ));
     modules::load_listed();
-    let root =
+    let found =
         disks::wait_for_partition(&cmd.root_partuuid, Duration::from_secs(cmd.root_wait_secs))?;
+    let root = found.node.clone();
     log::say(&format!(
         "root partition {} is {}",
         cmd.root_partuuid,
@@ -42,8 +44,17 @@ fn run() -> Result<(), String> {
         // Live: nothing may be written, not even by a filesystem check or journal replay.
         mounts::mount_live(&root)?;
     } else {
+        // A failed growth is reported but does not stop the boot: the system still works.
+        if let Err(e) = grow::grow_partition(&found) {
+            log::say(&format!("could not grow the root partition: {e}"));
+        }
         mounts::check_root(&root);
         mounts::mount_root(&root, cmd.read_only)?;
+        if !cmd.read_only {
+            if let Err(e) = grow::grow_filesystem(&found, "/sysroot") {
+                log::say(&format!("could not grow the root filesystem: {e}"));
+            }
+        }
     }
     mounts::switch_root(&cmd.init)
 }

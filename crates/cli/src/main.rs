@@ -68,6 +68,10 @@ enum Cmd {
         /// --headless; the image's default stays).
         #[arg(long, value_name = "ENTRY", requires = "headless", value_parser = ["persistent", "live"])]
         entry: Option<String>,
+        /// After TEXT appears, press the power button and wait for a clean shutdown
+        /// (needs --expect), so the image is consistent afterwards.
+        #[arg(long, requires = "expect")]
+        poweroff: bool,
     },
 }
 
@@ -106,6 +110,7 @@ fn run(cli: Cli) -> Result<()> {
             quiet,
             console_log,
             entry,
+            poweroff,
         } => {
             let disk_size = disk_size
                 .map(|s| oneimage_format::size::parse_size(&s).context("--disk-size"))
@@ -121,6 +126,7 @@ fn run(cli: Cli) -> Result<()> {
                 echo_console: !quiet,
                 console_log,
                 entry,
+                poweroff,
             };
             use oneimage_vm::Outcome;
             match oneimage_vm::run(&opts)? {
@@ -131,6 +137,10 @@ fn run(cli: Cli) -> Result<()> {
                     );
                     Ok(())
                 }
+                Outcome::FoundNoPoweroff { tail } => bail!(
+                    "found {:?}, but the guest did not power off after the power button; last console lines:\n{tail}",
+                    expect.unwrap_or_default()
+                ),
                 Outcome::Exited(Some(0)) => Ok(()),
                 Outcome::Exited(code) => bail!("qemu exited with {code:?}"),
                 Outcome::ExitedEarly { code, tail } => bail!(

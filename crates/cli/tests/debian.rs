@@ -36,6 +36,16 @@ fn demo() -> &'static Path {
     })
 }
 
+/// A sparse copy of the demo image in `dir`, for a test that boots it in place.
+fn demo_copy(dir: &Path, name: &str) -> PathBuf {
+    let image = dir.join(name);
+    ok(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(demo())
+        .arg(&image));
+    image
+}
+
 #[test]
 fn demo_image_passes_independent_checks() {
     let image = demo();
@@ -165,38 +175,121 @@ fn demo_boots_with_snapshot_and_leaves_the_file_untouched() {
     }
 }
 
-#[test]
-fn demo_boots_in_place_on_a_bigger_disk_and_keeps_what_it_wrote() {
-    let d = tempfile::tempdir().unwrap();
-    let image = d.path().join("stick.img");
-    ok(Command::new("cp")
-        .arg("--sparse=always")
-        .arg(demo())
-        .arg(&image));
-    let size = std::fs::metadata(&image).unwrap().len() + (512 << 20);
+/// Boots `image` in place until the marker, then powers it off cleanly; returns the console.
+fn boot_in_place(image: &Path, extra: &[&str]) -> String {
+    let log = image.with_extension("console.log");
     ok(oneimage()
         .arg("qemu")
-        .arg(&image)
-        .args([
-            "--headless",
-            "--quiet",
-            "--expect",
-            MARKER,
-            "--timeout",
-            "900",
-        ])
-        .arg("--disk-size")
-        .arg(size.to_string()));
+        .arg(image)
+        .args(["--headless", "--quiet", "--expect", MARKER, "--poweroff"])
+        .args(["--timeout", "900", "--console-log"])
+        .arg(&log)
+        .args(extra));
+    String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned()
+}
+
+/// The root filesystem size the booted demo reported on its console.
+fn reported_root_size(console: &str) -> u64 {
+    let line = console
+        .lines()
+        .find_map(|l| l.split("oneimage-demo: root filesystem ").nth(1))
+        .unwrap_or_else(|| panic!("no size report in:\n{console}"));
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// After a clean shutdown: the table is valid with its backup at the end, the root
+/// partition reaches the end of the disk and its filesystem fills it and is clean.
+fn assert_grown(image: &Path, dir: &Path) {
+    let verify = ok(Command::new("sgdisk").arg("-v").arg(image));
+    assert!(verify.contains("No problems found"), "{verify}");
+    let j = inspect(image);
+    assert_eq!(j["backup_at_end"], true);
+    let root = &j["partitions"][1];
+    let disk = std::fs::metadata(image).unwrap().len();
+    let end = root["offset"].as_u64().unwrap() + root["size"].as_u64().unwrap();
+    assert!(disk - end < 2 << 20, "root ends at {end} of {disk}");
+    let fs_total = root["filesystem"]["total_bytes"].as_u64().unwrap();
+    assert!(
+        root["size"].as_u64().unwrap() - fs_total < 1 << 20,
+        "{root}"
+    );
+    let part = extract_partition(image, 2, dir);
+    e2fsck_clean(&part);
+    std::fs::remove_file(part).unwrap();
+}
+
+#[test]
+fn first_boot_grows_the_root_once_and_keeps_what_it_wrote() {
+    let d = tempfile::tempdir().unwrap();
+    let image = demo_copy(d.path(), "stick.img");
+    let original = inspect(&image)["partitions"][1]["size"].as_u64().unwrap();
+    let size = std::fs::metadata(&image).unwrap().len() * 3;
+    let console = boot_in_place(&image, &["--disk-size", &size.to_string()]);
     assert_eq!(std::fs::metadata(&image).unwrap().len(), size);
     assert!(d.path().join("stick.img.efivars.fd").exists());
-    // The booted system's write reached the image file, as it would a USB stick.
+    assert!(
+        console.contains("oneimage-init: growing: /dev/vda"),
+        "{console}"
+    );
+    assert!(
+        console.contains("oneimage-init: root filesystem grown to"),
+        "{console}"
+    );
+    // Seen from inside the booted system.
+    let inside = reported_root_size(&console);
+    assert!(
+        inside > 2 * original,
+        "root is {inside} bytes inside, was {original}"
+    );
+    assert_grown(&image, d.path());
+
+    // The second boot finds nothing to do, and the first boot's write is still there.
+    let console = boot_in_place(&image, &[]);
+    assert!(console.contains("nothing to grow"), "{console}");
+    assert!(!console.contains("oneimage-init: growing"), "{console}");
+    assert_eq!(reported_root_size(&console), inside);
     let root = extract_partition(&image, 2, d.path());
-    let boots = debugfs(&root, "cat /var/lib/oneimage-demo/boots");
-    assert_eq!(boots, "boot\n");
-    // The disk grew under the table: inspect says so, and the table still reads.
-    let j = inspect(&image);
-    assert_eq!(j["backup_at_end"], false);
-    assert_eq!(j["partitions"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        debugfs(&root, "cat /var/lib/oneimage-demo/boots"),
+        "boot\nboot\n"
+    );
+}
+
+#[test]
+fn growth_survives_power_loss_at_several_points() {
+    for point in [
+        "oneimage-init: growing: /dev/vda",
+        "oneimage-init: partition table written",
+        "oneimage-init: growing the root filesystem",
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let image = demo_copy(d.path(), "stick.img");
+        let size = std::fs::metadata(&image).unwrap().len() * 3;
+        // QEMU is killed the moment the agent reports this step: the power fails.
+        ok(oneimage()
+            .arg("qemu")
+            .arg(&image)
+            .args([
+                "--headless",
+                "--quiet",
+                "--expect",
+                point,
+                "--timeout",
+                "900",
+            ])
+            .arg("--disk-size")
+            .arg(size.to_string()));
+        let console = boot_in_place(&image, &[]);
+        assert!(
+            console.contains(MARKER),
+            "after power loss at {point:?}:\n{console}"
+        );
+        assert!(
+            reported_root_size(&console) > 2 << 30,
+            "after power loss at {point:?}:\n{console}"
+        );
+        assert_grown(&image, d.path());
+    }
 }
 
 #[test]
@@ -242,11 +335,7 @@ fn qemu_reports_a_missing_marker_with_the_console_tail() {
 /// the console.
 fn boot_broken(damage: impl FnOnce(&Path), expect: &str) -> String {
     let d = tempfile::tempdir().unwrap();
-    let image = d.path().join("broken.img");
-    ok(Command::new("cp")
-        .arg("--sparse=always")
-        .arg(demo())
-        .arg(&image));
+    let image = demo_copy(d.path(), "broken.img");
     damage(&image);
     let log = d.path().join("console.log");
     ok(oneimage()
@@ -304,11 +393,7 @@ fn damaged_root_filesystem_is_reported_by_the_agent() {
 #[test]
 fn live_boot_writes_nothing_to_the_disk() {
     let d = tempfile::tempdir().unwrap();
-    let image = d.path().join("stick.img");
-    ok(Command::new("cp")
-        .arg("--sparse=always")
-        .arg(demo())
-        .arg(&image));
+    let image = demo_copy(d.path(), "stick.img");
     let before = sha256(&image);
     let log = d.path().join("console.log");
     // In place (no --snapshot): only the live mode stands between the guest and the file.

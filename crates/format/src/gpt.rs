@@ -140,9 +140,34 @@ pub fn write_table<D: Read + Write + Seek>(
             partition_name: p.name.as_str().into(),
         };
     }
+    // Backup first: if writing stops half-way (power loss during a first-boot growth),
+    // either the old primary is still whole, or the new backup is, and readers that
+    // find the primary broken fall back to it.
+    let mut backup = gpt.header.clone();
+    backup.primary_lba = gpt.header.backup_lba;
+    backup.backup_lba = gpt.header.primary_lba;
+    backup.partition_entry_lba = gpt.header.last_usable_lba + 1;
+    let entries: Vec<gptman::GPTPartitionEntry> = gpt.iter().map(|(_, e)| e.clone()).collect();
+    backup.write_into(disk, sector_size, &entries)?;
+    disk.flush().map_err(gptman::Error::from)?;
     gpt.write_into(disk)?;
     gptman::GPT::write_protective_mbr_into(disk, sector_size)?;
     Ok(())
+}
+
+/// True when `disk` holds a valid backup GPT header in its last sector.
+pub fn backup_at_end<D: Read + Seek>(disk: &mut D, sector_size: u64) -> bool {
+    let Ok(len) = disk.seek(std::io::SeekFrom::End(0)) else {
+        return false;
+    };
+    let last = len / sector_size - 1;
+    if disk
+        .seek(std::io::SeekFrom::Start(last * sector_size))
+        .is_err()
+    {
+        return false;
+    }
+    matches!(gptman::GPTHeader::read_from(disk), Ok(h) if h.primary_lba == last)
 }
 
 /// Reads the partition table, trying 512- and 4096-byte sectors.
@@ -200,6 +225,10 @@ mod tests {
         let t = read_table(&mut disk).unwrap();
         assert_eq!(t.partitions, parts);
         assert_eq!(t.backup_lba, (8 << 20) / 512 - 1);
+        assert!(backup_at_end(&mut disk, 512));
+        // The disk grows: the backup is no longer at the end.
+        disk.get_mut().resize(16 << 20, 0);
+        assert!(!backup_at_end(&mut disk, 512));
     }
 
     #[test]

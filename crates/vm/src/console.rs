@@ -20,13 +20,21 @@ pub struct Expect {
     /// Once the first text appears, type the bytes on the serial console (to pick a
     /// boot menu entry with no one at the keyboard).
     pub press: Option<(String, Vec<u8>)>,
+    /// When set, a found text is followed by a power-button press through this QMP
+    /// socket and a wait for QEMU to exit.
+    pub poweroff: Option<std::path::PathBuf>,
 }
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The expected text appeared; QEMU was stopped.
+    /// The expected text appeared; QEMU was stopped (or powered off cleanly).
     Found,
+    /// The expected text appeared, but the guest did not power off when asked.
+    FoundNoPoweroff {
+        /// Last console lines.
+        tail: String,
+    },
     /// QEMU exited by itself with this code; `tail` holds the last console lines.
     Exited(Option<i32>),
     /// QEMU exited before the expected text appeared.
@@ -122,6 +130,9 @@ pub fn watch(mut child: Child, e: &Expect) -> Result<Outcome> {
                         .windows(t.len())
                         .any(|w| w == t.as_bytes())
                     {
+                        if let Some(sock) = &e.poweroff {
+                            return power_off(child, sock, &rx, log.as_mut(), buf);
+                        }
                         let _ = child.kill();
                         let _ = child.wait();
                         return Ok(Outcome::Found);
@@ -146,4 +157,39 @@ pub fn watch(mut child: Child, e: &Expect) -> Result<Outcome> {
             }
         }
     }
+}
+
+/// How long a guest gets to shut down after the power button.
+const POWEROFF_WAIT: Duration = Duration::from_secs(180);
+
+/// Presses the power button and waits for QEMU to exit, logging the console meanwhile.
+fn power_off(
+    mut child: Child,
+    sock: &std::path::Path,
+    rx: &mpsc::Receiver<Vec<u8>>,
+    mut log: Option<&mut std::fs::File>,
+    mut buf: Vec<u8>,
+) -> Result<Outcome> {
+    crate::qmp::press_power_button(sock)?;
+    let start = Instant::now();
+    while start.elapsed() < POWEROFF_WAIT {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(chunk) => {
+                if let Some(f) = log.as_mut() {
+                    f.write_all(&chunk)?;
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                child.wait()?;
+                return Ok(Outcome::Found);
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(Outcome::FoundNoPoweroff {
+        tail: last_lines(&buf, 30),
+    })
 }

@@ -5,6 +5,7 @@
 mod accel;
 mod console;
 mod firmware;
+mod qmp;
 
 pub use console::{Expect, Outcome};
 pub use firmware::Firmware;
@@ -41,6 +42,9 @@ pub struct QemuOptions {
     pub console_log: Option<PathBuf>,
     /// Boot menu entry to pick for this run (`persistent` or `live`), headless runs only.
     pub entry: Option<String>,
+    /// Once the expected text appeared, press the power button and wait for the guest to
+    /// shut down cleanly instead of stopping QEMU at once.
+    pub poweroff: bool,
 }
 
 /// Resizes `image` up to `size` bytes, sparse; refuses to shrink.
@@ -133,12 +137,17 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
         .args(["-nic", "none", "-no-reboot"]);
     let graphical = !opts.headless && std::env::var_os("DISPLAY").is_some();
     if opts.headless {
-        cmd.args(["-display", "none", "-monitor", "none"]).args([
-            "-chardev",
-            "stdio,id=ser0,signal=off",
-            "-serial",
-            "chardev:ser0",
-        ]);
+        cmd.args(["-display", "none", "-monitor", "none", "-qmp"])
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                tmp.path().join("qmp.sock").display()
+            ))
+            .args([
+                "-chardev",
+                "stdio,id=ser0,signal=off",
+                "-serial",
+                "chardev:ser0",
+            ]);
         // stdin is the serial console's keyboard, used to pick a menu entry.
         cmd.stdin(if opts.entry.is_some() {
             Stdio::piped()
@@ -166,6 +175,7 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
         timeout: opts.timeout,
         echo: opts.echo_console,
         log: opts.console_log.clone(),
+        poweroff: opts.poweroff.then(|| tmp.path().join("qmp.sock")),
         press: match opts.entry.as_deref() {
             None => None,
             // oneimage's grub.cfg gives each entry a hotkey; the menu shows the live

@@ -1,0 +1,136 @@
+//! First-boot growth: when the image sits on a disk larger than itself, move the backup
+//! GPT to the end of the disk, extend the root partition to fill it, and grow the ext4
+//! filesystem (online, which ext4 journals).
+//!
+//! Every step looks at the disk as it is, not at a "done" flag, so a boot interrupted at
+//! any point (power loss) simply does what is left, and a finished disk is left alone.
+
+use crate::disks::Found;
+use crate::log::say;
+use oneimage_format::gpt::{backup_at_end, read_table, write_table};
+use oneimage_format::size::format_size;
+use std::path::Path;
+
+const MIB: u64 = 1 << 20;
+
+fn sysfs_bytes(name: &str) -> Result<u64, String> {
+    let p = format!("/sys/class/block/{name}/size");
+    let s = std::fs::read_to_string(&p).map_err(|e| format!("reading {p}: {e}"))?;
+    Ok(s.trim().parse::<u64>().map_err(|e| format!("{p}: {e}"))? * 512)
+}
+
+/// Extends the root partition to the end of its disk (and the GPT with it) when the disk
+/// has room after it. Does nothing when the root is not the last partition.
+pub fn grow_partition(found: &Found) -> Result<(), String> {
+    let dev = format!("/dev/{}", found.disk);
+    let mut disk = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&dev)
+        .map_err(|e| format!("opening {dev}: {e}"))?;
+    let table =
+        read_table(&mut disk).map_err(|e| format!("reading the partition table of {dev}: {e}"))?;
+    let ss = table.sector_size;
+    let disk_bytes = sysfs_bytes(&found.disk)?;
+    let last_lba = disk_bytes / ss - 1;
+    let root = table
+        .partitions
+        .iter()
+        .find(|p| p.number == found.number)
+        .ok_or_else(|| format!("partition {} vanished from {dev}", found.number))?;
+    if table.partitions.iter().any(|p| p.first_lba > root.last_lba) {
+        say("the root partition is not the last one on the disk; not growing it");
+        return Ok(());
+    }
+    // End on a MiB boundary, before the 33 sectors of the backup table.
+    let aligned_end = ((last_lba - 33 + 1) * ss / MIB * MIB) / ss - 1;
+    let target_end = aligned_end.max(root.last_lba);
+    if target_end == root.last_lba && backup_at_end(&mut disk, ss) {
+        say(&format!(
+            "the root partition fills {dev} ({}); nothing to grow",
+            format_size(disk_bytes)
+        ));
+        return Ok(());
+    }
+    say(&format!(
+        "growing: {dev} is {}, the image {}; moving the backup partition table to the end and the root partition from {} to {}",
+        format_size(disk_bytes),
+        format_size((table.backup_lba + 1) * ss),
+        format_size(root.len(ss)),
+        format_size((target_end + 1 - root.first_lba) * ss)
+    ));
+    let mut parts = table.partitions.clone();
+    for p in parts.iter_mut().filter(|p| p.number == found.number) {
+        p.last_lba = target_end;
+    }
+    write_table(&mut disk, ss, table.disk_guid, &parts)
+        .map_err(|e| format!("writing the partition table of {dev}: {e}"))?;
+    disk.sync_all().map_err(|e| format!("syncing {dev}: {e}"))?;
+    say("partition table written");
+    // SAFETY: BLKRRPART takes no argument; the fd is an open block device.
+    let reread = unsafe { rustix::ioctl::ioctl(&disk, rustix::ioctl::NoArg::<0x125f>::new()) };
+    match reread {
+        Ok(()) => say(&format!("the kernel re-read the partition table of {dev}")),
+        Err(e) => say(&format!(
+            "the kernel could not re-read the partition table of {dev}: {e}"
+        )),
+    }
+    Ok(())
+}
+
+/// Grows the ext4 filesystem mounted at `mountpoint` from `node` to fill its partition.
+pub fn grow_filesystem(found: &Found, mountpoint: &str) -> Result<(), String> {
+    let part_name = found
+        .node
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let part_bytes = sysfs_bytes(&part_name)?;
+    let mut dev = std::fs::File::open(&found.node)
+        .map_err(|e| format!("opening {}: {e}", found.node.display()))?;
+    let fs = oneimage_format::probe::probe(&mut dev)
+        .map_err(|e| format!("reading {}: {e}", found.node.display()))?
+        .ok_or_else(|| {
+            format!(
+                "{} holds no filesystem oneimage knows",
+                found.node.display()
+            )
+        })?;
+    let block = ext4_block_size(&found.node)?;
+    let want_blocks = part_bytes / block;
+    if fs.total_bytes / block >= want_blocks {
+        return Ok(());
+    }
+    say(&format!(
+        "growing the root filesystem from {} to {}",
+        format_size(fs.total_bytes),
+        format_size(want_blocks * block)
+    ));
+    let dir = std::fs::File::open(mountpoint).map_err(|e| format!("opening {mountpoint}: {e}"))?;
+    // EXT4_IOC_RESIZE_FS = _IOW('f', 16, __u64): the new size in filesystem blocks.
+    // SAFETY: the kernel reads one u64 from the pointer Setter passes; fd is a directory
+    // on the mounted ext4 filesystem.
+    let r = unsafe {
+        rustix::ioctl::ioctl(
+            &dir,
+            rustix::ioctl::Setter::<0x4008_6610, u64>::new(want_blocks),
+        )
+    };
+    r.map_err(|e| format!("growing the filesystem on {mountpoint}: {e}"))?;
+    say(&format!(
+        "root filesystem grown to {}",
+        format_size(want_blocks * block)
+    ));
+    Ok(())
+}
+
+fn ext4_block_size(node: &Path) -> Result<u64, String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f =
+        std::fs::File::open(node).map_err(|e| format!("opening {}: {e}", node.display()))?;
+    let mut sb = [0u8; 4];
+    f.seek(SeekFrom::Start(1024 + 24))
+        .and_then(|_| f.read_exact(&mut sb))
+        .map_err(|e| format!("reading {}: {e}", node.display()))?;
+    Ok(1024u64 << u32::from_le_bytes(sb))
+}
