@@ -13,6 +13,19 @@ pub struct Cmdline {
     pub root_wait_secs: u64,
     /// `oneimage.mode=live`: the root read-only under a RAM overlay, nothing written.
     pub live: bool,
+    /// `oneimage.grow=fill|off|BYTES`: how far first-boot growth may take the root.
+    pub grow: Grow,
+}
+
+/// How far the root partition may grow on a larger disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grow {
+    /// To the end of the disk (the default).
+    Fill,
+    /// Not at all.
+    Off,
+    /// Up to this many bytes.
+    UpTo(u64),
 }
 
 impl Cmdline {
@@ -43,6 +56,7 @@ pub fn parse(text: &str) -> Result<Cmdline, String> {
         init: "/sbin/init".into(),
         root_wait_secs: 30,
         live: false,
+        grow: Grow::Fill,
     };
     for word in text.split_whitespace() {
         let (k, v) = word.split_once('=').unwrap_or((word, ""));
@@ -59,6 +73,15 @@ pub fn parse(text: &str) -> Result<Cmdline, String> {
                 "persistent" => c.live = false,
                 _ => return Err(format!("oneimage.mode={v}: expected live or persistent")),
             },
+            "oneimage.grow" => {
+                c.grow = match v {
+                    "fill" => Grow::Fill,
+                    "off" => Grow::Off,
+                    n => Grow::UpTo(n.parse().map_err(|_| {
+                        format!("oneimage.grow={v}: expected fill, off or a size in bytes")
+                    })?),
+                }
+            }
             "oneimage.wait" => {
                 c.root_wait_secs = v
                     .parse()
@@ -88,6 +111,16 @@ mod tests {
         assert!(parse("ro quiet").is_err());
         assert!(parse("root=PARTUUID=x oneimage.mode=live").unwrap().live);
         assert!(parse("root=PARTUUID=x oneimage.mode=bogus").is_err());
+        assert_eq!(parse("root=PARTUUID=x").unwrap().grow, Grow::Fill);
+        assert_eq!(
+            parse("root=PARTUUID=x oneimage.grow=off").unwrap().grow,
+            Grow::Off
+        );
+        assert_eq!(
+            parse("root=PARTUUID=x oneimage.grow=4096").unwrap().grow,
+            Grow::UpTo(4096)
+        );
+        assert!(parse("root=PARTUUID=x oneimage.grow=lots").is_err());
         assert!(parse("root=/dev/sda1").is_err());
     }
 }

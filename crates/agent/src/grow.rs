@@ -5,6 +5,7 @@
 //! Every step looks at the disk as it is, not at a "done" flag, so a boot interrupted at
 //! any point (power loss) simply does what is left, and a finished disk is left alone.
 
+use crate::cmdline::Grow;
 use crate::disks::Found;
 use crate::log::say;
 use oneimage_format::gpt::{backup_at_end, read_table, write_table};
@@ -21,7 +22,11 @@ fn sysfs_bytes(name: &str) -> Result<u64, String> {
 
 /// Extends the root partition to the end of its disk (and the GPT with it) when the disk
 /// has room after it. Does nothing when the root is not the last partition.
-pub fn grow_partition(found: &Found) -> Result<(), String> {
+pub fn grow_partition(found: &Found, grow: Grow) -> Result<(), String> {
+    if grow == Grow::Off {
+        say("growth is off (oneimage.grow=off)");
+        return Ok(());
+    }
     let dev = format!("/dev/{}", found.disk);
     let mut disk = std::fs::OpenOptions::new()
         .read(true)
@@ -42,9 +47,7 @@ pub fn grow_partition(found: &Found) -> Result<(), String> {
         say("the root partition is not the last one on the disk; not growing it");
         return Ok(());
     }
-    // End on a MiB boundary, before the 33 sectors of the backup table.
-    let aligned_end = ((last_lba - 33 + 1) * ss / MIB * MIB) / ss - 1;
-    let target_end = aligned_end.max(root.last_lba);
+    let target_end = target_end(root.first_lba, root.last_lba, last_lba, ss, grow);
     if target_end == root.last_lba && backup_at_end(&mut disk, ss) {
         say(&format!(
             "the root partition fills {dev} ({}); nothing to grow",
@@ -133,4 +136,35 @@ fn ext4_block_size(node: &Path) -> Result<u64, String> {
         .and_then(|_| f.read_exact(&mut sb))
         .map_err(|e| format!("reading {}: {e}", node.display()))?;
     Ok(1024u64 << u32::from_le_bytes(sb))
+}
+
+/// The last LBA the root partition should end at: the last whole MiB before the backup
+/// table (33 sectors at the end of the disk), at most `grow` bytes long, never shrinking.
+pub fn target_end(first: u64, current_last: u64, disk_last_lba: u64, ss: u64, grow: Grow) -> u64 {
+    let aligned = ((disk_last_lba - 33 + 1) * ss / MIB * MIB) / ss - 1;
+    let capped = match grow {
+        Grow::UpTo(bytes) => aligned.min(first + bytes / ss - 1),
+        Grow::Fill | Grow::Off => aligned,
+    };
+    capped.max(current_last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_is_aligned_capped_and_never_smaller() {
+        // A 3 GiB disk; root starts at 65 MiB and ends at 1 GiB.
+        let (first, last, disk_last) = (65 * 2048, 2 * 1024 * 1024 - 1, 3 * 2 * 1024 * 1024 - 1);
+        let fill = target_end(first, last, disk_last, 512, Grow::Fill);
+        assert_eq!((fill + 1) % 2048, 0, "ends on a MiB boundary");
+        assert!(fill <= disk_last - 33 && fill > disk_last - 33 - 2048);
+        let capped = target_end(first, last, disk_last, 512, Grow::UpTo(2 << 30));
+        assert_eq!(capped, first + (2u64 << 30) / 512 - 1);
+        assert_eq!(
+            target_end(first, last, disk_last, 512, Grow::UpTo(1 << 20)),
+            last
+        );
+    }
 }

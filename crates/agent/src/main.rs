@@ -45,7 +45,7 @@ fn run() -> Result<(), String> {
         mounts::mount_live(&root)?;
     } else {
         // A failed growth is reported but does not stop the boot: the system still works.
-        if let Err(e) = grow::grow_partition(&found) {
+        if let Err(e) = grow::grow_partition(&found, cmd.grow) {
             log::say(&format!("could not grow the root partition: {e}"));
         }
         mounts::check_root(&root);

@@ -128,6 +128,11 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
 
     let ids = plan::Ids::from_seed(&checked.seed);
     let mut cmdline = format!("root=PARTUUID={} rw", ids.root_part);
+    match checked.grow {
+        None => {}
+        Some(0) => cmdline.push_str(" oneimage.grow=off"),
+        Some(n) => cmdline.push_str(&format!(" oneimage.grow={n}")),
+    }
     if !spec.boot.cmdline.is_empty() {
         cmdline.push(' ');
         cmdline.push_str(&spec.boot.cmdline);

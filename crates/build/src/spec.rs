@@ -121,6 +121,13 @@ pub struct RootSpec {
     /// Filesystem type; only `ext4` so far.
     #[serde(default = "ext4")]
     pub filesystem: String,
+    /// First-boot growth on a larger disk: `fill`, `off` or the largest size.
+    #[serde(default = "fill")]
+    pub grow: String,
+}
+
+fn fill() -> String {
+    "fill".into()
 }
 
 impl Default for RootSpec {
@@ -130,6 +137,7 @@ impl Default for RootSpec {
             headroom: headroom(),
             label: root_label(),
             filesystem: ext4(),
+            grow: fill(),
         }
     }
 }
@@ -223,6 +231,8 @@ pub struct Checked {
     pub esp_size: SizePolicy,
     /// Root size policy.
     pub root_size: SizePolicy,
+    /// First-boot growth limit in bytes: `None` fills the disk, `Some(0)` means off.
+    pub grow: Option<u64>,
 }
 
 impl Spec {
@@ -357,6 +367,11 @@ impl Spec {
                 );
             }
         }
+        let grow = match self.root.grow.as_str() {
+            "fill" => None,
+            "off" => Some(0),
+            s => Some(size("root.grow", s)?),
+        };
         let seed = self.seed.clone().unwrap_or_else(|| self.name.clone());
         Ok(Checked {
             path: path.to_path_buf(),
@@ -365,6 +380,7 @@ impl Spec {
             overlay,
             esp_size,
             root_size,
+            grow,
             spec: self,
         })
     }

@@ -387,3 +387,34 @@ fn directory_source_and_overlay_give_root_owned_files() {
     assert_eq!(debugfs(&root, "cat /etc/hostname"), "overlaid\n");
     assert!(debugfs(&root, "stat /boot/vmlinuz-2.0").contains("Size: 1"));
 }
+
+#[test]
+fn growth_limit_reaches_the_kernel_command_line() {
+    let d = tempfile::tempdir().unwrap();
+    write_tarball(&d.path().join("root.tar"), &base_items());
+    for (value, expect) in [
+        ("\"2G\"", "oneimage.grow=2147483648"),
+        ("\"off\"", "oneimage.grow=off"),
+    ] {
+        let s = spec(
+            d.path(),
+            &format!("name = \"g\"\n[rootfs]\ntarball = \"root.tar\"\n[root]\ngrow = {value}\n"),
+        );
+        let out = d.path().join("out");
+        ok(oneimage().arg("build").arg(&s).arg("-o").arg(&out));
+        let esp = extract_partition(&out.join("g.img"), 1, d.path());
+        let cfg = ok(std::process::Command::new("mtype")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(&esp)
+            .arg("::/EFI/BOOT/grub.cfg"));
+        assert!(cfg.contains(expect), "{cfg}");
+    }
+    let bad = tempfile::tempdir().unwrap();
+    write_tarball(&bad.path().join("root.tar"), &base_items());
+    let err = failing_build(
+        bad.path(),
+        "name = \"g\"\n[rootfs]\ntarball = \"root.tar\"\n[root]\ngrow = \"much\"\n",
+    );
+    assert!(err.contains("root.grow"), "{err}");
+}
