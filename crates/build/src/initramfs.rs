@@ -328,3 +328,31 @@ pub fn find_agent() -> Result<PathBuf> {
         candidates[1].display()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn compressed_modules_are_decompressed() {
+        let d = tempfile::tempdir().unwrap();
+        let module = b"\x7fELF pretend module".repeat(100);
+        let xz = d.path().join("a.ko.xz");
+        let mut enc = liblzma::write::XzEncoder::new(std::fs::File::create(&xz).unwrap(), 6);
+        enc.write_all(&module).unwrap();
+        enc.finish().unwrap();
+        let zst = d.path().join("b.ko.zst");
+        std::fs::write(&zst, zstd::encode_all(&module[..], 3).unwrap()).unwrap();
+        let plain = d.path().join("c.ko");
+        std::fs::write(&plain, &module).unwrap();
+        for p in [&xz, &zst, &plain] {
+            assert_eq!(read_module(p).unwrap(), module, "{}", p.display());
+        }
+        assert_eq!(module_name("kernel/fs/ext4/ext4.ko.xz"), "ext4");
+        assert_eq!(
+            module_name("kernel/drivers/usb/storage/usb-storage.ko"),
+            "usb_storage"
+        );
+    }
+}

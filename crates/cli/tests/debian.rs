@@ -395,10 +395,12 @@ fn live_boot_writes_nothing_to_the_disk() {
     let d = tempfile::tempdir().unwrap();
     let image = demo_copy(d.path(), "stick.img");
     let before = sha256(&image);
+    let len = std::fs::metadata(&image).unwrap().len();
     let log = d.path().join("console.log");
-    // In place (no --snapshot): only the live mode stands between the guest and the file.
-    // The demo prints its marker only after it has appended to a file and synced, so the
-    // booted system did write.
+    // In place (no --snapshot), on a disk twice the image: only the live mode stands
+    // between the guest and the file, and live must not grow anything either. The demo
+    // prints its marker only after it has appended to a file and synced, so the booted
+    // system did write.
     ok(oneimage()
         .arg("qemu")
         .arg(&image)
@@ -411,11 +413,31 @@ fn live_boot_writes_nothing_to_the_disk() {
             MARKER,
         ])
         .args(["--timeout", "900", "--console-log"])
-        .arg(&log));
+        .arg(&log)
+        .arg("--disk-size")
+        .arg((2 * len).to_string()));
     let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
     assert!(
         console.contains("oneimage-init: live: /dev/vda2 read-only under a RAM overlay"),
         "{console}"
     );
+    assert!(!console.contains("oneimage-init: growing"), "{console}");
+    // What --disk-size added is still all zeros; the image's own bytes are unchanged.
+    let mut f = std::fs::File::open(&image).unwrap();
+    use std::io::{Read, Seek, SeekFrom};
+    f.seek(SeekFrom::Start(len)).unwrap();
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).unwrap();
+    assert_eq!(tail.len() as u64, len);
+    assert!(
+        tail.iter().all(|&b| b == 0),
+        "a live boot wrote past the image"
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
     assert_eq!(sha256(&image), before, "a live boot changed the disk image");
 }
