@@ -64,6 +64,42 @@ pub struct EspParams<'a> {
     pub cmdline: String,
     /// GRUB menu timeout.
     pub timeout: u32,
+    /// Boot through Debian's signed shim and GRUB (Secure Boot) instead of our own GRUB.
+    pub signed: Option<SignedLoaders>,
+}
+
+/// Debian's Microsoft-signed shim, its MOK manager, and the GRUB Debian signed for it.
+#[derive(Debug, Clone)]
+pub struct SignedLoaders {
+    /// `shimx64.efi.signed` (package shim-signed).
+    pub shim: PathBuf,
+    /// `mmx64.efi.signed` (package shim-signed).
+    pub mok_manager: PathBuf,
+    /// `grubx64.efi.signed` (package grub-efi-amd64-signed).
+    pub grub: PathBuf,
+}
+
+const SIGNED_SHIM: &str = "/usr/lib/shim/shimx64.efi.signed";
+const SIGNED_MOK: &str = "/usr/lib/shim/mmx64.efi.signed";
+const SIGNED_GRUB: &str = "/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed";
+
+/// Finds the signed boot loaders in the root filesystem, or else on the build host.
+pub fn find_signed_loaders(tree: &crate::rootfs::Tree) -> Result<SignedLoaders> {
+    let find = |path: &str, package: &str| -> Result<PathBuf> {
+        if let Some(real) = tree.resolve_path(path) {
+            return Ok(tree.staged(&real));
+        }
+        let host = PathBuf::from(path);
+        if host.exists() {
+            return Ok(host);
+        }
+        bail!("boot.secure-boot = true needs {path} (package {package}) in the root filesystem or on the build host")
+    };
+    Ok(SignedLoaders {
+        shim: find(SIGNED_SHIM, "shim-signed")?,
+        mok_manager: find(SIGNED_MOK, "shim-signed")?,
+        grub: find(SIGNED_GRUB, "grub-efi-amd64-signed")?,
+    })
 }
 
 /// The GRUB configuration written to `/EFI/BOOT/grub.cfg`: the persistent entry (the
@@ -108,16 +144,33 @@ pub fn make_esp(kernel: &Kernel, p: &EspParams, out: &Path, work: &Path) -> Resu
     let ours = stage.join("oneimage");
     std::fs::create_dir_all(&boot)?;
     std::fs::create_dir_all(&ours)?;
-    let mut mkimage = Command::new("grub-mkimage");
-    mkimage
-        .arg("-O")
-        .arg("x86_64-efi")
-        .arg("-d")
-        .arg(grub_dir()?)
-        .args(["-p", "/EFI/BOOT", "-o"])
-        .arg(boot.join("BOOTX64.EFI"))
-        .args(GRUB_MODULES);
-    run(&mut mkimage, "making the GRUB EFI image")?;
+    match &p.signed {
+        // shim (signed by Microsoft's UEFI CA) checks Debian's GRUB, which asks shim to
+        // check the kernel. That GRUB reads grub.cfg from the directory it was loaded
+        // from when there is no /EFI/debian.
+        Some(l) => {
+            for (src, name) in [
+                (&l.shim, "BOOTX64.EFI"),
+                (&l.grub, "grubx64.efi"),
+                (&l.mok_manager, "mmx64.efi"),
+            ] {
+                std::fs::copy(src, boot.join(name))
+                    .with_context(|| format!("copying {}", src.display()))?;
+            }
+        }
+        None => {
+            let mut mkimage = Command::new("grub-mkimage");
+            mkimage
+                .arg("-O")
+                .arg("x86_64-efi")
+                .arg("-d")
+                .arg(grub_dir()?)
+                .args(["-p", "/EFI/BOOT", "-o"])
+                .arg(boot.join("BOOTX64.EFI"))
+                .args(GRUB_MODULES);
+            run(&mut mkimage, "making the GRUB EFI image")?;
+        }
+    }
     std::fs::write(boot.join("grub.cfg"), grub_cfg(p))?;
     std::fs::copy(&kernel.image, ours.join("vmlinuz"))
         .with_context(|| format!("copying kernel {}", kernel.image.display()))?;

@@ -148,6 +148,11 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
             title: spec.boot.title.as_deref().unwrap_or(&spec.name),
             cmdline,
             timeout: spec.boot.timeout,
+            signed: if spec.boot.secure_boot {
+                Some(esp::find_signed_loaders(&tree)?)
+            } else {
+                None
+            },
         },
         &esp_img,
         w,

@@ -170,6 +170,9 @@ pub struct BootSpec {
     /// `oneimage` (our own agent, the default) or `rootfs` (the root filesystem's own).
     #[serde(default = "initramfs")]
     pub initramfs: String,
+    /// Boot through Debian's signed shim and GRUB, so the image boots with Secure Boot on.
+    #[serde(default)]
+    pub secure_boot: bool,
 }
 
 fn initramfs() -> String {
@@ -183,6 +186,7 @@ impl Default for BootSpec {
             timeout: timeout(),
             title: None,
             initramfs: initramfs(),
+            secure_boot: false,
         }
     }
 }

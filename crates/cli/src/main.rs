@@ -72,6 +72,9 @@ enum Cmd {
         /// (needs --expect), so the image is consistent afterwards.
         #[arg(long, requires = "expect")]
         poweroff: bool,
+        /// Firmware: uefi, or uefi-secure-boot (OVMF with Microsoft's keys, enforcing).
+        #[arg(long, default_value = "uefi", value_parser = ["uefi", "uefi-secure-boot"])]
+        firmware: String,
     },
 }
 
@@ -111,6 +114,7 @@ fn run(cli: Cli) -> Result<()> {
             console_log,
             entry,
             poweroff,
+            firmware,
         } => {
             let disk_size = disk_size
                 .map(|s| oneimage_format::size::parse_size(&s).context("--disk-size"))
@@ -127,6 +131,7 @@ fn run(cli: Cli) -> Result<()> {
                 console_log,
                 entry,
                 poweroff,
+                secure_boot: firmware == "uefi-secure-boot",
             };
             use oneimage_vm::Outcome;
             match oneimage_vm::run(&opts)? {

@@ -167,6 +167,7 @@ fn demo_boots_with_snapshot_and_leaves_the_file_untouched() {
         "oneimage-init: /dev/vda2 is clean",
         "oneimage-init: mounted /dev/vda2 on /sysroot read-write",
         "oneimage-init: switching to /sbin/init",
+        "oneimage-demo: secure boot 0",
     ] {
         assert!(
             console.contains(step),
@@ -440,4 +441,88 @@ fn live_boot_writes_nothing_to_the_disk() {
         .set_len(len)
         .unwrap();
     assert_eq!(sha256(&image), before, "a live boot changed the disk image");
+}
+
+#[test]
+fn secure_boot_image_boots_with_secure_boot_enforcing() {
+    // The demo spec with secure-boot = true, sharing the cached root filesystem.
+    let d = tempfile::tempdir().unwrap();
+    let examples = repo().join("examples");
+    let text = std::fs::read_to_string(examples.join("debian.toml"))
+        .unwrap()
+        .replace(
+            "overlay = \"debian-overlay\"",
+            &format!(
+                "overlay = \"{}\"",
+                examples.join("debian-overlay").display()
+            ),
+        )
+        .replace("[boot]\n", "[boot]\nsecure-boot = true\n");
+    let spec = d.path().join("secure.toml");
+    std::fs::write(&spec, text).unwrap();
+    let out = d.path().join("out");
+    ok(oneimage()
+        .arg("build")
+        .arg(&spec)
+        .arg("-o")
+        .arg(&out)
+        .arg("--rootfs-cache")
+        .arg(cache()));
+    let image = out.join("debian-demo.img");
+    let files = inspect(&image)["partitions"][0]["boot_files"].to_string();
+    assert!(
+        files.contains("/EFI/BOOT/grubx64.efi") && files.contains("/EFI/BOOT/mmx64.efi"),
+        "{files}"
+    );
+    let log = d.path().join("console.log");
+    ok(oneimage()
+        .arg("qemu")
+        .arg(&image)
+        .args([
+            "--snapshot",
+            "--headless",
+            "--quiet",
+            "--firmware",
+            "uefi-secure-boot",
+        ])
+        .args(["--expect", MARKER, "--timeout", "900", "--console-log"])
+        .arg(&log));
+    let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    // The kernel and, from inside the booted system, the SecureBoot variable agree.
+    assert!(
+        console.contains("secureboot: Secure boot enabled"),
+        "{console}"
+    );
+    assert!(
+        console.contains("oneimage-demo: secure boot 1"),
+        "{console}"
+    );
+}
+
+#[test]
+fn secure_boot_firmware_refuses_the_unsigned_image() {
+    // The default demo boots our own, unsigned GRUB: enforcing firmware must refuse it,
+    // which is what makes the positive test above mean something.
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("console.log");
+    ok(oneimage()
+        .arg("qemu")
+        .arg(demo())
+        .args([
+            "--snapshot",
+            "--headless",
+            "--quiet",
+            "--firmware",
+            "uefi-secure-boot",
+        ])
+        .args([
+            "--expect",
+            "Access Denied",
+            "--timeout",
+            "600",
+            "--console-log",
+        ])
+        .arg(&log));
+    let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    assert!(!console.contains("oneimage-init"), "{console}");
 }

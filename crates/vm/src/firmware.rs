@@ -10,6 +10,8 @@ pub struct Firmware {
     pub code: PathBuf,
     /// Empty variable store to copy from.
     pub vars_template: PathBuf,
+    /// Secure Boot firmware (needs SMM and a secure flash).
+    pub secure_boot: bool,
 }
 
 const PAIRS: &[(&str, &str)] = &[
@@ -23,28 +25,49 @@ const PAIRS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Secure Boot builds of OVMF (they need SMM) with Microsoft's keys enrolled and Secure
+/// Boot enforcing, as on a PC from a shop.
+const SECURE_PAIRS: &[(&str, &str)] = &[
+    (
+        "/usr/share/OVMF/OVMF_CODE_4M.ms.fd",
+        "/usr/share/OVMF/OVMF_VARS_4M.ms.fd",
+    ),
+    (
+        "/usr/share/OVMF/OVMF_CODE.ms.fd",
+        "/usr/share/OVMF/OVMF_VARS.ms.fd",
+    ),
+];
+
 impl Firmware {
-    /// Finds OVMF for x86_64.
-    pub fn find() -> Result<Firmware> {
-        for (code, vars) in PAIRS {
+    /// Finds OVMF for x86_64, with Secure Boot enforcing or without.
+    pub fn find(secure_boot: bool) -> Result<Firmware> {
+        let pairs = if secure_boot { SECURE_PAIRS } else { PAIRS };
+        for (code, vars) in pairs {
             if Path::new(code).exists() && Path::new(vars).exists() {
                 return Ok(Firmware {
                     code: code.into(),
                     vars_template: vars.into(),
+                    secure_boot,
                 });
             }
         }
         bail!(
             "UEFI firmware not found (looked for {}; apt-get install ovmf)",
-            PAIRS[0].0
+            pairs[0].0
         )
     }
 
-    /// The variable store that belongs to `image` (`IMAGE.efivars.fd`), made on first use,
+    /// The variable store that belongs to `image` (`IMAGE.efivars.fd`, or
+    /// `IMAGE.efivars-secure-boot.fd`), made on first use,
     /// so boot entries the firmware records survive like on a real machine.
     pub fn persistent_vars(&self, image: &Path) -> Result<PathBuf> {
         let mut name = image.as_os_str().to_owned();
-        name.push(".efivars.fd");
+        // Each firmware keeps its own store: their key databases differ.
+        name.push(if self.secure_boot {
+            ".efivars-secure-boot.fd"
+        } else {
+            ".efivars.fd"
+        });
         let vars = PathBuf::from(name);
         if !vars.exists() {
             std::fs::copy(&self.vars_template, &vars)

@@ -45,6 +45,8 @@ pub struct QemuOptions {
     /// Once the expected text appeared, press the power button and wait for the guest to
     /// shut down cleanly instead of stopping QEMU at once.
     pub poweroff: bool,
+    /// Boot with Secure Boot enforcing (OVMF with Microsoft's keys).
+    pub secure_boot: bool,
 }
 
 /// Resizes `image` up to `size` bytes, sparse; refuses to shrink.
@@ -76,7 +78,7 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
     let tmp = tempfile::Builder::new()
         .prefix("oneimage-qemu-")
         .tempdir()?;
-    let fw = Firmware::find()?;
+    let fw = Firmware::find(opts.secure_boot)?;
     let vars = if opts.snapshot {
         let v = tmp.path().join("vars.fd");
         std::fs::copy(&fw.vars_template, &v)?;
@@ -113,13 +115,22 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
     };
 
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-machine", "q35", "-smp", "2", "-m"])
+    let machine = if fw.secure_boot {
+        // The Secure Boot firmware keeps its variables safe behind SMM.
+        "q35,smm=on"
+    } else {
+        "q35"
+    };
+    cmd.args(["-machine", machine, "-smp", "2", "-m"])
         .arg(opts.memory_mib.to_string());
     if accel::kvm_works() {
         cmd.args(["-accel", "kvm", "-cpu", "host"]);
     } else {
         eprintln!("oneimage: KVM is not usable here; emulating the CPU (TCG), which is slower");
         cmd.args(["-accel", "tcg", "-cpu", "max"]);
+    }
+    if fw.secure_boot {
+        cmd.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
     }
     cmd.arg("-drive")
         .arg(format!(
