@@ -50,6 +50,18 @@ pub fn run(image: &Path, json: bool) -> Result<()> {
         for b in &p.boot_files {
             println!("   {:<40} {:>10}", b.path, format_size(b.size));
         }
+        for e in &p.boot_entries {
+            println!(
+                "   boot entry {:?}{} in {}: {} {}",
+                e.title,
+                e.id.as_ref()
+                    .map(|i| format!(" (id {i})"))
+                    .unwrap_or_default(),
+                e.config,
+                e.kernel.as_deref().unwrap_or("-"),
+                e.cmdline.as_deref().unwrap_or("")
+            );
+        }
         if let Some(e) = &p.error {
             println!("   error: {e}");
         }

@@ -114,6 +114,18 @@ fn demo_image_passes_independent_checks() {
         .arg(&esp)
         .arg("::/EFI/BOOT/grub.cfg"));
     assert!(cfg.contains(&format!("root=PARTUUID={root_guid}")), "{cfg}");
+    // inspect reads the same boot menu: persistent first (the default), then live.
+    let entries = parts[0]["boot_entries"].as_array().unwrap();
+    let ids: Vec<&str> = entries.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["persistent", "live"]);
+    for e in entries {
+        let cmdline = e["cmdline"].as_str().unwrap();
+        assert!(cfg.contains(cmdline), "{cmdline} not in {cfg}");
+        assert!(
+            cmdline.contains(&format!("root=PARTUUID={root_guid}")),
+            "{cmdline}"
+        );
+    }
     // oneimage's initramfs, not Debian's (about 35 MiB with initramfs-tools).
     let initrd = parts[0]["boot_files"]
         .as_array()

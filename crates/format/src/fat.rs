@@ -19,6 +19,8 @@ pub struct FatContents {
     pub used_bytes: u64,
     /// Every regular file, sorted by path.
     pub files: Vec<FatFile>,
+    /// Contents of the GRUB configuration files found (`grub.cfg` anywhere, up to 1 MiB).
+    pub grub_cfgs: Vec<(String, String)>,
 }
 
 /// Lists every file of the FAT filesystem in `[offset, offset + len)` of `disk`.
@@ -31,6 +33,7 @@ pub fn read_contents<R: Read + Seek>(disk: R, offset: u64, len: u64) -> io::Resu
     let used =
         (stats.total_clusters() - stats.free_clusters()) as u64 * stats.cluster_size() as u64;
     let mut files = Vec::new();
+    let mut grub_cfgs = Vec::new();
     let mut stack = vec![(String::new(), fs.root_dir())];
     while let Some((prefix, dir)) = stack.pop() {
         for entry in dir.iter() {
@@ -43,6 +46,11 @@ pub fn read_contents<R: Read + Seek>(disk: R, offset: u64, len: u64) -> io::Resu
             if entry.is_dir() {
                 stack.push((path, entry.to_dir()));
             } else {
+                if name.eq_ignore_ascii_case("grub.cfg") && entry.len() <= 1 << 20 {
+                    let mut text = String::new();
+                    entry.to_file().read_to_string(&mut text)?;
+                    grub_cfgs.push((path.clone(), text));
+                }
                 files.push(FatFile {
                     path,
                     size: entry.len(),
@@ -54,5 +62,6 @@ pub fn read_contents<R: Read + Seek>(disk: R, offset: u64, len: u64) -> io::Resu
     Ok(FatContents {
         used_bytes: used,
         files,
+        grub_cfgs,
     })
 }

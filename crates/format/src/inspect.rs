@@ -23,6 +23,8 @@ pub struct PartitionReport {
     pub filesystem: Option<FsInfo>,
     /// Files that boot the system, for an ESP (every file on it).
     pub boot_files: Vec<FatFile>,
+    /// Boot menu entries of the GRUB configuration on an ESP.
+    pub boot_entries: Vec<crate::grubcfg::BootEntry>,
     /// A problem met while reading this partition.
     pub error: Option<String>,
 }
@@ -69,6 +71,7 @@ pub fn inspect<R: Read + Seek>(disk: &mut R) -> Result<Report, InspectError> {
             size: len,
             filesystem: None,
             boot_files: Vec::new(),
+            boot_entries: Vec::new(),
             error: None,
         };
         if offset + len > size {
@@ -89,6 +92,9 @@ pub fn inspect<R: Read + Seek>(disk: &mut R) -> Result<Report, InspectError> {
                     }
                     if rep.type_name == Some("esp") {
                         rep.boot_files = c.files;
+                        for (path, text) in &c.grub_cfgs {
+                            rep.boot_entries.extend(crate::grubcfg::entries(path, text));
+                        }
                     }
                 }
                 Err(e) => rep.error = Some(format!("reading FAT filesystem: {e}")),
