@@ -11,6 +11,7 @@ pub mod gpt;
 pub mod grubcfg;
 pub mod guid;
 pub mod inspect;
+pub mod iso9660;
 pub mod probe;
 pub mod size;
 pub mod slice;
