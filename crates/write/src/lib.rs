@@ -1,0 +1,5 @@
+//! The oneimage writer: reads an image in any common compression (detected by content),
+//! checks its signature, writes only the mapped blocks to a file or block device after
+//! safety checks, and reads everything back to verify it. It has no network code.
+
+pub mod source;
