@@ -2,4 +2,5 @@
 //! checks its signature, writes only the mapped blocks to a file or block device after
 //! safety checks, and reads everything back to verify it. It has no network code.
 
+pub mod bmap;
 pub mod source;
