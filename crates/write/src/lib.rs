@@ -3,4 +3,6 @@
 //! safety checks, and reads everything back to verify it. It has no network code.
 
 pub mod bmap;
+pub mod progress;
 pub mod source;
+pub mod target;
