@@ -3,6 +3,9 @@
 //! safety checks, and reads everything back to verify it. It has no network code.
 
 pub mod bmap;
+pub mod copy;
+pub mod gpt_fix;
 pub mod progress;
 pub mod source;
 pub mod target;
+pub mod verify;
