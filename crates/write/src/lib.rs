@@ -6,6 +6,7 @@ pub mod bmap;
 pub mod copy;
 pub mod gpt_fix;
 pub mod progress;
+pub mod signature;
 pub mod source;
 pub mod target;
 pub mod verify;
