@@ -9,12 +9,8 @@ use std::path::Path;
 /// If `dev` is larger than the image and the image has a GPT whose backup sits at the
 /// image's end, rewrites both headers so the backup is at the disk's end. Returns
 /// whether anything changed. The partitions themselves are untouched.
-pub fn move_backup_to_end(dev: &Path, image_size: u64) -> Result<bool> {
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .with_context(|| format!("opening {}", dev.display()))?;
+pub fn move_backup_to_end(file: &File, dev: &Path, image_size: u64) -> Result<bool> {
+    let mut f = file;
     let disk_size = f.seek(SeekFrom::End(0))?;
     if disk_size <= image_size {
         return Ok(false);
@@ -35,16 +31,22 @@ pub fn move_backup_to_end(dev: &Path, image_size: u64) -> Result<bool> {
     gpt.header.first_usable_lba = first_usable;
     gpt.write_into(&mut f)
         .with_context(|| format!("{}: writing the partition table", dev.display()))?;
-    if protective_mbr(&mut f)? {
+    if protective_mbr(f)? {
         gptman::GPT::write_protective_mbr_into(&mut f, ss)
             .with_context(|| format!("{}: updating the protective MBR", dev.display()))?;
     }
     f.sync_all()?;
-    reread_partitions(&f);
+    f.seek(SeekFrom::Start(0))?;
+    let t = oneimage_format::gpt::read_table(&mut f)
+        .with_context(|| format!("{}: reading the partition table back", dev.display()))?;
+    if t.backup_lba != disk_size / ss - 1 {
+        anyhow::bail!("{}: the backup partition table is at LBA {} after moving it, expected {}", dev.display(), t.backup_lba, disk_size / ss - 1);
+    }
+    reread_partitions(f);
     Ok(true)
 }
 
-fn protective_mbr(f: &mut File) -> Result<bool> {
+fn protective_mbr(mut f: &File) -> Result<bool> {
     let mut mbr = [0u8; 512];
     f.seek(SeekFrom::Start(0))?;
     f.read_exact(&mut mbr)?;

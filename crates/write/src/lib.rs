@@ -2,6 +2,7 @@
 //! checks its signature, writes only the mapped blocks to a file or block device after
 //! safety checks, and reads everything back to verify it. It has no network code.
 
+pub mod artifacts;
 pub mod bmap;
 pub mod copy;
 pub mod gpt_fix;
@@ -10,3 +11,4 @@ pub mod signature;
 pub mod source;
 pub mod target;
 pub mod verify;
+pub mod write;
