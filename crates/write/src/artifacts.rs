@@ -75,7 +75,10 @@ impl Default for ArtifactsSpec {
 impl ArtifactsSpec {
     fn check(&self) -> Result<(usize, u64)> {
         if !(1..=19).contains(&self.zstd_level) {
-            bail!("[artifacts] zstd-level = {}: expected 1 to 19", self.zstd_level);
+            bail!(
+                "[artifacts] zstd-level = {}: expected 1 to 19",
+                self.zstd_level
+            );
         }
         if self.xz_level > 9 {
             bail!("[artifacts] xz-level = {}: expected 0 to 9", self.xz_level);
@@ -83,12 +86,18 @@ impl ArtifactsSpec {
         let frame = parse_size(&self.zstd_frame_size)
             .with_context(|| format!("[artifacts] zstd-frame-size = {:?}", self.zstd_frame_size))?;
         if !(64 << 10..=256 << 20).contains(&frame) {
-            bail!("[artifacts] zstd-frame-size = {:?}: expected 64K to 256M", self.zstd_frame_size);
+            bail!(
+                "[artifacts] zstd-frame-size = {:?}: expected 64K to 256M",
+                self.zstd_frame_size
+            );
         }
         let block = parse_size(&self.xz_block_size)
             .with_context(|| format!("[artifacts] xz-block-size = {:?}", self.xz_block_size))?;
         if !(1 << 20..=1 << 30).contains(&block) {
-            bail!("[artifacts] xz-block-size = {:?}: expected 1M to 1G", self.xz_block_size);
+            bail!(
+                "[artifacts] xz-block-size = {:?}: expected 1M to 1G",
+                self.xz_block_size
+            );
         }
         Ok((frame as usize, block))
     }
@@ -100,8 +109,14 @@ fn threads() -> usize {
 
 /// Writes `out` through a temporary file in the same directory, renamed when `f` succeeds.
 fn atomically(out: &Path, f: impl FnOnce(&mut BufWriter<&File>) -> Result<()>) -> Result<()> {
-    let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}.partial-"))
         .tempfile_in(dir)
@@ -127,12 +142,19 @@ pub fn emit(image: &Path, spec: &ArtifactsSpec) -> Result<Vec<PathBuf>> {
         .with_context(|| format!("{}: not a file name", image.display()))?
         .to_string();
     let open = || -> Result<BufReader<File>> {
-        Ok(BufReader::with_capacity(1 << 20, File::open(image).with_context(|| format!("opening {}", image.display()))?))
+        Ok(BufReader::with_capacity(
+            1 << 20,
+            File::open(image).with_context(|| format!("opening {}", image.display()))?,
+        ))
     };
     let mut made = Vec::new();
     if spec.zstd {
         let out = image.with_file_name(format!("{name}.zst"));
-        eprintln!("oneimage: compressing {} (zstd -{} seekable)", out.display(), spec.zstd_level);
+        eprintln!(
+            "oneimage: compressing {} (zstd -{} seekable)",
+            out.display(),
+            spec.zstd_level
+        );
         atomically(&out, |w| {
             crate::source::seekable::compress(open()?, w, spec.zstd_level, frame, threads())?;
             Ok(())
@@ -141,7 +163,11 @@ pub fn emit(image: &Path, spec: &ArtifactsSpec) -> Result<Vec<PathBuf>> {
     }
     if spec.xz {
         let out = image.with_file_name(format!("{name}.xz"));
-        eprintln!("oneimage: compressing {} (xz -{} multi-block)", out.display(), spec.xz_level);
+        eprintln!(
+            "oneimage: compressing {} (xz -{} multi-block)",
+            out.display(),
+            spec.xz_level
+        );
         atomically(&out, |w| {
             let stream = liblzma::stream::MtStreamBuilder::new()
                 .preset(spec.xz_level)
@@ -165,12 +191,17 @@ pub fn emit(image: &Path, spec: &ArtifactsSpec) -> Result<Vec<PathBuf>> {
     }
     if spec.sha256sums {
         let out = image.with_file_name("SHA256SUMS");
-        let mut files: Vec<PathBuf> = std::iter::once(image.to_path_buf()).chain(made.iter().cloned()).collect();
+        let mut files: Vec<PathBuf> = std::iter::once(image.to_path_buf())
+            .chain(made.iter().cloned())
+            .collect();
         files.sort();
         let mut text = String::new();
         for f in &files {
             let h = bmap::sha256(BufReader::with_capacity(1 << 20, File::open(f)?))?;
-            let n = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let n = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             text.push_str(&format!("{}  {n}\n", hex(&h)));
         }
         atomically(&out, |w| Ok(w.write_all(text.as_bytes())?))?;
@@ -189,15 +220,22 @@ mod tests {
         assert_eq!(s, ArtifactsSpec::default());
         let s: ArtifactsSpec = toml::from_str("xz = false\nzstd-level = 3").unwrap();
         assert!(!s.xz && s.zstd_level == 3);
-        let e = toml::from_str::<ArtifactsSpec>("gzip = true").unwrap_err().to_string();
+        let e = toml::from_str::<ArtifactsSpec>("gzip = true")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gzip"), "{e}");
-        let bad = ArtifactsSpec { zstd_level: 30, ..Default::default() };
+        let bad = ArtifactsSpec {
+            zstd_level: 30,
+            ..Default::default()
+        };
         assert!(bad.check().unwrap_err().to_string().contains("zstd-level"));
     }
 
     #[test]
     fn xz_output_does_not_depend_on_threads() {
-        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8 & 0x0f).collect();
+        let data: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8 & 0x0f)
+            .collect();
         let enc = |t: u32| {
             let s = liblzma::stream::MtStreamBuilder::new()
                 .preset(1)
@@ -207,7 +245,11 @@ mod tests {
                 .encoder()
                 .unwrap();
             let mut out = Vec::new();
-            std::io::copy(&mut liblzma::read::XzEncoder::new_stream(&data[..], s), &mut out).unwrap();
+            std::io::copy(
+                &mut liblzma::read::XzEncoder::new_stream(&data[..], s),
+                &mut out,
+            )
+            .unwrap();
             out
         };
         assert_eq!(enc(1), enc(2));

@@ -87,7 +87,11 @@ impl Bmap {
         let _ = writeln!(s, "    <!-- Image size: {} bytes -->", self.image_size);
         let _ = writeln!(s, "    <ImageSize> {} </ImageSize>", self.image_size);
         let _ = writeln!(s, "    <BlockSize> {} </BlockSize>", self.block_size);
-        let _ = writeln!(s, "    <BlocksCount> {} </BlocksCount>", self.blocks_count());
+        let _ = writeln!(
+            s,
+            "    <BlocksCount> {} </BlocksCount>",
+            self.blocks_count()
+        );
         let _ = writeln!(s, "    <!-- Mapped: {pct:.1}% of the blocks -->");
         let _ = writeln!(s, "    <MappedBlocksCount> {mapped} </MappedBlocksCount>");
         s.push_str("    <ChecksumType> sha256 </ChecksumType>\n");
@@ -172,7 +176,9 @@ impl Bmap {
         let mut rest = body.as_str();
         while let Some(p) = rest.find("<Range") {
             rest = &rest[p..];
-            let gt = rest.find('>').ok_or_else(|| err("unterminated <Range>".into()))?;
+            let gt = rest
+                .find('>')
+                .ok_or_else(|| err("unterminated <Range>".into()))?;
             let tag = &rest[..gt];
             let close = rest
                 .find("</Range>")
@@ -183,13 +189,18 @@ impl Bmap {
                 None => (content, content),
             };
             let parse = |s: &str| -> Result<u64> {
-                s.parse()
-                    .map_err(|_| err(format!("<Range> {content:?}: expected FIRST-LAST block numbers")))
+                s.parse().map_err(|_| {
+                    err(format!(
+                        "<Range> {content:?}: expected FIRST-LAST block numbers"
+                    ))
+                })
             };
             let (first, last) = (parse(a)?, parse(b)?);
             let sha256 = match attr(tag, "chksum") {
                 Some(h) => Some(unhex32(h).ok_or_else(|| {
-                    err(format!("<Range> {content}: chksum {h:?} is not a SHA-256 in hex"))
+                    err(format!(
+                        "<Range> {content}: chksum {h:?} is not a SHA-256 in hex"
+                    ))
                 })?),
                 None => None,
             };
@@ -201,7 +212,11 @@ impl Bmap {
                     bail!("{name}: <Range> {content} overlaps or precedes the range before it");
                 }
             }
-            ranges.push(Range { first, last, sha256 });
+            ranges.push(Range {
+                first,
+                last,
+                sha256,
+            });
             rest = &rest[close + 8..];
         }
         let bm = Bmap {
@@ -211,7 +226,10 @@ impl Bmap {
         };
         let mapped = num("MappedBlocksCount")?;
         if mapped != bm.mapped_blocks() {
-            bail!("{name}: <MappedBlocksCount> is {mapped} but the ranges cover {} blocks", bm.mapped_blocks());
+            bail!(
+                "{name}: <MappedBlocksCount> is {mapped} but the ranges cover {} blocks",
+                bm.mapped_blocks()
+            );
         }
         Ok(bm)
     }
@@ -268,10 +286,11 @@ fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
 
 /// Lowercase hex of `b`.
 pub fn hex(b: &[u8]) -> String {
-    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    })
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
 }
 
 /// Parses 64 hex digits.
@@ -360,7 +379,10 @@ fn data_extents(f: &File, size: u64) -> Result<Vec<(u64, u64)>> {
         };
         let hole = seek(f, S::Hole(data)).context("SEEK_HOLE")?.min(size);
         let a = data / BLOCK_SIZE * BLOCK_SIZE;
-        let b = hole.div_ceil(BLOCK_SIZE).saturating_mul(BLOCK_SIZE).min(size);
+        let b = hole
+            .div_ceil(BLOCK_SIZE)
+            .saturating_mul(BLOCK_SIZE)
+            .min(size);
         match out.last_mut() {
             Some(l) if l.1 >= a => l.1 = l.1.max(b),
             _ => out.push((a.max(out.last().map(|l| l.1).unwrap_or(0)), b)),
@@ -408,8 +430,16 @@ mod tests {
             image_size: 10 * 4096 + 100,
             block_size: 4096,
             ranges: vec![
-                Range { first: 0, last: 0, sha256: Some([1; 32]) },
-                Range { first: 3, last: 10, sha256: Some([2; 32]) },
+                Range {
+                    first: 0,
+                    last: 0,
+                    sha256: Some([1; 32]),
+                },
+                Range {
+                    first: 3,
+                    last: 10,
+                    sha256: Some([2; 32]),
+                },
             ],
         };
         let x = bm.to_xml();
@@ -423,8 +453,19 @@ mod tests {
     #[test]
     fn refuses_sha1_maps_and_out_of_range() {
         let v1 = "<bmap version=\"1.3\"><ImageSize>4096</ImageSize><BlockSize>4096</BlockSize><BlocksCount>1</BlocksCount><MappedBlocksCount>1</MappedBlocksCount><BlockMap><Range>0</Range></BlockMap></bmap>";
-        assert!(Bmap::parse(v1, "a").unwrap_err().to_string().contains("SHA-1"));
-        let oob = v1.replace("version=\"1.3\">", "version=\"2.0\"><ChecksumType>sha256</ChecksumType>").replace("<Range>0", "<Range>5");
-        assert!(Bmap::parse(&oob, "a").unwrap_err().to_string().contains("outside"));
+        assert!(Bmap::parse(v1, "a")
+            .unwrap_err()
+            .to_string()
+            .contains("SHA-1"));
+        let oob = v1
+            .replace(
+                "version=\"1.3\">",
+                "version=\"2.0\"><ChecksumType>sha256</ChecksumType>",
+            )
+            .replace("<Range>0", "<Range>5");
+        assert!(Bmap::parse(&oob, "a")
+            .unwrap_err()
+            .to_string()
+            .contains("outside"));
     }
 }

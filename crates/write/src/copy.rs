@@ -125,7 +125,9 @@ pub fn copy(
     erase: bool,
     progress: &mut Progress,
 ) -> Result<Copied> {
-    let limit = target.size()?.max(if target.is_device() { 0 } else { u64::MAX });
+    let limit = target
+        .size()?
+        .max(if target.is_device() { 0 } else { u64::MAX });
     let mut w = Writer {
         target,
         limit,
@@ -168,7 +170,8 @@ pub fn copy(
                             pos = e;
                             if e == b {
                                 let r = &m.ranges[ri];
-                                let got: [u8; 32] = rhash.take().unwrap_or_default().finalize().into();
+                                let got: [u8; 32] =
+                                    rhash.take().unwrap_or_default().finalize().into();
                                 if let Some(want) = r.sha256 {
                                     if got != want {
                                         bail!("the image does not match its bmap: blocks {}-{} (bytes {a}..{b}) have SHA-256 {} but the bmap says {}; the source is damaged or the bmap belongs to another image", r.first, r.last, crate::bmap::hex(&got), crate::bmap::hex(&want));
@@ -227,7 +230,11 @@ pub fn copy(
     }
     if let Some(m) = map {
         if ri != m.ranges.len() {
-            bail!("the image ended before the bmap's range {} of {}: the source is truncated", ri + 1, m.ranges.len());
+            bail!(
+                "the image ended before the bmap's range {} of {}: the source is truncated",
+                ri + 1,
+                m.ranges.len()
+            );
         }
     }
     if off > w.limit {

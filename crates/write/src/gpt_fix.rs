@@ -40,7 +40,12 @@ pub fn move_backup_to_end(file: &File, dev: &Path, image_size: u64) -> Result<bo
     let t = oneimage_format::gpt::read_table(&mut f)
         .with_context(|| format!("{}: reading the partition table back", dev.display()))?;
     if t.backup_lba != disk_size / ss - 1 {
-        anyhow::bail!("{}: the backup partition table is at LBA {} after moving it, expected {}", dev.display(), t.backup_lba, disk_size / ss - 1);
+        anyhow::bail!(
+            "{}: the backup partition table is at LBA {} after moving it, expected {}",
+            dev.display(),
+            t.backup_lba,
+            disk_size / ss - 1
+        );
     }
     reread_partitions(f);
     Ok(true)

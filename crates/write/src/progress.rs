@@ -62,7 +62,14 @@ impl Progress {
                 serde_json::json!({"event": "message", "level": level, "text": text})
             ),
             Mode::Quiet => {}
-            _ => eprintln!("oneimage: {}{text}", if level == "info" { String::new() } else { format!("{level}: ") }),
+            _ => eprintln!(
+                "oneimage: {}{text}",
+                if level == "info" {
+                    String::new()
+                } else {
+                    format!("{level}: ")
+                }
+            ),
         }
     }
 
@@ -99,7 +106,11 @@ impl Progress {
 
     fn emit(&mut self, force: bool) {
         let secs = self.start.elapsed().as_secs_f64();
-        let rate = if secs > 0.0 { self.done as f64 / secs } else { 0.0 };
+        let rate = if secs > 0.0 {
+            self.done as f64 / secs
+        } else {
+            0.0
+        };
         let left = if rate > 0.0 && self.total > self.done {
             Some((self.total - self.done) as f64 / rate)
         } else {
@@ -122,7 +133,9 @@ impl Progress {
                 })
             ),
             Mode::Terminal => {
-                let left = left.map(|s| format!(", {:.0} s left", s)).unwrap_or_default();
+                let left = left
+                    .map(|s| format!(", {:.0} s left", s))
+                    .unwrap_or_default();
                 eprint!(
                     "\r\x1b[2K{}: {:5.1}%  {:.0}/{:.0} MiB  {:.1} MiB/s{left}",
                     self.phase,

@@ -21,7 +21,8 @@ pub fn readback(target: &Target, extents: &[Extent], progress: &mut Progress) ->
             let n = ((e.end - off) as usize).min(BUF);
             // Direct I/O needs aligned lengths: read whole blocks and hash what counts.
             let n_al = n.div_ceil(crate::target::ALIGN) * crate::target::ALIGN;
-            let aligned = off % crate::target::ALIGN as u64 == 0 && target.size()? >= off + n_al as u64;
+            let aligned =
+                off % crate::target::ALIGN as u64 == 0 && target.size()? >= off + n_al as u64;
             let slice = if aligned {
                 &mut buf.as_mut_slice()[..n_al]
             } else {

@@ -88,7 +88,10 @@ pub struct WriteReport {
 pub fn write(opts: &WriteOptions) -> Result<WriteReport> {
     let mut progress = Progress::new(opts.progress);
     let src = Source::open(&opts.source)?;
-    progress.message("info", &format!("source {} ({})", src.path.display(), src.format));
+    progress.message(
+        "info",
+        &format!("source {} ({})", src.path.display(), src.format),
+    );
     let bmap_path = match (&opts.bmap, opts.no_bmap) {
         (Some(p), _) => Some(p.clone()),
         (None, false) => bmap::find_next_to(&src.path),
@@ -102,7 +105,15 @@ pub fn write(opts: &WriteOptions) -> Result<WriteReport> {
                     bail!("{}: the bmap is for a {}-byte image, but {} holds {sz} bytes: it belongs to another image", p.display(), m.image_size, src.path.display());
                 }
             }
-            progress.message("info", &format!("block map {}: {} of {} bytes mapped", p.display(), m.mapped_bytes(), m.image_size));
+            progress.message(
+                "info",
+                &format!(
+                    "block map {}: {} of {} bytes mapped",
+                    p.display(),
+                    m.mapped_bytes(),
+                    m.image_size
+                ),
+            );
             Some(m)
         }
         None => None,
@@ -123,10 +134,22 @@ pub fn write(opts: &WriteOptions) -> Result<WriteReport> {
         progress.message("WARNING", &msg);
     }
     let image_size = map.as_ref().map(|m| m.image_size).or(src.image_size);
-    let target = Target::open(&opts.target, image_size.unwrap_or(0), &src.path, opts.checks)?;
+    let target = Target::open(
+        &opts.target,
+        image_size.unwrap_or(0),
+        &src.path,
+        opts.checks,
+    )?;
     let name = target.display();
     let mut reader = src.reader(opts.threads)?;
-    let copied = match copy::copy(&mut reader, map.as_ref(), image_size, &target, opts.erase_unmapped, &mut progress) {
+    let copied = match copy::copy(
+        &mut reader,
+        map.as_ref(),
+        image_size,
+        &target,
+        opts.erase_unmapped,
+        &mut progress,
+    ) {
         Ok(c) => c,
         Err(e) => {
             drop(reader);
@@ -152,14 +175,26 @@ pub fn write(opts: &WriteOptions) -> Result<WriteReport> {
         let dev = target.current_path();
         let moved = gpt_fix::move_backup_to_end(f, &dev, copied.image_size)?;
         if moved {
-            progress.message("info", &format!("moved the backup partition table to the end of {}", dev.display()));
+            progress.message(
+                "info",
+                &format!(
+                    "moved the backup partition table to the end of {}",
+                    dev.display()
+                ),
+            );
         }
         moved
     } else {
         target.finish()?;
         false
     };
-    progress.message("info", &format!("{name}: wrote {} bytes of a {}-byte image and read them back: OK", copied.written, copied.image_size));
+    progress.message(
+        "info",
+        &format!(
+            "{name}: wrote {} bytes of a {}-byte image and read them back: OK",
+            copied.written, copied.image_size
+        ),
+    );
     Ok(WriteReport {
         image_size: copied.image_size,
         written: copied.written,

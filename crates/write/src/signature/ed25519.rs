@@ -26,12 +26,14 @@ fn b64(s: &str) -> Result<Vec<u8>> {
 
 /// Reads a minisign or signify public key file.
 pub fn load_key(path: &Path) -> Result<EdKey> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let line = text
         .lines()
         .find(|l| !l.starts_with("untrusted comment:") && !l.trim().is_empty())
         .with_context(|| format!("{}: no key line", path.display()))?;
-    let raw = b64(line).with_context(|| format!("{}: the key line is not base64", path.display()))?;
+    let raw =
+        b64(line).with_context(|| format!("{}: the key line is not base64", path.display()))?;
     if raw.len() != 42 || &raw[..2] != b"Ed" {
         bail!("{}: expected a minisign or signify Ed25519 public key (42 bytes starting with \"Ed\"), found {} bytes", path.display(), raw.len());
     }
@@ -89,7 +91,9 @@ pub fn verify(sig: &EdSig, keys: &[EdKey], data: &mut dyn Read) -> Outcome {
                 Err(e) => return Outcome::Bad(format!("unreadable minisign signature: {e}")),
             };
             for k in keys {
-                let Ok(pk) = minisign_verify::PublicKey::from_base64(&k.b64) else { continue };
+                let Ok(pk) = minisign_verify::PublicKey::from_base64(&k.b64) else {
+                    continue;
+                };
                 let mut v = match pk.verify_stream(&s) {
                     Ok(v) => v,
                     Err(minisign_verify::Error::UnexpectedKeyId) => continue,
@@ -101,7 +105,10 @@ pub fn verify(sig: &EdSig, keys: &[EdKey], data: &mut dyn Read) -> Outcome {
                         }
                         return match pk.verify(&all, &s, true) {
                             Ok(()) => Outcome::Good(format!("minisign key {}", k.file)),
-                            Err(e) => Outcome::Bad(format!("does not verify with minisign key {}: {e}", k.file)),
+                            Err(e) => Outcome::Bad(format!(
+                                "does not verify with minisign key {}: {e}",
+                                k.file
+                            )),
                         };
                     }
                     Err(e) => return Outcome::Bad(format!("minisign: {e}")),
@@ -111,14 +118,18 @@ pub fn verify(sig: &EdSig, keys: &[EdKey], data: &mut dyn Read) -> Outcome {
                 }
                 return match v.finalize() {
                     Ok(()) => Outcome::Good(format!("minisign key {}", k.file)),
-                    Err(e) => Outcome::Bad(format!("does not verify with minisign key {}: {e}", k.file)),
+                    Err(e) => {
+                        Outcome::Bad(format!("does not verify with minisign key {}: {e}", k.file))
+                    }
                 };
             }
             Outcome::NoKey("minisign signature by a key that was not given (--pubkey)".into())
         }
         EdSig::Signify { keynum, sig, .. } => {
             let Some(k) = keys.iter().find(|k| &k.keynum == keynum) else {
-                return Outcome::NoKey("signify signature by a key that was not given (--pubkey)".into());
+                return Outcome::NoKey(
+                    "signify signature by a key that was not given (--pubkey)".into(),
+                );
             };
             let vk = match ed25519_dalek::VerifyingKey::from_bytes(&k.key) {
                 Ok(vk) => vk,

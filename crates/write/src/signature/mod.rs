@@ -60,7 +60,12 @@ fn parse_sig(path: &Path) -> Result<Sig> {
     } else {
         openpgp::parse(&bytes).map(Sig::OpenPgp)
     };
-    r.with_context(|| format!("{}: not a readable OpenPGP, minisign or signify signature", path.display()))
+    r.with_context(|| {
+        format!(
+            "{}: not a readable OpenPGP, minisign or signify signature",
+            path.display()
+        )
+    })
 }
 
 fn verify(sig: &Sig, keys: &Keys, data: &mut dyn Read) -> Outcome {
@@ -101,13 +106,30 @@ pub fn check(
     let file_sigs: Vec<PathBuf> = explicit
         .iter()
         .cloned()
-        .chain(SUFFIXES.iter().map(|s| with_suffix(&src.path, s)).filter(|p| p.is_file()))
+        .chain(
+            SUFFIXES
+                .iter()
+                .map(|s| with_suffix(&src.path, s))
+                .filter(|p| p.is_file()),
+        )
         .collect();
     for sp in &file_sigs {
         let sig = parse_sig(sp)?;
         let mut f = open_hashing(&src.path)?;
-        progress.message("info", &format!("checking signature {} over {}", sp.display(), src.path.display()));
-        record(&mut report, sp, &src.path.display().to_string(), verify(&sig, keys, &mut f))?;
+        progress.message(
+            "info",
+            &format!(
+                "checking signature {} over {}",
+                sp.display(),
+                src.path.display()
+            ),
+        );
+        record(
+            &mut report,
+            sp,
+            &src.path.display().to_string(),
+            verify(&sig, keys, &mut f),
+        )?;
     }
     let image_name = src
         .path
@@ -117,11 +139,27 @@ pub fn check(
         .filter(|_| src.format != source::Format::Raw);
     if let Some(name) = image_name {
         let img = src.path.with_file_name(name);
-        for sp in SUFFIXES.iter().map(|s| with_suffix(&img, s)).filter(|p| p.is_file()) {
+        for sp in SUFFIXES
+            .iter()
+            .map(|s| with_suffix(&img, s))
+            .filter(|p| p.is_file())
+        {
             let sig = parse_sig(&sp)?;
-            progress.message("info", &format!("checking signature {} over the image inside {} (decompressing once first)", sp.display(), src.path.display()));
+            progress.message(
+                "info",
+                &format!(
+                    "checking signature {} over the image inside {} (decompressing once first)",
+                    sp.display(),
+                    src.path.display()
+                ),
+            );
             let mut r = src.reader(threads)?;
-            record(&mut report, &sp, &format!("the image in {}", src.path.display()), verify(&sig, keys, &mut r))?;
+            record(
+                &mut report,
+                &sp,
+                &format!("the image in {}", src.path.display()),
+                verify(&sig, keys, &mut r),
+            )?;
         }
     }
     let sums = src.path.with_file_name("SHA256SUMS");
@@ -134,19 +172,27 @@ pub fn check(
 fn record(report: &mut Report, sig: &Path, what: &str, o: Outcome) -> Result<()> {
     match o {
         Outcome::Good(who) => {
-            report.good.push(format!("{} (signature {}) by {who}", what, sig.display()));
+            report
+                .good
+                .push(format!("{} (signature {}) by {who}", what, sig.display()));
             Ok(())
         }
         Outcome::NoKey(why) => {
             report.unchecked.push(format!("{}: {why}", sig.display()));
             Ok(())
         }
-        Outcome::Bad(why) => bail!("BAD SIGNATURE: {} over {what} {why}; nothing was written", sig.display()),
+        Outcome::Bad(why) => bail!(
+            "BAD SIGNATURE: {} over {what} {why}; nothing was written",
+            sig.display()
+        ),
     }
 }
 
 fn open_hashing(p: &Path) -> Result<BufReader<File>> {
-    Ok(BufReader::with_capacity(1 << 20, File::open(p).with_context(|| format!("opening {}", p.display()))?))
+    Ok(BufReader::with_capacity(
+        1 << 20,
+        File::open(p).with_context(|| format!("opening {}", p.display()))?,
+    ))
 }
 
 fn check_sums(
@@ -159,11 +205,20 @@ fn check_sums(
     report: &mut Report,
 ) -> Result<()> {
     let text = std::fs::read(sums).with_context(|| format!("reading {}", sums.display()))?;
-    let sigs: Vec<PathBuf> = SUFFIXES.iter().map(|s| with_suffix(sums, s)).filter(|p| p.is_file()).collect();
+    let sigs: Vec<PathBuf> = SUFFIXES
+        .iter()
+        .map(|s| with_suffix(sums, s))
+        .filter(|p| p.is_file())
+        .collect();
     let mut sums_report = Report::default();
     for sp in &sigs {
         let sig = parse_sig(sp)?;
-        record(&mut sums_report, sp, &sums.display().to_string(), verify(&sig, keys, &mut &text[..]))?;
+        record(
+            &mut sums_report,
+            sp,
+            &sums.display().to_string(),
+            verify(&sig, keys, &mut &text[..]),
+        )?;
     }
     report.unchecked.extend(sums_report.unchecked);
     let signed = !sums_report.good.is_empty();
@@ -175,16 +230,40 @@ fn check_sums(
             (n == name).then(|| crate::bmap::unhex32(h)).flatten()
         })
     };
-    let file_name = src.path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let file_name = src
+        .path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     let (want, what, actual) = if let Some(w) = lookup(file_name) {
-        progress.message("info", &format!("checking {} against {}", src.path.display(), sums.display()));
-        (w, src.path.display().to_string(), crate::bmap::sha256(open_hashing(&src.path)?)?)
+        progress.message(
+            "info",
+            &format!("checking {} against {}", src.path.display(), sums.display()),
+        );
+        (
+            w,
+            src.path.display().to_string(),
+            crate::bmap::sha256(open_hashing(&src.path)?)?,
+        )
     } else if let Some(w) = image_name.and_then(lookup) {
-        progress.message("info", &format!("checking the image in {} against {} (decompressing once first)", src.path.display(), sums.display()));
-        (w, format!("the image in {}", src.path.display()), crate::bmap::sha256(src.reader(threads)?)?)
+        progress.message(
+            "info",
+            &format!(
+                "checking the image in {} against {} (decompressing once first)",
+                src.path.display(),
+                sums.display()
+            ),
+        );
+        (
+            w,
+            format!("the image in {}", src.path.display()),
+            crate::bmap::sha256(src.reader(threads)?)?,
+        )
     } else {
         if signed {
-            report.unchecked.push(format!("{} does not list {file_name}", sums.display()));
+            report
+                .unchecked
+                .push(format!("{} does not list {file_name}", sums.display()));
         }
         return Ok(());
     };
@@ -197,9 +276,14 @@ fn check_sums(
         );
     }
     if signed {
-        report.good.push(format!("{what} matches {}", sums_report.good.join("; ")));
+        report
+            .good
+            .push(format!("{what} matches {}", sums_report.good.join("; ")));
     } else {
-        report.unchecked.push(format!("{what} matches {}, but that file is not signed by a given key", sums.display()));
+        report.unchecked.push(format!(
+            "{what} matches {}, but that file is not signed by a given key",
+            sums.display()
+        ));
     }
     Ok(())
 }

@@ -10,7 +10,8 @@ use std::path::Path;
 
 /// Reads every public key in a keyring file.
 pub fn load_keyring(path: &Path) -> Result<Vec<SignedPublicKey>> {
-    let f = std::fs::File::open(path).with_context(|| format!("opening keyring {}", path.display()))?;
+    let f =
+        std::fs::File::open(path).with_context(|| format!("opening keyring {}", path.display()))?;
     let (keys, _) = SignedPublicKey::from_reader_many(f)
         .with_context(|| format!("{}: not an OpenPGP keyring", path.display()))?;
     let keys: Vec<SignedPublicKey> = keys
@@ -20,8 +21,13 @@ pub fn load_keyring(path: &Path) -> Result<Vec<SignedPublicKey>> {
         anyhow::bail!("{}: no OpenPGP public key in it", path.display());
     }
     for k in &keys {
-        k.verify_bindings()
-            .with_context(|| format!("{}: key {} has invalid self-signatures", path.display(), k.fingerprint()))?;
+        k.verify_bindings().with_context(|| {
+            format!(
+                "{}: key {} has invalid self-signatures",
+                path.display(),
+                k.fingerprint()
+            )
+        })?;
     }
     Ok(keys)
 }
@@ -37,15 +43,22 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<DetachedSignature>> {
 }
 
 /// Verifies the first signature of `sigs` whose issuer is in `keys` over `data`.
-pub fn verify(sigs: &[DetachedSignature], keys: &[SignedPublicKey], data: &mut dyn Read) -> Outcome {
+pub fn verify(
+    sigs: &[DetachedSignature],
+    keys: &[SignedPublicKey],
+    data: &mut dyn Read,
+) -> Outcome {
     for s in sigs {
         let sig = &s.signature;
         for k in keys {
             let primary = &k.primary_key;
-            let candidates = std::iter::once((primary.fingerprint(), primary.legacy_key_id(), None))
-                .chain(k.public_subkeys.iter().enumerate().map(|(i, sk)| {
-                    (sk.key.fingerprint(), sk.key.legacy_key_id(), Some(i))
-                }));
+            let candidates =
+                std::iter::once((primary.fingerprint(), primary.legacy_key_id(), None)).chain(
+                    k.public_subkeys
+                        .iter()
+                        .enumerate()
+                        .map(|(i, sk)| (sk.key.fingerprint(), sk.key.legacy_key_id(), Some(i))),
+                );
             for (fp, id, sub) in candidates {
                 let issued = sig.issuer_fingerprint().iter().any(|f| **f == fp)
                     || sig.issuer_key_id().iter().any(|i| **i == id);
@@ -75,5 +88,8 @@ pub fn verify(sigs: &[DetachedSignature], keys: &[SignedPublicKey], data: &mut d
                 .collect::<Vec<_>>()
         })
         .collect();
-    Outcome::NoKey(format!("made by OpenPGP key {}, which is not in the given keyrings", issuers.join(" / ")))
+    Outcome::NoKey(format!(
+        "made by OpenPGP key {}, which is not in the given keyrings",
+        issuers.join(" / ")
+    ))
 }

@@ -174,8 +174,8 @@ impl Source {
                 let (index, _) = zip_member(&path)?;
                 let f = open()?;
                 pipe::spawn_with(name, move |sink| {
-                    let mut ar = zip::ZipArchive::new(BufReader::new(f))
-                        .map_err(std::io::Error::other)?;
+                    let mut ar =
+                        zip::ZipArchive::new(BufReader::new(f)).map_err(std::io::Error::other)?;
                     let mut member = ar.by_index(index).map_err(std::io::Error::other)?;
                     sink.copy_from(&mut member)
                 })

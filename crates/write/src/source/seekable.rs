@@ -248,13 +248,18 @@ mod tests {
 
     #[test]
     fn round_trip_and_plain_zstd_reads_it() {
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8 ^ (i >> 9) as u8).collect();
+        let data: Vec<u8> = (0..300_000u32)
+            .map(|i| (i % 251) as u8 ^ (i >> 9) as u8)
+            .collect();
         let mut out = Vec::new();
         compress(&data[..], &mut out, 3, 65536, 2).unwrap();
         let t = read_seek_table(&mut Cursor::new(&out)).unwrap().unwrap();
         assert_eq!(t.frames.len(), 5);
         assert_eq!(
-            t.frames.iter().map(|f| f.decompressed as usize).sum::<usize>(),
+            t.frames
+                .iter()
+                .map(|f| f.decompressed as usize)
+                .sum::<usize>(),
             data.len()
         );
         // An ordinary decoder skips the seek table.
