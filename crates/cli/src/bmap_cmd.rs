@@ -34,7 +34,7 @@ pub fn run(a: BmapArgs) -> Result<()> {
         .unwrap_or(std::path::Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    (&*tmp.as_file()).write_all(xml.as_bytes())?;
+    tmp.as_file().write_all(xml.as_bytes())?;
     tmp.as_file().sync_all()?;
     tmp.persist(&out)
         .map_err(|e| e.error)

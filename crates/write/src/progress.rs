@@ -132,6 +132,23 @@ impl Progress {
                     "seconds_left": left.map(|s| s.round() as u64),
                 })
             ),
+            Mode::Terminal if self.total == 0 => {
+                eprint!(
+                    "\r\x1b[2K{}: {:.0} MiB  {:.1} MiB/s",
+                    self.phase,
+                    mib(self.done as f64),
+                    mib(rate)
+                );
+                let _ = std::io::stderr().flush();
+            }
+            Mode::Plain if self.total == 0 => {
+                eprintln!(
+                    "oneimage: {} {} bytes ({:.1} MiB/s)",
+                    self.phase,
+                    self.done,
+                    mib(rate)
+                );
+            }
             Mode::Terminal => {
                 let left = left
                     .map(|s| format!(", {:.0} s left", s))

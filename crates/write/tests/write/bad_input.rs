@@ -30,7 +30,10 @@ fn truncated_and_bit_flipped_streams() {
         ("bz2", "bzip2 -1"),
     ];
     for (ext, cmd) in cases {
-        for (what, damage) in [("truncated", truncate as fn(&Path)), ("bit-flipped", |p: &Path| flip(p, 0.5))] {
+        for (what, damage) in [
+            ("truncated", truncate as fn(&Path)),
+            ("bit-flipped", |p: &Path| flip(p, 0.5)),
+        ] {
             let src = t.path().join(format!("bad.{ext}"));
             compress(&img, cmd, &src);
             damage(&src);
@@ -38,15 +41,29 @@ fn truncated_and_bit_flipped_streams() {
             let out = t.path().join("out");
             std::fs::write(&out, b"previous content").unwrap();
             let e = write_err(&opts(&src, &out));
-            assert!(e.contains("FAILED") && e.contains("bad."), "{what} {ext}: {e}");
-            assert_eq!(std::fs::read(&out).unwrap(), b"previous content", "{what} {ext}");
+            assert!(
+                e.contains("FAILED") && e.contains("bad."),
+                "{what} {ext}: {e}"
+            );
+            assert_eq!(
+                std::fs::read(&out).unwrap(),
+                b"previous content",
+                "{what} {ext}"
+            );
             std::fs::remove_file(&out).unwrap();
             assert_nothing_left(t.path(), "out");
         }
     }
     // Seekable zstd: a flipped byte inside a frame fails that frame's checksum.
     let src = t.path().join("bad-seekable.zst");
-    oneimage_write::source::seekable::compress(std::fs::File::open(&img).unwrap(), std::fs::File::create(&src).unwrap(), 3, 1 << 20, 2).unwrap();
+    oneimage_write::source::seekable::compress(
+        std::fs::File::open(&img).unwrap(),
+        std::fs::File::create(&src).unwrap(),
+        3,
+        1 << 20,
+        2,
+    )
+    .unwrap();
     // Flip a byte in the first frame (which holds the partition table and data).
     let mut b = std::fs::read(&src).unwrap();
     b[200] ^= 0x01;
@@ -84,7 +101,10 @@ fn bmap_for_another_image_or_with_a_bad_checksum() {
     let mut o = opts(&other, &out);
     o.bmap = Some(t.path().join("edited.bmap"));
     let e = write_err(&o);
-    assert!(e.contains("edited.bmap") && e.contains("BmapFileChecksum"), "{e}");
+    assert!(
+        e.contains("edited.bmap") && e.contains("BmapFileChecksum"),
+        "{e}"
+    );
     // A bmap whose range checksum is wrong (file checksum recomputed to match).
     let mut m = oneimage_write::bmap::Bmap::parse(&other_map, "x").unwrap();
     m.ranges[1].sha256 = Some([0u8; 32]);
@@ -92,7 +112,10 @@ fn bmap_for_another_image_or_with_a_bad_checksum() {
     let mut o = opts(&other, &out);
     o.bmap = Some(t.path().join("wrong.bmap"));
     let e = write_err(&o);
-    assert!(e.contains("does not match its bmap") && e.contains("0000000000"), "{e}");
+    assert!(
+        e.contains("does not match its bmap") && e.contains("0000000000"),
+        "{e}"
+    );
     assert_nothing_left(t.path(), "out");
 }
 

@@ -12,7 +12,9 @@ fn refuses_a_device_that_is_too_small() {
     let img = make_image(&t.path().join("img"), 20);
     let back = t.path().join("disk");
     sized(&back, 32 << 20);
-    let Some(lo) = Loop::attach(&back, false) else { return };
+    let Some(lo) = Loop::attach(&back, false) else {
+        return;
+    };
     let mut o = opts(&img, &lo.dev);
     o.checks.force = true;
     let e = write_err(&o);
@@ -28,7 +30,9 @@ fn refuses_a_mounted_device() {
     let back = t.path().join("disk");
     sized(&back, 80 << 20);
     run("mkfs.ext4", &["-q", "-F", s(&back)]);
-    let Some(lo) = Loop::attach(&back, false) else { return };
+    let Some(lo) = Loop::attach(&back, false) else {
+        return;
+    };
     let mnt = t.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let m = Mount::new(&lo.dev, &mnt);
@@ -47,7 +51,10 @@ fn refuses_a_missing_device_without_creating_a_file() {
     let t = tempfile::tempdir().unwrap();
     let img = make_image(&t.path().join("img"), 22);
     let e = write_err(&opts(&img, missing));
-    assert!(e.contains("does not exist") && e.contains("no file was created"), "{e}");
+    assert!(
+        e.contains("does not exist") && e.contains("no file was created"),
+        "{e}"
+    );
     assert!(!missing.exists());
 }
 
@@ -56,7 +63,9 @@ fn refuses_the_disk_holding_the_source() {
     let t = tempfile::tempdir().unwrap();
     let img = make_image(&t.path().join("img"), 23);
     // A loop device over the source file: writing to it would destroy the source.
-    let Some(lo) = Loop::attach(&img, false) else { return };
+    let Some(lo) = Loop::attach(&img, false) else {
+        return;
+    };
     let mut o = opts(&img, &lo.dev);
     o.checks.force = true;
     let e = write_err(&o);
@@ -73,15 +82,22 @@ fn refuses_read_only_and_non_removable_devices() {
     let back = t.path().join("disk");
     sized(&back, 80 << 20);
     {
-        let Some(lo) = Loop::attach(&back, true) else { return };
+        let Some(lo) = Loop::attach(&back, true) else {
+            return;
+        };
         let mut o = opts(&img, &lo.dev);
         o.checks.force = true;
         let e = write_err(&o);
         assert!(e.contains("read-only"), "{e}");
     }
-    let Some(lo) = Loop::attach(&back, false) else { return };
+    let Some(lo) = Loop::attach(&back, false) else {
+        return;
+    };
     let e = write_err(&opts(&img, &lo.dev));
-    assert!(e.contains("not a removable disk") && e.contains("--force"), "{e}");
+    assert!(
+        e.contains("not a removable disk") && e.contains("--force"),
+        "{e}"
+    );
     assert!(read_prefix(&lo.dev, 1 << 20).iter().all(|&b| b == 0));
 }
 
@@ -91,7 +107,9 @@ fn refuses_a_device_held_open_exclusively() {
     let img = make_image(&t.path().join("img"), 25);
     let back = t.path().join("disk");
     sized(&back, 80 << 20);
-    let Some(lo) = Loop::attach(&back, false) else { return };
+    let Some(lo) = Loop::attach(&back, false) else {
+        return;
+    };
     use std::os::unix::fs::OpenOptionsExt;
     let _holder = std::fs::OpenOptions::new()
         .read(true)

@@ -51,7 +51,11 @@ pub fn make_image(path: &Path, seed: u64) -> PathBuf {
         rng.fill(&mut buf);
         f.write_all_at(&buf, off).unwrap();
     }
-    let mut f = OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let parts = vec![Partition {
         number: 1,
         type_guid: TYPE_LINUX_DATA.parse().unwrap(),
@@ -61,7 +65,13 @@ pub fn make_image(path: &Path, seed: u64) -> PathBuf {
         last_lba: (IMAGE_SIZE / 512) - 34 - 1,
         attributes: 0,
     }];
-    write_table(&mut f, 512, Guid::derive("test-disk", &seed.to_string()), &parts).unwrap();
+    write_table(
+        &mut f,
+        512,
+        Guid::derive("test-disk", &seed.to_string()),
+        &parts,
+    )
+    .unwrap();
     path.to_path_buf()
 }
 
@@ -77,7 +87,9 @@ pub fn run_in(prog: &str, args: &[&str], env: Option<(&str, &Path)>) -> String {
     if let Some((k, v)) = env {
         c.env(k, v);
     }
-    let out = c.output().unwrap_or_else(|e| panic!("running {prog}: {e} (install it with scripts/setup.sh)"));
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("running {prog}: {e} (install it with scripts/setup.sh)"));
     assert!(
         out.status.success(),
         "{prog} {args:?} failed: {}\n{}",
@@ -106,7 +118,11 @@ pub fn assert_same(image: &Path, target: &Path, what: &str) {
     let b = read_prefix(target, a.len() as u64);
     if a != b {
         let first = a.iter().zip(&b).position(|(x, y)| x != y).unwrap();
-        panic!("{what}: {} differs from {} at byte {first}", target.display(), image.display());
+        panic!(
+            "{what}: {} differs from {} at byte {first}",
+            target.display(),
+            image.display()
+        );
     }
 }
 
@@ -129,14 +145,21 @@ impl Loop {
         }
         args.push(s(file));
         let dev = run("losetup", &args).trim().to_string();
-        Some(Loop { dev: PathBuf::from(dev) })
+        Some(Loop {
+            dev: PathBuf::from(dev),
+        })
     }
 }
 
 impl Drop for Loop {
     fn drop(&mut self) {
         for _ in 0..5 {
-            let ok = Command::new("losetup").arg("-d").arg(&self.dev).status().map(|s| s.success()).unwrap_or(false);
+            let ok = Command::new("losetup")
+                .arg("-d")
+                .arg(&self.dev)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
             if ok {
                 return;
             }
@@ -154,14 +177,21 @@ pub struct Mount {
 impl Mount {
     pub fn new(dev: &Path, dir: &Path) -> Mount {
         run("mount", &[s(dev), s(dir)]);
-        Mount { dir: dir.to_path_buf() }
+        Mount {
+            dir: dir.to_path_buf(),
+        }
     }
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
         for _ in 0..5 {
-            if Command::new("umount").arg(&self.dir).status().map(|s| s.success()).unwrap_or(false) {
+            if Command::new("umount")
+                .arg(&self.dir)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+            {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(200));
@@ -181,7 +211,11 @@ pub fn opts(src: &Path, target: &Path) -> oneimage_write::write::WriteOptions {
 /// The error text of a failed write (panics if it succeeded).
 pub fn write_err(o: &oneimage_write::write::WriteOptions) -> String {
     match oneimage_write::write::write(o) {
-        Ok(r) => panic!("writing {} to {} should have failed: {r:?}", o.source.display(), o.target.display()),
+        Ok(r) => panic!(
+            "writing {} to {} should have failed: {r:?}",
+            o.source.display(),
+            o.target.display()
+        ),
         Err(e) => format!("{e:#}"),
     }
 }
@@ -190,6 +224,10 @@ pub fn write_err(o: &oneimage_write::write::WriteOptions) -> String {
 pub fn assert_nothing_left(dir: &Path, name: &str) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
-        assert!(n != name && !n.starts_with(&format!(".{name}.partial")), "{n} was left behind in {}", dir.display());
+        assert!(
+            n != name && !n.starts_with(&format!(".{name}.partial")),
+            "{n} was left behind in {}",
+            dir.display()
+        );
     }
 }

@@ -16,7 +16,14 @@ fn bmaptool_accepts_our_bmap_and_seekable_zstd() {
     assert_same(&img, &out, "bmaptool copy with our bmap");
     // Our seekable .zst through bmaptool (which runs `zstd -d`).
     let zst = t.path().join("img.zst");
-    oneimage_write::source::seekable::compress(std::fs::File::open(&img).unwrap(), std::fs::File::create(&zst).unwrap(), 3, 1 << 20, 2).unwrap();
+    oneimage_write::source::seekable::compress(
+        std::fs::File::open(&img).unwrap(),
+        std::fs::File::create(&zst).unwrap(),
+        3,
+        1 << 20,
+        2,
+    )
+    .unwrap();
     let out2 = t.path().join("out2");
     run("bmaptool", &["copy", "--bmap", s(&bmap), s(&zst), s(&out2)]);
     assert_same(&img, &out2, "bmaptool copy of our seekable zstd");

@@ -8,14 +8,30 @@ use std::path::{Path, PathBuf};
 /// (and by us for seekable zstd). Returns (label, path).
 pub fn all_formats(dir: &Path, img: &Path) -> Vec<(&'static str, PathBuf)> {
     let p = |n: &str| dir.join(n);
-    run("sh", &["-c", &format!("xz -T2 --block-size=4MiB -1 -c {0} > {0}.xz", s(img))]);
-    run("sh", &["-c", &format!("xz -T1 -1 -c {0} > {1}", s(img), s(&p("img-single.xz")))]);
+    run(
+        "sh",
+        &[
+            "-c",
+            &format!("xz -T2 --block-size=4MiB -1 -c {0} > {0}.xz", s(img)),
+        ],
+    );
+    run(
+        "sh",
+        &[
+            "-c",
+            &format!("xz -T1 -1 -c {0} > {1}", s(img), s(&p("img-single.xz"))),
+        ],
+    );
     run("sh", &["-c", &format!("gzip -1 -c {0} > {0}.gz", s(img))]);
     run("sh", &["-c", &format!("bzip2 -1 -c {0} > {0}.bz2", s(img))]);
-    run("sh", &["-c", &format!("zstd -q -3 -c {0} > {0}.zst", s(img))]);
+    run(
+        "sh",
+        &["-c", &format!("zstd -q -3 -c {0} > {0}.zst", s(img))],
+    );
     run("zip", &["-q", "-j", "-1", s(&p("img.zip")), s(img)]);
     let f = std::fs::File::create(p("img-seekable.zst")).unwrap();
-    oneimage_write::source::seekable::compress(std::fs::File::open(img).unwrap(), f, 3, 1 << 20, 2).unwrap();
+    oneimage_write::source::seekable::compress(std::fs::File::open(img).unwrap(), f, 3, 1 << 20, 2)
+        .unwrap();
     vec![
         ("raw", img.to_path_buf()),
         ("gzip", p("img.gz")),
@@ -32,7 +48,10 @@ pub fn all_formats(dir: &Path, img: &Path) -> Vec<(&'static str, PathBuf)> {
 fn every_format_to_a_file_with_and_without_bmap() {
     let t = tempfile::tempdir().unwrap();
     let img = make_image(&t.path().join("img"), 1);
-    run("bmaptool", &["create", "-o", s(&t.path().join("img.bmap")), s(&img)]);
+    run(
+        "bmaptool",
+        &["create", "-o", s(&t.path().join("img.bmap")), s(&img)],
+    );
     let formats = all_formats(t.path(), &img);
     for (label, src) in &formats {
         let fmt = oneimage_write::source::Source::open(src).unwrap().format;
@@ -47,8 +66,14 @@ fn every_format_to_a_file_with_and_without_bmap() {
             let r = oneimage_write::write::write(&o).unwrap_or_else(|e| panic!("{label}: {e:#}"));
             assert_eq!(r.bmap.is_some(), with_bmap, "{label}");
             assert_eq!(r.image_size, IMAGE_SIZE, "{label}");
-            assert!(r.written < IMAGE_SIZE / 4, "{label}: only mapped data is written");
-            assert_eq!(r.verified, r.written, "{label}: everything written is read back");
+            assert!(
+                r.written < IMAGE_SIZE / 4,
+                "{label}: only mapped data is written"
+            );
+            assert_eq!(
+                r.verified, r.written,
+                "{label}: everything written is read back"
+            );
             assert_same(&img, &out, &format!("{label} ({fmt}), bmap {with_bmap}"));
             std::fs::remove_file(&out).unwrap();
         }
@@ -59,7 +84,11 @@ fn every_format_to_a_file_with_and_without_bmap() {
 fn every_format_to_a_loop_device() {
     let t = tempfile::tempdir().unwrap();
     let img = make_image(&t.path().join("img"), 2);
-    std::fs::write(t.path().join("img.bmap"), oneimage_write::bmap::create(&img).unwrap().to_xml()).unwrap();
+    std::fs::write(
+        t.path().join("img.bmap"),
+        oneimage_write::bmap::create(&img).unwrap().to_xml(),
+    )
+    .unwrap();
     let formats = all_formats(t.path(), &img);
     for (i, (label, src)) in formats.iter().enumerate() {
         // Same size as the image, so nothing but the image is on it; half the runs
@@ -67,7 +96,9 @@ fn every_format_to_a_loop_device() {
         let back = t.path().join("disk");
         let f = std::fs::File::create(&back).unwrap();
         f.set_len(IMAGE_SIZE).unwrap();
-        let Some(lo) = Loop::attach(&back, false) else { return };
+        let Some(lo) = Loop::attach(&back, false) else {
+            return;
+        };
         let mut o = opts(src, &lo.dev);
         o.checks.force = true; // loop devices are not removable
         o.no_bmap = i % 2 == 1;
@@ -86,12 +117,17 @@ fn larger_dirty_device_with_erase_gets_zeros_and_a_moved_backup_gpt() {
     let back = t.path().join("disk");
     // 96 MiB of 0xff: a used stick.
     std::fs::write(&back, vec![0xffu8; 96 << 20]).unwrap();
-    let Some(lo) = Loop::attach(&back, false) else { return };
+    let Some(lo) = Loop::attach(&back, false) else {
+        return;
+    };
     let mut o = opts(&img, &lo.dev);
     o.checks.force = true;
     o.erase_unmapped = true;
     let r = oneimage_write::write::write(&o).unwrap();
-    assert!(r.gpt_moved, "the backup GPT is moved to the end of the larger disk");
+    assert!(
+        r.gpt_moved,
+        "the backup GPT is moved to the end of the larger disk"
+    );
     assert_eq!(r.written, IMAGE_SIZE, "erasing writes every block");
     let mut dev = std::fs::File::open(&lo.dev).unwrap();
     let table = oneimage_format::gpt::read_table(&mut dev).unwrap();
@@ -102,6 +138,9 @@ fn larger_dirty_device_with_erase_gets_zeros_and_a_moved_backup_gpt() {
     // Everything but the two GPT headers and the MBR's size field equals the image.
     let a = std::fs::read(&img).unwrap();
     let b = read_prefix(&lo.dev, IMAGE_SIZE);
-    assert_eq!(a[1024..IMAGE_SIZE as usize - 33 * 512], b[1024..IMAGE_SIZE as usize - 33 * 512]);
+    assert_eq!(
+        a[1024..IMAGE_SIZE as usize - 33 * 512],
+        b[1024..IMAGE_SIZE as usize - 33 * 512]
+    );
     assert_eq!(a[..446], b[..446]);
 }
