@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Benchmarks `oneimage write` against the tools users would otherwise use, in the same
+# run, and prints the figures and ratios as Markdown (see docs/benchmarks-writer.md).
+#
+# Image: the demo image when it exists (DEMO_IMAGE, default /work/main/out/debian-demo.img),
+# otherwise a synthetic 1 GiB GPT disk whose ext4 partition holds ~600 MiB of real files
+# from /usr. Targets: a regular file and a loop device. Needs root for the loop device.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked -p oneimage -p oneimage-write --example bench >/dev/null
+O=$PWD/target/release/oneimage
+B=$PWD/target/release/examples/bench
+W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/oneimage-bench.XXXXXX")
+LOOP=""
+cleanup() {
+  [ -n "$LOOP" ] && losetup -d "$LOOP" 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+IMG=$W/bench.img
+DEMO=${DEMO_IMAGE:-/work/main/out/debian-demo.img}
+
+if [ -f "$DEMO" ]; then
+  echo "image: $DEMO" >&2
+  cp --sparse=always "$DEMO" "$IMG"
+else
+  echo "image: synthetic (1 GiB GPT disk, ext4 with ~600 MiB of files from /usr)" >&2
+  python3 - "$W/stage" <<'PY'
+import os, shutil, sys
+dest, total, limit = sys.argv[1], 0, 600 << 20
+for top in ["/usr/bin", "/usr/lib/x86_64-linux-gnu", "/usr/share"]:
+    for root, dirs, files in os.walk(top):
+        dirs.sort()
+        for f in sorted(files):
+            p = os.path.join(root, f)
+            if total >= limit or not os.path.isfile(p) or os.path.islink(p):
+                continue
+            d = os.path.join(dest, os.path.relpath(root, "/"))
+            os.makedirs(d, exist_ok=True)
+            try:
+                shutil.copyfile(p, os.path.join(d, f))
+                total += os.path.getsize(p)
+            except OSError:
+                pass
+PY
+  truncate -s 1G "$IMG"
+  sgdisk -q -n 1:2048:-1M -t 1:8300 "$IMG"
+  E2FSPROGS_FAKE_TIME=1767225600 mkfs.ext4 -q -F -E offset=1048576 -U 0b1e0b1e-0000-4000-8000-000000000001 \
+    -d "$W/stage" "$IMG" 1020M
+  rm -rf "$W/stage"
+fi
+SIZE=$(stat -c %s "$IMG")
+
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
+# timed LABEL CMD...: runs CMD with cold caches, records seconds in T[LABEL].
+declare -A T
+timed() {
+  local label=$1; shift
+  drop
+  local s; s=$(now)
+  if ! "$@" >"$W/log" 2>&1; then echo "FAILED: $label" >&2; cat "$W/log" >&2; exit 1; fi
+  T[$label]=$(secs "$s" "$(now)")
+  echo "  $label: ${T[$label]} s" >&2
+}
+
+echo "artifacts (oneimage build's emit step, default levels: zstd -19 seekable, xz -6 multi-block)" >&2
+timed emit "$B" emit "$IMG"
+timed gzip sh -c "gzip -6 -c '$IMG' > '$IMG.gz'"
+MAPPED=$(python3 - "$IMG.bmap" <<'PY'
+import re, sys
+x = open(sys.argv[1]).read()
+bs = int(re.search(r"<BlockSize>\s*(\d+)", x).group(1))
+print(sum((int(b) - int(a) + 1) * bs for a, b in
+          ((m.group(1), m.group(2) or m.group(1)) for m in re.finditer(r">\s*(\d+)(?:-(\d+))?\s*</Range>", x))))
+PY
+)
+
+floor() { # copies only the mapped ranges, no decompression, no hashing
+  python3 - "$IMG" "$IMG.bmap" "$1" <<'PY'
+import os, re, sys
+img, bmap, dst = sys.argv[1:]
+x = open(bmap).read()
+bs = int(re.search(r"<BlockSize>\s*(\d+)", x).group(1))
+size = int(re.search(r"<ImageSize>\s*(\d+)", x).group(1))
+i = os.open(img, os.O_RDONLY)
+o = os.open(dst, os.O_WRONLY | os.O_CREAT, 0o644)
+for m in re.finditer(r">\s*(\d+)(?:-(\d+))?\s*</Range>", x):
+    a = int(m.group(1)) * bs
+    b = min((int(m.group(2) or m.group(1)) + 1) * bs, size)
+    while a < b:
+        n = os.copy_file_range(i, o, min(b - a, 8 << 20), a, a) if False else os.pwrite(o, os.pread(i, min(b - a, 8 << 20), a), a)
+        a += n
+if os.fstat(o).st_size < size and not dst.startswith("/dev/"):
+    os.ftruncate(o, size)
+os.fsync(o)
+PY
+}
+
+run_targets() { # $1 = kind (file|loop), $2 = target path
+  local k=$1 t=$2 direct=""
+  [ "$k" = loop ] && direct="oflag=direct"
+  local pre=":"
+  [ "$k" = file ] && pre="rm -f $t"
+  echo "target: $k" >&2
+  timed "$k oneimage zst" sh -c "$pre; '$O' write --yes --force '$IMG.zst' '$t'"
+  timed "$k oneimage xz" sh -c "$pre; '$O' write --yes --force '$IMG.xz' '$t'"
+  timed "$k bmaptool zst" sh -c "$pre; bmaptool copy '$IMG.zst' '$t'"
+  timed "$k bmaptool xz" sh -c "$pre; bmaptool copy '$IMG.xz' '$t'"
+  timed "$k xz -T0 | dd" sh -c "$pre; xz -T0 -dc '$IMG.xz' | dd of='$t' bs=4M iflag=fullblock $direct conv=fsync status=none"
+  timed "$k zstd | dd" sh -c "$pre; zstd -q -dc '$IMG.zst' | dd of='$t' bs=4M iflag=fullblock $direct conv=fsync status=none"
+  timed "$k dd raw" sh -c "$pre; dd if='$IMG' of='$t' bs=4M $direct conv=fsync status=none"
+  timed "$k floor (mapped bytes only)" sh -c "$pre; $(declare -f floor); IMG='$IMG' floor '$t'"
+  cmp -n "$SIZE" "$IMG" "$t" >/dev/null || { echo "FAILED: $k target differs from the image" >&2; exit 1; }
+}
+
+run_targets file "$W/out.img"
+rm -f "$W/out.img"
+if [ -e /dev/loop-control ]; then
+  truncate -s "$SIZE" "$W/disk"
+  LOOP=$(losetup -f --show "$W/disk")
+  run_targets loop "$LOOP"
+else
+  echo "SKIPPED loop device: /dev/loop-control is absent" >&2
+fi
+
+echo "decompression (to memory; oneimage in-process, the tools to /dev/null)" >&2
+timed "dec oneimage zst" "$B" decode "$IMG.zst"
+timed "dec zstd -dc" sh -c "zstd -q -dc '$IMG.zst' > /dev/null"
+timed "dec oneimage xz" "$B" decode "$IMG.xz"
+timed "dec xz -T0 -dc" sh -c "xz -T0 -dc '$IMG.xz' > /dev/null"
+timed "dec xz -T1 -dc" sh -c "xz -T1 -dc '$IMG.xz' > /dev/null"
+timed "dec oneimage gz" "$B" decode "$IMG.gz"
+timed "dec gzip -dc" sh -c "gzip -dc '$IMG.gz' > /dev/null"
+
+mib() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+echo
+echo "Image: $(mib "$SIZE") MiB, $(mib "$MAPPED") MiB mapped; $(nproc) cores; $(date -u +%Y-%m-%d)"
+echo
+echo "| compressed | size (MiB) | % of image |"
+echo "|---|---|---|"
+for f in zst xz gz; do
+  s=$(stat -c %s "$IMG.$f")
+  echo "| .img.$f | $(mib "$s") | $(awk -v a="$s" -v b="$SIZE" 'BEGIN { printf "%.1f", 100 * a / b }') |"
+done
+echo
+echo "Artifacts (zst + xz + bmap + SHA256SUMS): ${T[emit]} s; gzip -6 alone: ${T[gzip]} s"
+echo
+for k in file loop; do
+  [ -n "${T[$k oneimage zst]:-}" ] || continue
+  echo "| write to a $k | seconds | vs oneimage zst |"
+  echo "|---|---|---|"
+  for l in "oneimage zst" "oneimage xz" "bmaptool zst" "bmaptool xz" "xz -T0 | dd" "zstd | dd" "dd raw" "floor (mapped bytes only)"; do
+    echo "| $l | ${T[$k $l]} | $(ratio "${T[$k $l]}" "${T[$k oneimage zst]}")x |"
+  done
+  echo
+done
+echo "| decompress | seconds | MiB/s of image |"
+echo "|---|---|---|"
+for l in "oneimage zst" "zstd -dc" "oneimage xz" "xz -T0 -dc" "xz -T1 -dc" "oneimage gz" "gzip -dc"; do
+  echo "| $l | ${T[dec $l]} | $(awk -v b="$SIZE" -v t="${T[dec $l]}" 'BEGIN { printf "%.0f", b / 1048576 / t }') |"
+done
