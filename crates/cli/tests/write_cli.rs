@@ -155,3 +155,34 @@ fn failures_exit_non_zero_with_a_clear_message() {
     assert!(text(&o).contains("NO VERIFIED SIGNATURE"), "{}", text(&o));
     assert!(!out.exists());
 }
+
+#[test]
+fn the_writer_never_opens_a_socket() {
+    let t = tempfile::tempdir().unwrap();
+    let img = image(t.path());
+    let st = Command::new("xz")
+        .args(["-T2", "-1", "-k", img.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let trace = t.path().join("trace");
+    let out = t.path().join("out.img");
+    let xz = t.path().join("img.xz");
+    // Every socket-related system call of the process and its threads is logged.
+    let o = Command::new("strace")
+        .args(["-f", "-e", "trace=%network", "-o", trace.to_str().unwrap()])
+        .arg(env!("CARGO_BIN_EXE_oneimage"))
+        .args(["write", xz.to_str().unwrap(), out.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running strace (install it with scripts/setup.sh)");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&img).unwrap());
+    let log = std::fs::read_to_string(&trace).unwrap();
+    let calls: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.contains("+++") && !l.contains("---"))
+        .collect();
+    assert!(calls.is_empty(), "network system calls: {calls:?}");
+    assert!(log.contains("exited with 0"), "strace saw the run: {log}");
+}

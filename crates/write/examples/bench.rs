@@ -10,7 +10,11 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("emit") => {
-            let mut spec = ArtifactsSpec::default();
+            let mut spec = ArtifactsSpec {
+                zstd: true,
+                xz: true,
+                ..Default::default()
+            };
             if let (Some(z), Some(x)) = (args.get(3), args.get(4)) {
                 spec.zstd_level = z.parse()?;
                 spec.xz_level = x.parse()?;

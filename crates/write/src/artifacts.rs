@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ArtifactsSpec {
-    /// Write `NAME.img.zst` in the zstd seekable format.
-    #[serde(default = "yes")]
+    /// Write `NAME.img.zst` in the zstd seekable format (off by default: it is slow).
+    #[serde(default)]
     pub zstd: bool,
     /// zstd level, 1 to 19.
     #[serde(default = "zstd_level")]
@@ -24,8 +24,8 @@ pub struct ArtifactsSpec {
     /// Uncompressed bytes per zstd frame, e.g. `4M`.
     #[serde(default = "zstd_frame_size")]
     pub zstd_frame_size: String,
-    /// Write `NAME.img.xz` with independent blocks.
-    #[serde(default = "yes")]
+    /// Write `NAME.img.xz` with independent blocks (off by default: it is slow).
+    #[serde(default)]
     pub xz: bool,
     /// xz preset, 0 to 9.
     #[serde(default = "xz_level")]
@@ -60,10 +60,10 @@ fn xz_block_size() -> String {
 impl Default for ArtifactsSpec {
     fn default() -> Self {
         ArtifactsSpec {
-            zstd: true,
+            zstd: false,
             zstd_level: zstd_level(),
             zstd_frame_size: zstd_frame_size(),
-            xz: true,
+            xz: false,
             xz_level: xz_level(),
             xz_block_size: xz_block_size(),
             bmap: true,
@@ -218,8 +218,9 @@ mod tests {
     fn defaults_and_unknown_keys() {
         let s: ArtifactsSpec = toml::from_str("").unwrap();
         assert_eq!(s, ArtifactsSpec::default());
-        let s: ArtifactsSpec = toml::from_str("xz = false\nzstd-level = 3").unwrap();
-        assert!(!s.xz && s.zstd_level == 3);
+        assert!(!s.zstd && !s.xz && s.bmap && s.sha256sums);
+        let s: ArtifactsSpec = toml::from_str("xz = true\nzstd-level = 3").unwrap();
+        assert!(s.xz && !s.zstd && s.zstd_level == 3);
         let e = toml::from_str::<ArtifactsSpec>("gzip = true")
             .unwrap_err()
             .to_string();

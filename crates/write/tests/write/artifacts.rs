@@ -8,7 +8,9 @@ fn artifacts_are_deterministic_and_standard() {
     let t = tempfile::tempdir().unwrap();
     let img = make_image(&t.path().join("demo.img"), 50);
     let spec = ArtifactsSpec {
+        zstd: true,
         zstd_level: 3,
+        xz: true,
         xz_level: 1,
         xz_block_size: "8M".into(),
         ..Default::default()
