@@ -73,6 +73,7 @@ pub fn run(a: WriteArgs) -> Result<()> {
             Ok(r) => serde_json::json!({
                 "event": "done", "ok": true, "image_size": r.image_size, "written": r.written,
                 "verified": r.verified, "signatures": r.signatures, "gpt_moved": r.gpt_moved,
+                "write_seconds": r.write_seconds, "verify_seconds": r.verify_seconds,
             }),
             Err(e) => serde_json::json!({"event": "done", "ok": false, "error": format!("{e:#}")}),
         };

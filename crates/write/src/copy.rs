@@ -50,8 +50,15 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    /// Writes `data` at `off` (holding back the first MiB) and records it.
-    fn put(&mut self, data: &[u8], off: u64) -> Result<()> {
+    /// Records an extent whose hash the caller computed (a checked bmap range).
+    fn push_extent(&mut self, start: u64, end: u64, sha256: [u8; 32]) {
+        self.close_extent();
+        self.extents.push(Extent { start, end, sha256 });
+    }
+
+    /// Writes `data` at `off` (holding back the first MiB); with `record`, hashes it
+    /// into the current extent for the readback.
+    fn put(&mut self, data: &[u8], off: u64, record: bool) -> Result<()> {
         if data.is_empty() {
             return Ok(());
         }
@@ -66,6 +73,7 @@ impl Writer<'_> {
             );
         }
         match &mut self.cur {
+            _ if !record => {}
             Some((_, e, h)) if *e == off && end - off <= MAX_EXTENT => {
                 h.update(data);
                 *e = end;
@@ -166,12 +174,13 @@ pub fn copy(
                             let e = end.min(b);
                             let piece = &data[(pos - off) as usize..(e - off) as usize];
                             rhash.get_or_insert_with(Sha256::new).update(piece);
-                            w.put(piece, pos)?;
+                            w.put(piece, pos, false)?;
                             pos = e;
                             if e == b {
                                 let r = &m.ranges[ri];
                                 let got: [u8; 32] =
                                     rhash.take().unwrap_or_default().finalize().into();
+                                w.push_extent(a, b, got);
                                 if let Some(want) = r.sha256 {
                                     if got != want {
                                         bail!("the image does not match its bmap: blocks {}-{} (bytes {a}..{b}) have SHA-256 {} but the bmap says {}; the source is damaged or the bmap belongs to another image", r.first, r.last, crate::bmap::hex(&got), crate::bmap::hex(&want));
@@ -187,7 +196,7 @@ pub fn copy(
                                 let mut done = 0;
                                 while done < len {
                                     let k = (len - done).min(BUF);
-                                    w.put(&zeros.as_slice()[..k], pos + done as u64)?;
+                                    w.put(&zeros.as_slice()[..k], pos + done as u64, true)?;
                                     done += k;
                                 }
                             }
@@ -214,7 +223,7 @@ pub fn copy(
                         }
                         k = k2;
                     }
-                    w.put(&data[i..k], off + i as u64)?;
+                    w.put(&data[i..k], off + i as u64, true)?;
                     i = k;
                 }
             }

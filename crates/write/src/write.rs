@@ -82,6 +82,10 @@ pub struct WriteReport {
     pub signatures: Vec<String>,
     /// The backup GPT was moved to the end of a larger device.
     pub gpt_moved: bool,
+    /// Seconds spent writing (decompressing, checking, writing, syncing).
+    pub write_seconds: f64,
+    /// Seconds spent reading back.
+    pub verify_seconds: f64,
 }
 
 /// Writes `opts.source` to `opts.target`, or explains why not.
@@ -141,6 +145,7 @@ pub fn write(opts: &WriteOptions) -> Result<WriteReport> {
         opts.checks,
     )?;
     let name = target.display();
+    let started = std::time::Instant::now();
     let mut reader = src.reader(opts.threads)?;
     let copied = match copy::copy(
         &mut reader,
@@ -157,14 +162,18 @@ pub fn write(opts: &WriteOptions) -> Result<WriteReport> {
             return Err(e.context(format!("writing {name} FAILED; {what}")));
         }
     };
-    let result = (|| -> Result<u64> {
+    let result = (|| -> Result<f64> {
         target.sync().map_err(|e| anyhow!("syncing {name}: {e}"))?;
         if let Some(hook) = &opts.before_verify {
             hook(&target.current_path())?;
         }
-        verify::readback(&target, &copied.extents, &mut progress)
-    })();
-    let verified = match result {
+        Ok(started.elapsed().as_secs_f64())
+    })()
+    .and_then(|t| {
+        let v = verify::readback(&target, &copied.extents, &mut progress)?;
+        Ok((t, v))
+    });
+    let (write_seconds, verified) = match result {
         Ok(v) => v,
         Err(e) => {
             let what = target.abandon(copied.image_size);
@@ -202,5 +211,7 @@ pub fn write(opts: &WriteOptions) -> Result<WriteReport> {
         bmap: bmap_path,
         signatures: sigs.good,
         gpt_moved,
+        write_seconds,
+        verify_seconds: started.elapsed().as_secs_f64() - write_seconds,
     })
 }

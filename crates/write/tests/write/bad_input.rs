@@ -124,16 +124,26 @@ fn readback_catches_a_target_changed_after_the_write() {
     let t = tempfile::tempdir().unwrap();
     let img = make_image(&t.path().join("img"), 13);
     let out = t.path().join("out");
-    let mut o = opts(&img, &out);
-    o.before_verify = Some(Box::new(|p: &Path| {
-        // A faulty medium: one byte of the written data changes.
-        let f = std::fs::OpenOptions::new().write(true).open(p)?;
-        std::os::unix::fs::FileExt::write_all_at(&f, b"X", (20 << 20) + 100)?;
-        Ok(())
-    }));
-    let e = write_err(&o);
-    assert!(e.contains("readback failed") && e.contains("FAILED"), "{e}");
-    assert_nothing_left(t.path(), "out");
+    // Without a bmap (zero blocks skipped), then with one (ranges checked while writing).
+    for with_bmap in [false, true] {
+        if with_bmap {
+            let m = oneimage_write::bmap::create(&img).unwrap();
+            std::fs::write(t.path().join("img.bmap"), m.to_xml()).unwrap();
+        }
+        let mut o = opts(&img, &out);
+        o.before_verify = Some(Box::new(|p: &Path| {
+            // A faulty medium: one byte of the written data changes.
+            let f = std::fs::OpenOptions::new().write(true).open(p)?;
+            std::os::unix::fs::FileExt::write_all_at(&f, b"X", (20 << 20) + 100)?;
+            Ok(())
+        }));
+        let e = write_err(&o);
+        assert!(
+            e.contains("readback failed") && e.contains("FAILED"),
+            "bmap {with_bmap}: {e}"
+        );
+        assert_nothing_left(t.path(), "out");
+    }
 }
 
 #[test]
