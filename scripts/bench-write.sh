@@ -65,7 +65,7 @@ now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 # timed LABEL CMD...: runs CMD with cold caches, records seconds in T[LABEL].
-declare -A T
+declare -A T SPLIT
 timed() {
   local label=$1; shift
   local n=${N:-1} best="" i s t
@@ -133,6 +133,10 @@ run_targets() { # $1 = kind (file|loop), $2 = target path
   timed "$k floor (mapped bytes only)" sh -c "$pre; $(declare -f floor); IMG='$IMG' floor '$t'"
   N=1
   cmp -n "$SIZE" "$IMG" "$t" >/dev/null || { echo "FAILED: $k target differs from the image" >&2; exit 1; }
+  # Where oneimage's time goes: its own report of the write and the readback.
+  drop
+  sh -c "$pre; '$O' write --yes --force --json '$IMG.zst' '$t'" | tail -1 > "$W/done.json"
+  SPLIT[$k]=$(python3 -c "import json; d = json.load(open('$W/done.json')); print('%.2f s decompressing, checking and writing, %.2f s reading back' % (d['write_seconds'], d['verify_seconds']))")
 }
 
 run_targets file "$W/out.img"
@@ -176,6 +180,8 @@ for k in file loop; do
   for l in "oneimage zst" "oneimage xz" "bmaptool zst" "bmaptool xz" "xz -T0 -dc, dd" "zstd -dc, dd" "dd raw" "floor (mapped bytes only)"; do
     echo "| $l | ${T[$k $l]} | $(ratio "${T[$k $l]}" "${T[$k oneimage zst]}")x |"
   done
+  echo
+  echo "oneimage zst to a $k: ${SPLIT[$k]}"
   echo
 done
 echo "| decompress | seconds | MiB/s of image |"
