@@ -54,9 +54,12 @@ for top in ["/usr/bin", "/usr/lib/x86_64-linux-gnu", "/usr/share"]:
                 pass
 PY
   truncate -s 1G "$IMG"
-  sgdisk -q -n 1:2048:-1M -t 1:8300 "$IMG"
   E2FSPROGS_FAKE_TIME=1767225600 mkfs.ext4 -q -F -E offset=1048576 -U 0b1e0b1e-0000-4000-8000-000000000001 \
     -d "$W/stage" "$IMG" 1020M
+  # The partition table last: mke2fs clears the start of the file it is given.
+  sgdisk -q -n 1:2048:-1M -t 1:8300 -U 0b1e0b1e-0000-4000-8000-000000000002 \
+    -u 1:0b1e0b1e-0000-4000-8000-000000000003 "$IMG"
+  "$O" inspect "$IMG" >&2
   rm -rf "$W/stage"
 fi
 SIZE=$(stat -c %s "$IMG")
@@ -96,21 +99,25 @@ print(sum((int(b) - int(a) + 1) * bs for a, b in
 PY
 )
 
-floor() { # copies only the mapped ranges, no decompression, no hashing
+floor() { # copies only the mapped ranges (direct I/O on a device), no decompression, no hashing
   python3 - "$IMG" "$IMG.bmap" "$1" <<'PY'
-import os, re, sys
+import mmap, os, re, stat, sys
 img, bmap, dst = sys.argv[1:]
 x = open(bmap).read()
 bs = int(re.search(r"<BlockSize>\s*(\d+)", x).group(1))
 size = int(re.search(r"<ImageSize>\s*(\d+)", x).group(1))
+dev = os.path.exists(dst) and stat.S_ISBLK(os.stat(dst).st_mode)
 i = os.open(img, os.O_RDONLY)
-o = os.open(dst, os.O_WRONLY | os.O_CREAT, 0o644)
+o = os.open(dst, os.O_WRONLY | os.O_CREAT | (os.O_DIRECT if dev else 0), 0o644)
+buf = mmap.mmap(-1, 8 << 20)  # page-aligned, as O_DIRECT needs
 for m in re.finditer(r">\s*(\d+)(?:-(\d+))?\s*</Range>", x):
     a = int(m.group(1)) * bs
     b = min((int(m.group(2) or m.group(1)) + 1) * bs, size)
     while a < b:
-        a += os.pwrite(o, os.pread(i, min(b - a, 8 << 20), a), a)
-if os.fstat(o).st_size < size and not dst.startswith("/dev/"):
+        n = os.preadv(i, [memoryview(buf)[: min(b - a, 8 << 20)]], a)
+        os.pwritev(o, [memoryview(buf)[: (n + 511) // 512 * 512 if dev else n]], a)
+        a += n
+if not dev and os.fstat(o).st_size < size:
     os.ftruncate(o, size)
 os.fsync(o)
 PY
