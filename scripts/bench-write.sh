@@ -57,8 +57,8 @@ PY
   E2FSPROGS_FAKE_TIME=1767225600 mkfs.ext4 -q -F -E offset=1048576 -U 0b1e0b1e-0000-4000-8000-000000000001 \
     -d "$W/stage" "$IMG" 1020M
   # The partition table last: mke2fs clears the start of the file it is given.
-  sgdisk -q -n 1:2048:-1M -t 1:8300 -U 0b1e0b1e-0000-4000-8000-000000000002 \
-    -u 1:0b1e0b1e-0000-4000-8000-000000000003 "$IMG"
+  sgdisk -n 1:2048:-1M -t 1:8300 -U 0b1e0b1e-0000-4000-8000-000000000002 \
+    -u 1:0b1e0b1e-0000-4000-8000-000000000003 "$IMG" >/dev/null
   "$O" inspect "$IMG" >&2
   rm -rf "$W/stage"
 fi
