@@ -121,3 +121,51 @@ fn refuses_a_device_held_open_exclusively() {
     let e = write_err(&o);
     assert!(e.contains("in use"), "{e}");
 }
+
+#[test]
+fn a_failed_write_to_a_device_says_incomplete_and_erases_the_tables() {
+    let t = tempfile::tempdir().unwrap();
+    let img = make_image(&t.path().join("img"), 26);
+    let back = t.path().join("disk");
+    sized(&back, 80 << 20);
+    let Some(lo) = Loop::attach(&back, false) else {
+        return;
+    };
+    // 1. A faulty device: data changes under the loop device between write and readback.
+    let mut o = opts(&img, &lo.dev);
+    o.checks.force = true;
+    let backing = back.clone();
+    o.before_verify = Some(Box::new(move |_dev: &std::path::Path| {
+        let f = std::fs::OpenOptions::new().write(true).open(&backing)?;
+        std::os::unix::fs::FileExt::write_all_at(&f, b"X", (3 << 20) + 5)?;
+        f.sync_all()?;
+        Ok(())
+    }));
+    let e = write_err(&o);
+    assert!(
+        e.contains("readback failed") && e.contains("INCOMPLETE"),
+        "{e}"
+    );
+    let head = read_prefix(&lo.dev, 1 << 20);
+    assert!(
+        head.iter().all(|&b| b == 0),
+        "the partition tables were erased"
+    );
+    assert!(oneimage_format::gpt::read_table(&mut std::fs::File::open(&lo.dev).unwrap()).is_err());
+    // 2. A bmap for another image: the mismatch is found mid-write.
+    let other = make_image(&t.path().join("other"), 27);
+    std::fs::write(
+        t.path().join("other.bmap"),
+        oneimage_write::bmap::create(&other).unwrap().to_xml(),
+    )
+    .unwrap();
+    let mut o = opts(&img, &lo.dev);
+    o.checks.force = true;
+    o.bmap = Some(t.path().join("other.bmap"));
+    let e = write_err(&o);
+    assert!(
+        e.contains("does not match its bmap") && e.contains("INCOMPLETE"),
+        "{e}"
+    );
+    assert!(read_prefix(&lo.dev, 1 << 20).iter().all(|&b| b == 0));
+}
