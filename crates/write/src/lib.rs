@@ -2,6 +2,8 @@
 //! checks its signature, writes only the mapped blocks to a file or block device after
 //! safety checks, and reads everything back to verify it. It has no network code.
 
+#![warn(missing_docs)]
+
 pub mod artifacts;
 pub mod bmap;
 pub mod copy;
