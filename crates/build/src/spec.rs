@@ -32,6 +32,9 @@ pub struct Spec {
     /// Boot loader settings.
     #[serde(default)]
     pub boot: BootSpec,
+    /// Download artifacts written next to the image (see docs/spec-artifacts.md).
+    #[serde(default)]
+    pub artifacts: oneimage_write::artifacts::ArtifactsSpec,
 }
 
 fn default_arch() -> String {

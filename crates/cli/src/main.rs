@@ -1,6 +1,8 @@
 //! The `oneimage` command: parses arguments and calls the libraries.
 
+mod bmap_cmd;
 mod inspect;
+mod write_cmd;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -76,6 +78,10 @@ enum Cmd {
         #[arg(long, default_value = "uefi", value_parser = ["uefi", "uefi-secure-boot"])]
         firmware: String,
     },
+    /// Write an image (raw or compressed) to a USB stick, disk or file, safely and verified.
+    Write(write_cmd::WriteArgs),
+    /// Create a block map (bmap 2.0) for an image.
+    Bmap(bmap_cmd::BmapArgs),
 }
 
 fn main() {
@@ -102,6 +108,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Inspect { image, json } => inspect::run(&image, json),
+        Cmd::Write(a) => write_cmd::run(a),
+        Cmd::Bmap(a) => bmap_cmd::run(a),
         Cmd::Qemu {
             image,
             snapshot,

@@ -1,0 +1,83 @@
+//! `oneimage write`: the arguments, handed to `oneimage_write::write::write`.
+
+use anyhow::Result;
+use clap::Args;
+use oneimage_write::progress::Mode;
+use oneimage_write::target::Checks;
+use oneimage_write::write::{write, WriteOptions};
+use std::path::PathBuf;
+
+/// Arguments of `oneimage write`.
+#[derive(Args, Debug)]
+pub struct WriteArgs {
+    /// The image: raw, gz, bz2, xz, zstd or zip, recognised by content.
+    pub source: PathBuf,
+    /// A whole-disk block device (e.g. /dev/sdb) or a file name.
+    pub target: PathBuf,
+    /// Block map to use (default: SOURCE's name with .bmap, if present).
+    #[arg(long, value_name = "FILE")]
+    pub bmap: Option<PathBuf>,
+    /// Ignore a block map next to the source; skip blocks of zeros instead.
+    #[arg(long, conflicts_with = "bmap")]
+    pub no_bmap: bool,
+    /// Also write zeros where the image has no data (for media that must read zero there).
+    #[arg(long)]
+    pub erase_unmapped: bool,
+    /// OpenPGP keyring (armored or binary) to check .asc/.sig signatures with.
+    #[arg(long, value_name = "FILE")]
+    pub keyring: Vec<PathBuf>,
+    /// minisign or signify public key to check .minisig/.sig signatures with.
+    #[arg(long, value_name = "FILE")]
+    pub pubkey: Vec<PathBuf>,
+    /// A signature of SOURCE kept somewhere else than next to it.
+    #[arg(long, value_name = "FILE")]
+    pub signature: Vec<PathBuf>,
+    /// Fail unless a signature was verified.
+    #[arg(long)]
+    pub require_signature: bool,
+    /// Allow a target disk that is not removable.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Print progress and messages as JSON lines on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Decompression threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+/// Runs `oneimage write`.
+pub fn run(a: WriteArgs) -> Result<()> {
+    let mut o = WriteOptions::new(a.source, a.target);
+    o.bmap = a.bmap;
+    o.no_bmap = a.no_bmap;
+    o.erase_unmapped = a.erase_unmapped;
+    o.keyrings = a.keyring;
+    o.pubkeys = a.pubkey;
+    o.signatures = a.signature;
+    o.require_signature = a.require_signature;
+    o.checks = Checks {
+        force: a.force,
+        yes: a.yes,
+    };
+    if let Some(t) = a.threads {
+        o.threads = t.max(1);
+    }
+    o.progress = Mode::detect(a.json);
+    let r = write(&o);
+    if a.json {
+        let v = match &r {
+            Ok(r) => serde_json::json!({
+                "event": "done", "ok": true, "image_size": r.image_size, "written": r.written,
+                "verified": r.verified, "signatures": r.signatures, "gpt_moved": r.gpt_moved,
+                "write_seconds": r.write_seconds, "verify_seconds": r.verify_seconds,
+            }),
+            Err(e) => serde_json::json!({"event": "done", "ok": false, "error": format!("{e:#}")}),
+        };
+        println!("{v}");
+    }
+    r.map(|_| ())
+}

@@ -1,0 +1,258 @@
+//! Download artifacts next to a built image: `NAME.img.zst` (zstd seekable format),
+//! `NAME.img.xz` (multi-block, decodable in parallel by xz 5.4+), `NAME.img.bmap`
+//! (bmap 2.0) and `SHA256SUMS`. Each is written under a temporary name and renamed, and
+//! each depends only on the image and the settings, never on time or thread count.
+
+use crate::bmap::{self, hex};
+use anyhow::{bail, Context, Result};
+use oneimage_format::size::parse_size;
+use serde::Deserialize;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// `[artifacts]` in the image spec (documented in `docs/spec-artifacts.md`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ArtifactsSpec {
+    /// Write `NAME.img.zst` in the zstd seekable format (off by default: it is slow).
+    #[serde(default)]
+    pub zstd: bool,
+    /// zstd level, 1 to 19.
+    #[serde(default = "zstd_level")]
+    pub zstd_level: i32,
+    /// Uncompressed bytes per zstd frame, e.g. `4M`.
+    #[serde(default = "zstd_frame_size")]
+    pub zstd_frame_size: String,
+    /// Write `NAME.img.xz` with independent blocks (off by default: it is slow).
+    #[serde(default)]
+    pub xz: bool,
+    /// xz preset, 0 to 9.
+    #[serde(default = "xz_level")]
+    pub xz_level: u32,
+    /// Uncompressed bytes per xz block, e.g. `16M`.
+    #[serde(default = "xz_block_size")]
+    pub xz_block_size: String,
+    /// Write `NAME.img.bmap`.
+    #[serde(default = "yes")]
+    pub bmap: bool,
+    /// Write `SHA256SUMS` covering the image and the other artifacts.
+    #[serde(default = "yes")]
+    pub sha256sums: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn zstd_level() -> i32 {
+    19
+}
+fn zstd_frame_size() -> String {
+    "4M".into()
+}
+fn xz_level() -> u32 {
+    6
+}
+fn xz_block_size() -> String {
+    "16M".into()
+}
+
+impl Default for ArtifactsSpec {
+    fn default() -> Self {
+        ArtifactsSpec {
+            zstd: false,
+            zstd_level: zstd_level(),
+            zstd_frame_size: zstd_frame_size(),
+            xz: false,
+            xz_level: xz_level(),
+            xz_block_size: xz_block_size(),
+            bmap: true,
+            sha256sums: true,
+        }
+    }
+}
+
+impl ArtifactsSpec {
+    fn check(&self) -> Result<(usize, u64)> {
+        if !(1..=19).contains(&self.zstd_level) {
+            bail!(
+                "[artifacts] zstd-level = {}: expected 1 to 19",
+                self.zstd_level
+            );
+        }
+        if self.xz_level > 9 {
+            bail!("[artifacts] xz-level = {}: expected 0 to 9", self.xz_level);
+        }
+        let frame = parse_size(&self.zstd_frame_size)
+            .with_context(|| format!("[artifacts] zstd-frame-size = {:?}", self.zstd_frame_size))?;
+        if !(64 << 10..=256 << 20).contains(&frame) {
+            bail!(
+                "[artifacts] zstd-frame-size = {:?}: expected 64K to 256M",
+                self.zstd_frame_size
+            );
+        }
+        let block = parse_size(&self.xz_block_size)
+            .with_context(|| format!("[artifacts] xz-block-size = {:?}", self.xz_block_size))?;
+        if !(1 << 20..=1 << 30).contains(&block) {
+            bail!(
+                "[artifacts] xz-block-size = {:?}: expected 1M to 1G",
+                self.xz_block_size
+            );
+        }
+        Ok((frame as usize, block))
+    }
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Writes `out` through a temporary file in the same directory, renamed when `f` succeeds.
+fn atomically(out: &Path, f: impl FnOnce(&mut BufWriter<&File>) -> Result<()>) -> Result<()> {
+    let dir = out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}.partial-"))
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    {
+        let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
+        f(&mut w).with_context(|| format!("writing {}", out.display()))?;
+        w.flush()?;
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(out)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming to {}", out.display()))?;
+    Ok(())
+}
+
+/// Writes the artifacts `spec` asks for next to `image`; returns their paths.
+pub fn emit(image: &Path, spec: &ArtifactsSpec) -> Result<Vec<PathBuf>> {
+    let (frame, block) = spec.check()?;
+    let name = image
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{}: not a file name", image.display()))?
+        .to_string();
+    let open = || -> Result<BufReader<File>> {
+        Ok(BufReader::with_capacity(
+            1 << 20,
+            File::open(image).with_context(|| format!("opening {}", image.display()))?,
+        ))
+    };
+    let mut made = Vec::new();
+    if spec.zstd {
+        let out = image.with_file_name(format!("{name}.zst"));
+        eprintln!(
+            "oneimage: compressing {} (zstd -{} seekable)",
+            out.display(),
+            spec.zstd_level
+        );
+        atomically(&out, |w| {
+            crate::source::seekable::compress(open()?, w, spec.zstd_level, frame, threads())?;
+            Ok(())
+        })?;
+        made.push(out);
+    }
+    if spec.xz {
+        let out = image.with_file_name(format!("{name}.xz"));
+        eprintln!(
+            "oneimage: compressing {} (xz -{} multi-block)",
+            out.display(),
+            spec.xz_level
+        );
+        atomically(&out, |w| {
+            let stream = liblzma::stream::MtStreamBuilder::new()
+                .preset(spec.xz_level)
+                .check(liblzma::stream::Check::Crc64)
+                .block_size(block)
+                .threads(threads() as u32)
+                .encoder()
+                .context("starting the xz encoder")?;
+            let mut enc = liblzma::read::XzEncoder::new_stream(open()?, stream);
+            std::io::copy(&mut enc, w)?;
+            Ok(())
+        })?;
+        made.push(out);
+    }
+    if spec.bmap {
+        let out = image.with_file_name(format!("{name}.bmap"));
+        eprintln!("oneimage: writing {}", out.display());
+        let map = bmap::create(image)?;
+        atomically(&out, |w| Ok(w.write_all(map.to_xml().as_bytes())?))?;
+        made.push(out);
+    }
+    if spec.sha256sums {
+        let out = image.with_file_name("SHA256SUMS");
+        let mut files: Vec<PathBuf> = std::iter::once(image.to_path_buf())
+            .chain(made.iter().cloned())
+            .collect();
+        files.sort();
+        let mut text = String::new();
+        for f in &files {
+            let h = bmap::sha256(BufReader::with_capacity(1 << 20, File::open(f)?))?;
+            let n = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            text.push_str(&format!("{}  {n}\n", hex(&h)));
+        }
+        atomically(&out, |w| Ok(w.write_all(text.as_bytes())?))?;
+        made.push(out);
+    }
+    Ok(made)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_unknown_keys() {
+        let s: ArtifactsSpec = toml::from_str("").unwrap();
+        assert_eq!(s, ArtifactsSpec::default());
+        assert!(!s.zstd && !s.xz && s.bmap && s.sha256sums);
+        let s: ArtifactsSpec = toml::from_str("xz = true\nzstd-level = 3").unwrap();
+        assert!(s.xz && !s.zstd && s.zstd_level == 3);
+        let e = toml::from_str::<ArtifactsSpec>("gzip = true")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gzip"), "{e}");
+        let bad = ArtifactsSpec {
+            zstd_level: 30,
+            ..Default::default()
+        };
+        assert!(bad.check().unwrap_err().to_string().contains("zstd-level"));
+    }
+
+    #[test]
+    fn xz_output_does_not_depend_on_threads() {
+        let data: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8 & 0x0f)
+            .collect();
+        let enc = |t: u32| {
+            let s = liblzma::stream::MtStreamBuilder::new()
+                .preset(1)
+                .check(liblzma::stream::Check::Crc64)
+                .block_size(1 << 20)
+                .threads(t)
+                .encoder()
+                .unwrap();
+            let mut out = Vec::new();
+            std::io::copy(
+                &mut liblzma::read::XzEncoder::new_stream(&data[..], s),
+                &mut out,
+            )
+            .unwrap();
+            out
+        };
+        assert_eq!(enc(1), enc(2));
+    }
+}

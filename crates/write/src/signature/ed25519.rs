@@ -1,0 +1,163 @@
+//! minisign and signify signatures. Both use the same public key layout: a comment line,
+//! then base64 of `Ed`, an 8-byte key number and the 32-byte Ed25519 key.
+
+use super::Outcome;
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use std::io::Read;
+use std::path::Path;
+
+/// An Ed25519 public key from a minisign or signify key file.
+#[derive(Debug, Clone)]
+pub struct EdKey {
+    /// The key file, for messages.
+    pub file: String,
+    /// The 8-byte key number.
+    pub keynum: [u8; 8],
+    /// The key.
+    pub key: [u8; 32],
+    /// The base64 line, as minisign-verify wants it.
+    pub b64: String,
+}
+
+fn b64(s: &str) -> Result<Vec<u8>> {
+    Ok(base64::engine::general_purpose::STANDARD.decode(s.trim())?)
+}
+
+/// Reads a minisign or signify public key file.
+pub fn load_key(path: &Path) -> Result<EdKey> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let line = text
+        .lines()
+        .find(|l| !l.starts_with("untrusted comment:") && !l.trim().is_empty())
+        .with_context(|| format!("{}: no key line", path.display()))?;
+    let raw =
+        b64(line).with_context(|| format!("{}: the key line is not base64", path.display()))?;
+    if raw.len() != 42 || &raw[..2] != b"Ed" {
+        bail!("{}: expected a minisign or signify Ed25519 public key (42 bytes starting with \"Ed\"), found {} bytes", path.display(), raw.len());
+    }
+    Ok(EdKey {
+        file: path.display().to_string(),
+        keynum: raw[2..10].try_into().unwrap(),
+        key: raw[10..42].try_into().unwrap(),
+        b64: line.trim().to_string(),
+    })
+}
+
+/// A parsed minisign or signify signature.
+#[derive(Debug, Clone)]
+pub enum EdSig {
+    /// minisign: the whole file text.
+    Minisign(String),
+    /// signify: key number, signature, and an embedded message (`signify -e`).
+    Signify {
+        /// Key number.
+        keynum: [u8; 8],
+        /// Ed25519 signature.
+        sig: [u8; 64],
+        /// Message following the signature lines, if any.
+        embedded: Option<Vec<u8>>,
+    },
+}
+
+/// Parses a file that starts with `untrusted comment:`.
+pub fn parse(bytes: &[u8]) -> Result<EdSig> {
+    let text = std::str::from_utf8(bytes).context("not text")?;
+    let mut lines = text.splitn(3, '\n');
+    let _comment = lines.next();
+    let sigline = lines.next().context("no signature line")?;
+    let rest = lines.next().unwrap_or("");
+    if rest.starts_with("trusted comment:") {
+        return Ok(EdSig::Minisign(text.to_string()));
+    }
+    let raw = b64(sigline).context("the signature line is not base64")?;
+    if raw.len() != 74 || &raw[..2] != b"Ed" {
+        bail!("not a signify signature (expected 74 bytes starting with \"Ed\")");
+    }
+    Ok(EdSig::Signify {
+        keynum: raw[2..10].try_into().unwrap(),
+        sig: raw[10..74].try_into().unwrap(),
+        embedded: (!rest.is_empty()).then(|| rest.as_bytes().to_vec()),
+    })
+}
+
+/// Verifies `sig` over `data` with whichever of `keys` it names.
+pub fn verify(sig: &EdSig, keys: &[EdKey], data: &mut dyn Read) -> Outcome {
+    match sig {
+        EdSig::Minisign(text) => {
+            let s = match minisign_verify::Signature::decode(text) {
+                Ok(s) => s,
+                Err(e) => return Outcome::Bad(format!("unreadable minisign signature: {e}")),
+            };
+            for k in keys {
+                let Ok(pk) = minisign_verify::PublicKey::from_base64(&k.b64) else {
+                    continue;
+                };
+                let mut v = match pk.verify_stream(&s) {
+                    Ok(v) => v,
+                    Err(minisign_verify::Error::UnexpectedKeyId) => continue,
+                    Err(minisign_verify::Error::UnsupportedLegacyMode) => {
+                        // Legacy signatures hash nothing first: verify over the whole message.
+                        let mut all = Vec::new();
+                        if let Err(e) = data.read_to_end(&mut all) {
+                            return Outcome::Bad(format!("reading the signed data: {e}"));
+                        }
+                        return match pk.verify(&all, &s, true) {
+                            Ok(()) => Outcome::Good(format!("minisign key {}", k.file)),
+                            Err(e) => Outcome::Bad(format!(
+                                "does not verify with minisign key {}: {e}",
+                                k.file
+                            )),
+                        };
+                    }
+                    Err(e) => return Outcome::Bad(format!("minisign: {e}")),
+                };
+                if let Err(e) = feed(data, |b| v.update(b)) {
+                    return Outcome::Bad(format!("reading the signed data: {e}"));
+                }
+                return match v.finalize() {
+                    Ok(()) => Outcome::Good(format!("minisign key {}", k.file)),
+                    Err(e) => {
+                        Outcome::Bad(format!("does not verify with minisign key {}: {e}", k.file))
+                    }
+                };
+            }
+            Outcome::NoKey("minisign signature by a key that was not given (--pubkey)".into())
+        }
+        EdSig::Signify { keynum, sig, .. } => {
+            let Some(k) = keys.iter().find(|k| &k.keynum == keynum) else {
+                return Outcome::NoKey(
+                    "signify signature by a key that was not given (--pubkey)".into(),
+                );
+            };
+            let vk = match ed25519_dalek::VerifyingKey::from_bytes(&k.key) {
+                Ok(vk) => vk,
+                Err(e) => return Outcome::Bad(format!("signify key {} is invalid: {e}", k.file)),
+            };
+            let s = ed25519_dalek::Signature::from_bytes(sig);
+            let mut v = match vk.verify_stream(&s) {
+                Ok(v) => v,
+                Err(e) => return Outcome::Bad(format!("signify: {e}")),
+            };
+            if let Err(e) = feed(data, |b| v.update(b)) {
+                return Outcome::Bad(format!("reading the signed data: {e}"));
+            }
+            match v.finalize_and_verify() {
+                Ok(()) => Outcome::Good(format!("signify key {}", k.file)),
+                Err(e) => Outcome::Bad(format!("does not verify with signify key {}: {e}", k.file)),
+            }
+        }
+    }
+}
+
+fn feed(r: &mut dyn Read, mut f: impl FnMut(&[u8])) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        f(&buf[..n]);
+    }
+}

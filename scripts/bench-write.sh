@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# Benchmarks `oneimage write` against the tools users would otherwise use, in the same
+# run, and prints the figures and ratios as Markdown (see docs/benchmarks-writer.md).
+#
+# Image: the demo image when it exists (DEMO_IMAGE, default /work/main/out/debian-demo.img),
+# otherwise a synthetic 1 GiB GPT disk whose ext4 partition holds ~600 MiB of real files
+# from /usr. Targets: a regular file and a loop device. Needs root for the loop device.
+# Each write is timed REPEAT times (default 2) with cold caches and the fastest counts.
+# BENCH_DIR=DIR keeps the image and artifacts in DIR and reuses them on the next run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked -p oneimage -p oneimage-write --example bench >/dev/null
+O=$PWD/target/release/oneimage
+B=$PWD/target/release/examples/bench
+REPEAT=${REPEAT:-2}
+if [ -n "${BENCH_DIR:-}" ]; then
+  W=$BENCH_DIR; mkdir -p "$W"; KEEP=1
+else
+  W=$(mktemp -d /var/tmp/oneimage-bench.XXXXXX); KEEP=0
+fi
+LOOP=""
+cleanup() {
+  [ -n "$LOOP" ] && losetup -d "$LOOP" 2>/dev/null || true
+  rm -f "$W/out.img" "$W/disk" "$W/log"
+  [ "$KEEP" = 1 ] || rm -rf "$W"
+}
+trap cleanup EXIT
+IMG=$W/bench.img
+DEMO=${DEMO_IMAGE:-/work/main/out/debian-demo.img}
+
+if [ -f "$IMG.xz" ] && [ -f "$IMG.zst" ] && [ -f "$IMG.gz" ]; then
+  echo "image: reusing $IMG and its artifacts" >&2
+elif [ -f "$DEMO" ]; then
+  echo "image: $DEMO" >&2
+  cp --sparse=always "$DEMO" "$IMG"
+else
+  echo "image: synthetic (1 GiB GPT disk, ext4 with ~600 MiB of files from /usr)" >&2
+  python3 - "$W/stage" <<'PY'
+import os, shutil, sys
+dest, total, limit = sys.argv[1], 0, 600 << 20
+for top in ["/usr/bin", "/usr/lib/x86_64-linux-gnu", "/usr/share"]:
+    for root, dirs, files in os.walk(top):
+        dirs.sort()
+        for f in sorted(files):
+            p = os.path.join(root, f)
+            if total >= limit or not os.path.isfile(p) or os.path.islink(p):
+                continue
+            d = os.path.join(dest, os.path.relpath(root, "/"))
+            os.makedirs(d, exist_ok=True)
+            try:
+                shutil.copyfile(p, os.path.join(d, f))
+                total += os.path.getsize(p)
+            except OSError:
+                pass
+PY
+  truncate -s 1G "$IMG"
+  E2FSPROGS_FAKE_TIME=1767225600 mkfs.ext4 -q -F -E offset=1048576 -U 0b1e0b1e-0000-4000-8000-000000000001 \
+    -d "$W/stage" "$IMG" 1020M
+  # The partition table last: mke2fs clears the start of the file it is given.
+  sgdisk -n 1:2048:-1M -t 1:8300 -U 0b1e0b1e-0000-4000-8000-000000000002 \
+    -u 1:0b1e0b1e-0000-4000-8000-000000000003 "$IMG" >/dev/null
+  "$O" inspect "$IMG" >&2
+  rm -rf "$W/stage"
+fi
+SIZE=$(stat -c %s "$IMG")
+
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
+# timed LABEL CMD...: runs CMD with cold caches, records seconds in T[LABEL].
+declare -A T SPLIT
+timed() {
+  local label=$1; shift
+  local n=${N:-1} best="" i s t
+  for ((i = 0; i < n; i++)); do
+    drop
+    s=$(now)
+    if ! "$@" >"$W/log" 2>&1; then echo "FAILED: $label" >&2; cat "$W/log" >&2; exit 1; fi
+    t=$(secs "$s" "$(now)")
+    if [ -z "$best" ] || awk -v a="$t" -v b="$best" 'BEGIN { exit !(a < b) }'; then best=$t; fi
+  done
+  T[$label]=$best
+  echo "  $label: $best s (best of $n)" >&2
+}
+
+if [ ! -f "$IMG.gz" ]; then
+  echo "artifacts (oneimage build's emit step, levels: zstd -19 seekable, xz -6 multi-block)" >&2
+  timed emit "$B" emit "$IMG"
+  timed gzip sh -c "gzip -6 -c '$IMG' > '$IMG.gz'"
+else
+  T[emit]="(reused)"; T[gzip]="(reused)"
+fi
+MAPPED=$(python3 - "$IMG.bmap" <<'PY'
+import re, sys
+x = open(sys.argv[1]).read()
+bs = int(re.search(r"<BlockSize>\s*(\d+)", x).group(1))
+print(sum((int(b) - int(a) + 1) * bs for a, b in
+          ((m.group(1), m.group(2) or m.group(1)) for m in re.finditer(r">\s*(\d+)(?:-(\d+))?\s*</Range>", x))))
+PY
+)
+
+floor() { # copies only the mapped ranges (direct I/O on a device), no decompression, no hashing
+  python3 - "$IMG" "$IMG.bmap" "$1" <<'PY'
+import mmap, os, re, stat, sys
+img, bmap, dst = sys.argv[1:]
+x = open(bmap).read()
+bs = int(re.search(r"<BlockSize>\s*(\d+)", x).group(1))
+size = int(re.search(r"<ImageSize>\s*(\d+)", x).group(1))
+dev = os.path.exists(dst) and stat.S_ISBLK(os.stat(dst).st_mode)
+i = os.open(img, os.O_RDONLY)
+o = os.open(dst, os.O_WRONLY | os.O_CREAT | (os.O_DIRECT if dev else 0), 0o644)
+buf = mmap.mmap(-1, 8 << 20)  # page-aligned, as O_DIRECT needs
+for m in re.finditer(r">\s*(\d+)(?:-(\d+))?\s*</Range>", x):
+    a = int(m.group(1)) * bs
+    b = min((int(m.group(2) or m.group(1)) + 1) * bs, size)
+    while a < b:
+        n = os.preadv(i, [memoryview(buf)[: min(b - a, 8 << 20)]], a)
+        os.pwritev(o, [memoryview(buf)[: (n + 511) // 512 * 512 if dev else n]], a)
+        a += n
+if not dev and os.fstat(o).st_size < size:
+    os.ftruncate(o, size)
+os.fsync(o)
+PY
+}
+
+run_targets() { # $1 = kind (file|loop), $2 = target path
+  local k=$1 t=$2 direct=""
+  [ "$k" = loop ] && direct="oflag=direct"
+  local pre=":"
+  [ "$k" = file ] && pre="rm -f $t"
+  echo "target: $k" >&2
+  N=$REPEAT
+  timed "$k oneimage zst" sh -c "$pre; '$O' write --yes --force '$IMG.zst' '$t'"
+  timed "$k oneimage xz" sh -c "$pre; '$O' write --yes --force '$IMG.xz' '$t'"
+  timed "$k bmaptool zst" sh -c "$pre; bmaptool copy '$IMG.zst' '$t'"
+  timed "$k bmaptool xz" sh -c "$pre; bmaptool copy '$IMG.xz' '$t'"
+  timed "$k xz -T0 -dc, dd" sh -c "$pre; xz -T0 -dc '$IMG.xz' | dd of='$t' bs=4M iflag=fullblock $direct conv=fsync status=none"
+  timed "$k zstd -dc, dd" sh -c "$pre; zstd -q -dc '$IMG.zst' | dd of='$t' bs=4M iflag=fullblock $direct conv=fsync status=none"
+  timed "$k dd raw" sh -c "$pre; dd if='$IMG' of='$t' bs=4M $direct conv=fsync status=none"
+  timed "$k floor (mapped bytes only)" sh -c "$pre; $(declare -f floor); IMG='$IMG' floor '$t'"
+  N=1
+  cmp -n "$SIZE" "$IMG" "$t" >/dev/null || { echo "FAILED: $k target differs from the image" >&2; exit 1; }
+  # Where oneimage's time goes: its own report of the write and the readback.
+  drop
+  sh -c "$pre; '$O' write --yes --force --json '$IMG.zst' '$t'" | tail -1 > "$W/done.json"
+  SPLIT[$k]=$(python3 -c "import json; d = json.load(open('$W/done.json')); print('%.2f s decompressing, checking and writing, %.2f s reading back' % (d['write_seconds'], d['verify_seconds']))")
+}
+
+run_targets file "$W/out.img"
+rm -f "$W/out.img"
+if [ -e /dev/loop-control ]; then
+  truncate -s "$SIZE" "$W/disk"
+  LOOP=$(losetup -f --show "$W/disk")
+  run_targets loop "$LOOP"
+else
+  echo "SKIPPED loop device: /dev/loop-control is absent" >&2
+fi
+
+echo "decompression (to memory; oneimage in-process, the tools to /dev/null)" >&2
+N=$REPEAT
+timed "dec oneimage zst" "$B" decode "$IMG.zst"
+timed "dec zstd -dc" sh -c "zstd -q -dc '$IMG.zst' > /dev/null"
+timed "dec oneimage xz" "$B" decode "$IMG.xz"
+timed "dec xz -T0 -dc" sh -c "xz -T0 -dc '$IMG.xz' > /dev/null"
+timed "dec xz -T1 -dc" sh -c "xz -T1 -dc '$IMG.xz' > /dev/null"
+timed "dec oneimage gz" "$B" decode "$IMG.gz"
+timed "dec gzip -dc" sh -c "gzip -dc '$IMG.gz' > /dev/null"
+
+mib() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+echo
+echo "Image: $(mib "$SIZE") MiB, $(mib "$MAPPED") MiB mapped; $(nproc) cores; $(date -u +%Y-%m-%d)"
+echo
+echo "| compressed | size (MiB) | % of image |"
+echo "|---|---|---|"
+for f in zst xz gz; do
+  s=$(stat -c %s "$IMG.$f")
+  echo "| .img.$f | $(mib "$s") | $(awk -v a="$s" -v b="$SIZE" 'BEGIN { printf "%.1f", 100 * a / b }') |"
+done
+echo
+echo "Artifacts (zst + xz + bmap + SHA256SUMS): ${T[emit]} s; gzip -6 alone: ${T[gzip]} s"
+echo
+for k in file loop; do
+  [ -n "${T[$k oneimage zst]:-}" ] || continue
+  echo "| write to a $k | seconds | vs oneimage zst |"
+  echo "|---|---|---|"
+  for l in "oneimage zst" "oneimage xz" "bmaptool zst" "bmaptool xz" "xz -T0 -dc, dd" "zstd -dc, dd" "dd raw" "floor (mapped bytes only)"; do
+    echo "| $l | ${T[$k $l]} | $(ratio "${T[$k $l]}" "${T[$k oneimage zst]}")x |"
+  done
+  echo
+  echo "oneimage zst to a $k: ${SPLIT[$k]}"
+  echo
+done
+echo "| decompress | seconds | MiB/s of image |"
+echo "|---|---|---|"
+for l in "oneimage zst" "zstd -dc" "oneimage xz" "xz -T0 -dc" "xz -T1 -dc" "oneimage gz" "gzip -dc"; do
+  echo "| $l | ${T[dec $l]} | $(awk -v b="$SIZE" -v t="${T[dec $l]}" 'BEGIN { printf "%.0f", b / 1048576 / t }') |"
+done
