@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build-agent.sh
 cargo build --workspace --release --locked
-cargo test --workspace --release --locked -- --test-threads=2
+cargo test --workspace --release --locked --no-fail-fast -- --test-threads=2

@@ -19,6 +19,11 @@ fn whole_disks() -> Vec<String> {
                 .filter(|n| {
                     !std::path::Path::new(&format!("/sys/class/block/{n}/partition")).exists()
                 })
+                // Empty devices (unused loop and RAM disks) cannot hold the root.
+                .filter(|n| {
+                    std::fs::read_to_string(format!("/sys/class/block/{n}/size"))
+                        .is_ok_and(|s| s.trim() != "0")
+                })
                 .collect()
         })
         .unwrap_or_default();

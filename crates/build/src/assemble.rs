@@ -73,3 +73,29 @@ pub fn copy_sparse(src: &Path, dst: &File, offset: u64) -> Result<()> {
     }
     Ok(())
 }
+
+/// Makes the finished image at `disk_path` an ISO 9660 volume as well: its files ESP.IMG
+/// and ROOT.IMG are the partitions' bytes, and El Torito's UEFI entry is the ESP.
+pub fn write_iso_view(plan: &Plan, label: &str, epoch: i64, disk_path: &Path) -> Result<()> {
+    use oneimage_format::iso9660::{write_view, IsoFile, IsoView};
+    let file = |name: &str, p: &oneimage_format::gpt::Partition| IsoFile {
+        name: name.to_string(),
+        offset: p.offset(SECTOR),
+        len: p.len(SECTOR),
+    };
+    let view = IsoView {
+        volume_id: label.to_string(),
+        epoch,
+        image_bytes: plan.total_bytes,
+        files: vec![file("ESP.IMG", &plan.esp), file("ROOT.IMG", &plan.root)],
+        efi_boot: Some((plan.esp.offset(SECTOR), plan.esp.len(SECTOR))),
+    };
+    let mut disk = std::fs::OpenOptions::new()
+        .write(true)
+        .open(disk_path)
+        .with_context(|| format!("opening {}", disk_path.display()))?;
+    write_view(&mut disk, &view)
+        .with_context(|| format!("writing the ISO 9660 view of {}", disk_path.display()))?;
+    disk.sync_all()?;
+    Ok(())
+}

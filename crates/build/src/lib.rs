@@ -198,6 +198,7 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
     let plan = plan::Plan::new(&ids, esp_bytes, root_bytes);
     eprint!("oneimage: layout\n{plan}");
     assemble::finish(&plan, &esp_img, &partial)?;
+    assemble::write_iso_view(&plan, &checked.volume_label, epoch, &partial)?;
     std::fs::rename(&partial, &image)
         .with_context(|| format!("moving the finished image to {}", image.display()))?;
     eprintln!("oneimage: wrote {}", image.display());

@@ -21,6 +21,8 @@ pub struct Spec {
     /// Target architecture; only `x86_64` so far.
     #[serde(default = "default_arch")]
     pub architecture: String,
+    /// ISO 9660 volume label of the image's ISO view; default: the name in capitals.
+    pub volume_label: Option<String>,
     /// Where the root filesystem comes from.
     pub rootfs: RootfsSpec,
     /// The EFI System Partition.
@@ -240,6 +242,8 @@ pub struct Checked {
     pub root_size: SizePolicy,
     /// First-boot growth limit in bytes: `None` fills the disk, `Some(0)` means off.
     pub grow: Option<u64>,
+    /// ISO 9660 volume label.
+    pub volume_label: String,
 }
 
 impl Spec {
@@ -379,6 +383,31 @@ impl Spec {
             "off" => Some(0),
             s => Some(size("root.grow", s)?),
         };
+        let volume_label = match &self.volume_label {
+            Some(l) => {
+                if l.is_empty()
+                    || l.len() > 32
+                    || !l
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                {
+                    bail!("{p}: volume-label = \"{l}\": expected 1 to 32 of A-Z, 0-9 and _");
+                }
+                l.clone()
+            }
+            None => self
+                .name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .take(32)
+                .collect(),
+        };
         let seed = self.seed.clone().unwrap_or_else(|| self.name.clone());
         Ok(Checked {
             path: path.to_path_buf(),
@@ -388,6 +417,7 @@ impl Spec {
             esp_size,
             root_size,
             grow,
+            volume_label,
             spec: self,
         })
     }

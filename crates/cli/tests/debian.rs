@@ -371,7 +371,11 @@ fn missing_root_partition_is_reported_by_the_agent() {
                 .arg("--partition-guid=2:0fc63daf-8483-4772-8e79-3d69d8477de4")
                 .arg(img));
         },
-        "oneimage-init: error: no partition",
+        "oneimage-init: starting an emergency shell",
+    );
+    assert!(
+        console.contains("oneimage-init: error: no partition"),
+        "{console}"
     );
     // It says what it did see, so a user can tell a missing disk from a wrong one.
     assert!(console.contains("vda (GPT: 1="), "{console}");
@@ -395,7 +399,11 @@ fn damaged_root_filesystem_is_reported_by_the_agent() {
             f.seek(SeekFrom::Start(first * 512)).unwrap();
             f.write_all(&[0u8; 4096]).unwrap();
         },
-        "oneimage-init: error: mounting /dev/vda2",
+        "oneimage-init: starting an emergency shell",
+    );
+    assert!(
+        console.contains("oneimage-init: error: mounting /dev/vda2"),
+        "{console}"
     );
     assert!(
         console.contains("oneimage-init: e2fsck exit code"),

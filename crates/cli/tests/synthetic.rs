@@ -418,3 +418,77 @@ fn growth_limit_reaches_the_kernel_command_line() {
     );
     assert!(err.contains("root.grow"), "{err}");
 }
+
+#[test]
+fn iso_view_is_read_by_xorriso_and_isoinfo_and_is_the_partitions_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    write_tarball(&d.path().join("root.tar"), &full_items());
+    // 5 GiB of root (sparse, quick to build) needs a multi-extent ISO file.
+    let s = spec(
+        d.path(),
+        "name = \"iso-demo\"\nvolume-label = \"ONEIMAGE_TEST\"\n[rootfs]\ntarball = \"root.tar\"\n[root]\nsize = \"5G\"\n",
+    );
+    let out = d.path().join("out");
+    ok(oneimage().arg("build").arg(&s).arg("-o").arg(&out));
+    let image = out.join("iso-demo.img");
+    assert!(
+        ok(std::process::Command::new("sgdisk").arg("-v").arg(&image))
+            .contains("No problems found")
+    );
+
+    let info = ok(std::process::Command::new("isoinfo")
+        .arg("-d")
+        .arg("-i")
+        .arg(&image));
+    assert!(info.contains("Volume id: ONEIMAGE_TEST"), "{info}");
+    let size = std::fs::metadata(&image).unwrap().len();
+    assert!(
+        info.contains(&format!("Volume size is: {}", size / 2048)),
+        "{info}"
+    );
+
+    let report = ok(std::process::Command::new("xorriso")
+        .args(["-indev"])
+        .arg(&image)
+        .args(["-report_el_torito", "plain"]));
+    let boot = report
+        .lines()
+        .find(|l| l.starts_with("El Torito boot img"))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(boot.contains("UEFI") && boot.contains(" y "), "{boot}");
+    assert!(
+        report.contains("El Torito img path :   1  /ESP.IMG"),
+        "{report}"
+    );
+
+    // The ESP, read through the ISO view by xorriso, is the ESP partition's bytes.
+    let via_iso = d.path().join("esp-via-iso.img");
+    ok(std::process::Command::new("xorriso")
+        .args(["-osirrox", "on", "-indev"])
+        .arg(&image)
+        .args(["-extract", "/ESP.IMG"])
+        .arg(&via_iso));
+    let esp = extract_partition(&image, 1, d.path());
+    assert_eq!(sha256(&via_iso), sha256(&esp));
+    // The root (over 4 GiB, so in several extents) has the partition's exact size and
+    // starts at its first byte.
+    let lsl = ok(std::process::Command::new("xorriso")
+        .arg("-indev")
+        .arg(&image)
+        .args(["-find", "/ROOT.IMG", "-exec", "report_lba"]));
+    let j = inspect(&image);
+    let root_off = j["partitions"][1]["offset"].as_u64().unwrap();
+    let root_len = j["partitions"][1]["size"].as_u64().unwrap();
+    let extents: Vec<(u64, u64)> = lsl
+        .lines()
+        .filter(|l| l.starts_with("File data lba:"))
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').map(str::trim).collect();
+            let blocks: u64 = f[2].parse().unwrap();
+            (f[1].parse().unwrap(), blocks * 2048)
+        })
+        .collect();
+    assert!(extents.len() >= 2, "{lsl}");
+    assert_eq!(extents[0].0 * 2048, root_off, "{lsl}");
+    assert_eq!(extents.iter().map(|e| e.1).sum::<u64>(), root_len, "{lsl}");
+}
