@@ -69,13 +69,63 @@ pub struct Found {
     pub number: u32,
     /// Device node, e.g. `/dev/vda2`.
     pub node: PathBuf,
+    /// Found through a loop device over an optical disc (read-only medium).
+    pub optical: bool,
+}
+
+/// Attaches a read-only loop device with 512-byte sectors and partition scanning over
+/// the disc `disk` (2048-byte sectors hide the image's GPT from the kernel); returns the
+/// loop device's name.
+fn attach_disc(disk: &str) -> Result<String, String> {
+    let dev = format!("/dev/{disk}");
+    let backing = std::fs::File::open(&dev).map_err(|e| format!("opening {dev}: {e}"))?;
+    // struct loop_config: fd, block_size, loop_info64 (lo_flags at byte 52), reserved.
+    let mut config = [0u8; 304];
+    config[0..4].copy_from_slice(&(std::os::fd::AsRawFd::as_raw_fd(&backing) as u32).to_le_bytes());
+    config[4..8].copy_from_slice(&512u32.to_le_bytes());
+    const LO_FLAGS_READ_ONLY: u32 = 1;
+    const LO_FLAGS_PARTSCAN: u32 = 8;
+    config[60..64].copy_from_slice(&(LO_FLAGS_READ_ONLY | LO_FLAGS_PARTSCAN).to_le_bytes());
+    for n in 0..8 {
+        let loop_dev = format!("/dev/loop{n}");
+        let Ok(l) = std::fs::OpenOptions::new().read(true).open(&loop_dev) else {
+            continue;
+        };
+        // LOOP_CONFIGURE (0x4C0A) reads one struct loop_config.
+        // SAFETY: the kernel reads 304 bytes from the pointer Setter passes, which is the
+        // size of struct loop_config; both fds are open.
+        let r = unsafe {
+            rustix::ioctl::ioctl(&l, rustix::ioctl::Setter::<0x4C0A, [u8; 304]>::new(config))
+        };
+        if r.is_ok() {
+            // The loop device keeps its own reference to the disc.
+            return Ok(format!("loop{n}"));
+        }
+    }
+    Err(format!("no free loop device for {dev}"))
+}
+
+fn is_disc(disk: &str) -> bool {
+    disk.starts_with("sr")
 }
 
 /// Waits until a disk shows partition `guid`; returns where it is.
 pub fn wait_for_partition(guid: &str, timeout: Duration) -> Result<Found, String> {
     let start = Instant::now();
     let mut announced = false;
+    let mut discs: Vec<(String, String)> = Vec::new(); // (disc, loop device over it)
     loop {
+        for d in whole_disks().iter().filter(|d| is_disc(d)) {
+            if !discs.iter().any(|(disc, _)| disc == d) {
+                match attach_disc(d) {
+                    Ok(l) => {
+                        say(&format!("{d} is an optical disc; reading it through /dev/{l} with 512-byte sectors"));
+                        discs.push((d.clone(), l));
+                    }
+                    Err(e) => say(&e),
+                }
+            }
+        }
         let seen: Vec<Seen> = whole_disks().iter().filter_map(|d| read_disk(d)).collect();
         for s in &seen {
             if let Some((n, _)) = s.partitions.iter().find(|(_, g)| g == guid) {
@@ -84,6 +134,7 @@ pub fn wait_for_partition(guid: &str, timeout: Duration) -> Result<Found, String
                         disk: s.disk.clone(),
                         number: *n,
                         node,
+                        optical: discs.iter().any(|(_, l)| *l == s.disk),
                     });
                 }
             }

@@ -40,7 +40,11 @@ fn run() -> Result<(), String> {
         cmd.root_partuuid,
         root.display()
     ));
-    if cmd.live {
+    if found.optical {
+        // A disc is never written: the root is read-only under a RAM overlay, as live.
+        log::say("booted from a disc: live mode, nothing is written or grown");
+        mounts::mount_live(&root)?;
+    } else if cmd.live {
         // Live: nothing may be written, not even by a filesystem check or journal replay.
         mounts::mount_live(&root)?;
     } else {

@@ -41,6 +41,7 @@ const GRUB_MODULES: &[&str] = &[
     "chain",
     "efi_gop",
     "loadenv",
+    "loopback",
 ];
 
 /// Where the kernel and initramfs go on the ESP.
@@ -159,13 +160,25 @@ pub fn make_esp(kernel: &Kernel, p: &EspParams, out: &Path, work: &Path) -> Resu
             }
         }
         None => {
+            // Booted from a disc through El Torito, GRUB starts on the whole disc
+            // (cd0), where it still reads the image's GPT: the ESP is partition 1.
+            let early = work.join("grub-early.cfg");
+            std::fs::write(
+                &early,
+                "if [ ! -e \"$prefix/grub.cfg\" ]; then\n\
+                 \tset root=\"${root},gpt1\"\n\
+                 \tset prefix=\"(${root})/EFI/BOOT\"\n\
+                 fi\n",
+            )?;
             let mut mkimage = Command::new("grub-mkimage");
             mkimage
                 .arg("-O")
                 .arg("x86_64-efi")
                 .arg("-d")
                 .arg(grub_dir()?)
-                .args(["-p", "/EFI/BOOT", "-o"])
+                .args(["-p", "/EFI/BOOT", "-c"])
+                .arg(&early)
+                .arg("-o")
                 .arg(boot.join("BOOTX64.EFI"))
                 .args(GRUB_MODULES);
             run(&mut mkimage, "making the GRUB EFI image")?;

@@ -77,6 +77,9 @@ enum Cmd {
         /// Firmware: uefi, or uefi-secure-boot (OVMF with Microsoft's keys, enforcing).
         #[arg(long, default_value = "uefi", value_parser = ["uefi", "uefi-secure-boot"])]
         firmware: String,
+        /// Attach the image as a disk, a DVD in a SATA drive, or a DVD in a SCSI drive.
+        #[arg(long, default_value = "disk", value_parser = ["disk", "cdrom", "scsi-cdrom"])]
+        media: String,
     },
     /// Write an image (raw or compressed) to a USB stick, disk or file, safely and verified.
     Write(write_cmd::WriteArgs),
@@ -123,6 +126,7 @@ fn run(cli: Cli) -> Result<()> {
             entry,
             poweroff,
             firmware,
+            media,
         } => {
             let disk_size = disk_size
                 .map(|s| oneimage_format::size::parse_size(&s).context("--disk-size"))
@@ -140,6 +144,7 @@ fn run(cli: Cli) -> Result<()> {
                 entry,
                 poweroff,
                 secure_boot: firmware == "uefi-secure-boot",
+                media,
             };
             use oneimage_vm::Outcome;
             match oneimage_vm::run(&opts)? {

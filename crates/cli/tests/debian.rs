@@ -546,3 +546,39 @@ fn secure_boot_firmware_refuses_the_unsigned_image() {
     let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
     assert!(!console.contains("oneimage-init"), "{console}");
 }
+
+#[test]
+fn demo_boots_from_a_dvd_read_only_in_sata_and_scsi_drives() {
+    let image = demo();
+    let before = sha256(image);
+    for media in ["cdrom", "scsi-cdrom"] {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("console.log");
+        // El Torito's UEFI entry starts GRUB from the ESP; the agent reads the disc
+        // through a 512-byte-sector loop device and never writes to it.
+        ok(oneimage()
+            .arg("qemu")
+            .arg(image)
+            .args([
+                "--headless",
+                "--quiet",
+                "--media",
+                media,
+                "--expect",
+                MARKER,
+            ])
+            .args(["--timeout", "900", "--console-log"])
+            .arg(&log));
+        let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+        for step in [
+            "is an optical disc; reading it through /dev/loop",
+            "oneimage-init: booted from a disc: live mode",
+        ] {
+            assert!(
+                console.contains(step),
+                "{media}: {step:?} missing:\n{console}"
+            );
+        }
+    }
+    assert_eq!(sha256(image), before);
+}

@@ -47,6 +47,9 @@ pub struct QemuOptions {
     pub poweroff: bool,
     /// Boot with Secure Boot enforcing (OVMF with Microsoft's keys).
     pub secure_boot: bool,
+    /// How the image is attached: `disk` (virtio), `cdrom` (SATA DVD drive) or
+    /// `scsi-cdrom` (DVD drive on virtio-scsi). A DVD is read-only by nature.
+    pub media: String,
 }
 
 /// Resizes `image` up to `size` bytes, sparse; refuses to shrink.
@@ -87,7 +90,23 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
         fw.persistent_vars(image)?
     };
 
-    let drive = if opts.snapshot {
+    let cdrom = match opts.media.as_str() {
+        "disk" => false,
+        "cdrom" | "scsi-cdrom" => true,
+        other => bail!("--media {other}: expected disk, cdrom or scsi-cdrom"),
+    };
+    if cdrom && opts.disk_size.is_some() {
+        bail!(
+            "--disk-size makes no sense for a DVD (--media {})",
+            opts.media
+        );
+    }
+    let drive = if cdrom {
+        format!(
+            "file={},format=raw,if=none,id=disk0,media=cdrom,readonly=on",
+            image.display()
+        )
+    } else if opts.snapshot {
         // A qcow2 overlay keeps the image untouched and can be larger than it.
         let overlay = tmp.path().join("overlay.qcow2");
         let size = opts.disk_size.unwrap_or(meta.len()).max(meta.len());
@@ -144,7 +163,16 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
         ))
         .arg("-drive")
         .arg(drive)
-        .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=1"])
+        .args(match opts.media.as_str() {
+            "cdrom" => vec!["-device", "ide-cd,drive=disk0,bootindex=1"],
+            "scsi-cdrom" => vec![
+                "-device",
+                "virtio-scsi-pci,id=scsi0",
+                "-device",
+                "scsi-cd,bus=scsi0.0,drive=disk0,bootindex=1",
+            ],
+            _ => vec!["-device", "virtio-blk-pci,drive=disk0,bootindex=1"],
+        })
         .args(["-nic", "none", "-no-reboot"]);
     let graphical = !opts.headless && std::env::var_os("DISPLAY").is_some();
     if opts.headless {
