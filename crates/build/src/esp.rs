@@ -41,7 +41,6 @@ const GRUB_MODULES: &[&str] = &[
     "chain",
     "efi_gop",
     "loadenv",
-    "loopback",
 ];
 
 /// Where the kernel and initramfs go on the ESP.
@@ -160,15 +159,18 @@ pub fn make_esp(kernel: &Kernel, p: &EspParams, out: &Path, work: &Path) -> Resu
             }
         }
         None => {
-            // Booted from a disc through El Torito, GRUB starts on the whole disc
-            // (cd0), where it still reads the image's GPT: the ESP is partition 1.
+            // Find the ESP by its volume id wherever the firmware started us: booted
+            // from a disc through El Torito, GRUB starts on the whole disc (cd0), where
+            // the ESP is (cd0,gpt1). The embedded config runs before normal mode, so it
+            // has no `if`.
             let early = work.join("grub-early.cfg");
             std::fs::write(
                 &early,
-                "if [ ! -e \"$prefix/grub.cfg\" ]; then\n\
-                 \tset root=\"${root},gpt1\"\n\
-                 \tset prefix=\"(${root})/EFI/BOOT\"\n\
-                 fi\n",
+                format!(
+                    "search --no-floppy --fs-uuid --set=root {:04X}-{:04X}\nset prefix=($root)/EFI/BOOT\n",
+                    p.volume_id >> 16,
+                    p.volume_id & 0xffff
+                ),
             )?;
             let mut mkimage = Command::new("grub-mkimage");
             mkimage

@@ -66,5 +66,33 @@ pub fn run(image: &Path, json: bool) -> Result<()> {
             println!("   error: {e}");
         }
     }
+    if let Some(iso) = &report.iso {
+        println!(
+            "ISO 9660 view: volume {:?}, {}",
+            iso.volume_id,
+            format_size(iso.volume_bytes)
+        );
+        for f in &iso.files {
+            let total: u64 = f.extents.iter().map(|e| e.1).sum();
+            let first = f.extents.first().map_or(0, |e| e.0);
+            println!(
+                "   /{:<12} offset {:>12}  size {:>10}  ({} extent{})",
+                f.name,
+                first,
+                format_size(total),
+                f.extents.len(),
+                if f.extents.len() == 1 { "" } else { "s" }
+            );
+        }
+        for e in &iso.boot_entries {
+            println!(
+                "   El Torito {} entry{}: offset {}, {} sectors",
+                e.platform,
+                if e.bootable { " (bootable)" } else { "" },
+                e.offset,
+                e.sectors
+            );
+        }
+    }
     Ok(())
 }

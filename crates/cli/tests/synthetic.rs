@@ -460,6 +460,17 @@ fn iso_view_is_read_by_xorriso_and_isoinfo_and_is_the_partitions_bytes() {
         report.contains("El Torito img path :   1  /ESP.IMG"),
         "{report}"
     );
+    // inspect reads the same view: the UEFI entry is the ESP partition.
+    let j = inspect(&image);
+    let esp_off = j["partitions"][0]["offset"].as_u64().unwrap();
+    assert_eq!(j["iso"]["volume_id"], "ONEIMAGE_TEST");
+    assert_eq!(j["iso"]["boot_entries"][0]["platform"], "UEFI");
+    assert_eq!(
+        j["iso"]["boot_entries"][0]["offset"].as_u64().unwrap(),
+        esp_off
+    );
+    let lba: u64 = boot.split_whitespace().last().unwrap().parse().unwrap();
+    assert_eq!(lba * 2048, esp_off, "{boot}");
 
     // The ESP, read through the ISO view by xorriso, is the ESP partition's bytes.
     let via_iso = d.path().join("esp-via-iso.img");

@@ -42,6 +42,8 @@ pub struct Report {
     pub backup_at_end: bool,
     /// Partitions in table order.
     pub partitions: Vec<PartitionReport>,
+    /// The image's ISO 9660 view and El Torito entries, if it has them.
+    pub iso: Option<crate::iso9660::IsoSummary>,
 }
 
 /// Errors from inspecting an image.
@@ -108,5 +110,6 @@ pub fn inspect<R: Read + Seek>(disk: &mut R) -> Result<Report, InspectError> {
         disk_guid: table.disk_guid,
         backup_at_end: table.backup_lba == size / ss - 1,
         partitions,
+        iso: crate::iso9660::read_view(disk)?,
     })
 }

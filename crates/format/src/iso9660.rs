@@ -3,7 +3,7 @@
 //! catalog whose UEFI entry points at the ESP. The view lives in sectors 16 to 22
 //! (32 KiB to 46 KiB), which a GPT disk leaves unused before its first partition.
 
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 
 /// ISO 9660 logical sector size.
 pub const SECTOR: u64 = 2048;
@@ -352,5 +352,186 @@ mod tests {
             efi_boot: None,
         };
         assert!(write_view(&mut img, &v).is_err());
+    }
+}
+
+/// A file of an ISO 9660 volume as read back: its extents as (byte offset, length).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IsoEntry {
+    /// Name as stored, without the `;1` version.
+    pub name: String,
+    /// Extents in order, as (byte offset, length).
+    pub extents: Vec<(u64, u64)>,
+}
+
+/// An El Torito boot catalog entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BootCatalogEntry {
+    /// Platform: `x86` (BIOS), `UEFI` or the number.
+    pub platform: String,
+    /// Marked bootable.
+    pub bootable: bool,
+    /// Byte offset of the boot image.
+    pub offset: u64,
+    /// Length in 512-byte sectors as recorded (0: to the end of the volume).
+    pub sectors: u16,
+}
+
+/// What the ISO 9660 view of an image holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IsoSummary {
+    /// Volume identifier.
+    pub volume_id: String,
+    /// Volume size in bytes.
+    pub volume_bytes: u64,
+    /// Files of the root directory.
+    pub files: Vec<IsoEntry>,
+    /// El Torito entries, default entry first.
+    pub boot_entries: Vec<BootCatalogEntry>,
+}
+
+fn le32(b: &[u8], o: usize) -> u64 {
+    u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes")) as u64
+}
+
+fn read_sector<R: Read + Seek>(r: &mut R, lba: u64) -> io::Result<Vec<u8>> {
+    let mut b = vec![0u8; SECTOR as usize];
+    r.seek(SeekFrom::Start(lba * SECTOR))?;
+    r.read_exact(&mut b)?;
+    Ok(b)
+}
+
+/// Reads the ISO 9660 view of `r`, if it has one (any ISO 9660 volume, not only ours).
+pub fn read_view<R: Read + Seek>(r: &mut R) -> io::Result<Option<IsoSummary>> {
+    let len = r.seek(SeekFrom::End(0))?;
+    if len < END {
+        return Ok(None);
+    }
+    let pvd = read_sector(r, PVD)?;
+    if pvd[0] != 1 || &pvd[1..6] != b"CD001" {
+        return Ok(None);
+    }
+    let volume_id = String::from_utf8_lossy(&pvd[40..72]).trim_end().to_string();
+    let volume_bytes = le32(&pvd, 80) * u64::from(u16::from_le_bytes([pvd[128], pvd[129]]));
+    let (root_lba, root_len) = (le32(&pvd, 156 + 2), le32(&pvd, 156 + 10));
+    let mut files: Vec<IsoEntry> = Vec::new();
+    let mut continuing = false;
+    for s in 0..root_len.div_ceil(SECTOR).min(64) {
+        let sec = read_sector(r, root_lba + s)?;
+        let mut o = 0usize;
+        while o < sec.len() && sec[o] != 0 {
+            let rec = sec[o] as usize;
+            if o + rec > sec.len() || rec < 34 {
+                break;
+            }
+            let (lba, size, flags, nlen) = (
+                le32(&sec, o + 2),
+                le32(&sec, o + 10),
+                sec[o + 25],
+                sec[o + 32] as usize,
+            );
+            let name = &sec[o + 33..(o + 33 + nlen).min(o + rec)];
+            if !(nlen == 1 && name[0] <= 1) && flags & 2 == 0 {
+                let name = String::from_utf8_lossy(name);
+                let name = name.split(';').next().unwrap_or_default().to_string();
+                match files.last_mut() {
+                    Some(f) if continuing && f.name == name => f.extents.push((lba * SECTOR, size)),
+                    _ => files.push(IsoEntry {
+                        name,
+                        extents: vec![(lba * SECTOR, size)],
+                    }),
+                }
+                continuing = flags & 0x80 != 0;
+            }
+            o += rec;
+        }
+    }
+    let mut boot_entries = Vec::new();
+    let br = read_sector(r, BOOT_RECORD)?;
+    if br[0] == 0 && &br[1..6] == b"CD001" && br[7..30] == *b"EL TORITO SPECIFICATION" {
+        let cat = read_sector(r, le32(&br, 0x47))?;
+        if cat[0] == 1 && cat[30] == 0x55 && cat[31] == 0xAA {
+            let name = |p: u8| match p {
+                0 => "x86".to_string(),
+                0xEF => "UEFI".to_string(),
+                n => format!("{n:#04x}"),
+            };
+            let entry = |e: &[u8], platform: u8| BootCatalogEntry {
+                platform: name(platform),
+                bootable: e[0] == 0x88,
+                offset: le32(e, 8) * SECTOR,
+                sectors: u16::from_le_bytes([e[6], e[7]]),
+            };
+            boot_entries.push(entry(&cat[32..64], cat[1]));
+            let mut o = 64;
+            while o + 32 <= cat.len() && matches!(cat[o], 0x90 | 0x91) {
+                let (platform, count, last) = (
+                    cat[o + 1],
+                    u16::from_le_bytes([cat[o + 2], cat[o + 3]]),
+                    cat[o] == 0x91,
+                );
+                o += 32;
+                for _ in 0..count {
+                    if o + 32 > cat.len() {
+                        break;
+                    }
+                    boot_entries.push(entry(&cat[o..o + 32], platform));
+                    o += 32;
+                }
+                if last {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(Some(IsoSummary {
+        volume_id,
+        volume_bytes,
+        files,
+        boot_entries,
+    }))
+}
+
+#[cfg(test)]
+mod read_tests {
+    use super::*;
+    use std::io::Cursor;
+
+    #[test]
+    fn reads_back_what_was_written() {
+        let mut img = Cursor::new(vec![0u8; 8 << 20]);
+        let v = IsoView {
+            volume_id: "DEMO".into(),
+            epoch: 0,
+            image_bytes: 8 << 20,
+            files: vec![
+                IsoFile {
+                    name: "ROOT.IMG".into(),
+                    offset: 2 << 20,
+                    len: 6 << 20,
+                },
+                IsoFile {
+                    name: "ESP.IMG".into(),
+                    offset: 1 << 20,
+                    len: 1 << 20,
+                },
+            ],
+            efi_boot: Some((1 << 20, 1 << 20)),
+        };
+        write_view(&mut img, &v).unwrap();
+        let s = read_view(&mut img).unwrap().unwrap();
+        assert_eq!(s.volume_id, "DEMO");
+        assert_eq!(s.volume_bytes, 8 << 20);
+        assert_eq!(s.files.len(), 2);
+        assert_eq!(s.files[0].name, "ESP.IMG");
+        assert_eq!(s.files[0].extents, vec![(1 << 20, 1 << 20)]);
+        assert_eq!(s.boot_entries.len(), 1);
+        assert_eq!(s.boot_entries[0].platform, "UEFI");
+        assert_eq!(s.boot_entries[0].offset, 1 << 20);
+        assert_eq!(s.boot_entries[0].sectors, 2048);
+        assert_eq!(
+            read_view(&mut Cursor::new(vec![0u8; 1 << 20])).unwrap(),
+            None
+        );
     }
 }
