@@ -386,14 +386,7 @@ fn damaged_root_filesystem_is_reported_by_the_agent() {
     // Zero the primary ext4 superblock of the root partition.
     let console = boot_broken(
         |img| {
-            let info = ok(Command::new("sgdisk").arg("--info=2").arg(img));
-            let first: u64 = info
-                .lines()
-                .find(|l| l.starts_with("First sector"))
-                .and_then(|l| l.split(':').nth(1))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap();
+            let (first, _) = partition_sectors(img, 2);
             use std::io::{Seek, SeekFrom, Write};
             let mut f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
             f.seek(SeekFrom::Start(first * 512)).unwrap();

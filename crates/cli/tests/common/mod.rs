@@ -72,8 +72,9 @@ pub fn extract(image: &Path, offset: u64, len: u64, out: &Path) {
     dst.flush().unwrap();
 }
 
-/// Extracts partition `n` (1-based) of `image` into `dir`, using the GPT sgdisk reads.
-pub fn extract_partition(image: &Path, n: u32, dir: &Path) -> PathBuf {
+/// First and last 512-byte sector of partition `n` (1-based) of `image`, as sgdisk reads
+/// the GPT.
+pub fn partition_sectors(image: &Path, n: u32) -> (u64, u64) {
     let info = ok(Command::new("sgdisk").arg(format!("--info={n}")).arg(image));
     let field = |name: &str| -> u64 {
         let line = info
@@ -89,7 +90,12 @@ pub fn extract_partition(image: &Path, n: u32, dir: &Path) -> PathBuf {
             .parse()
             .unwrap()
     };
-    let (first, last) = (field("First sector"), field("Last sector"));
+    (field("First sector"), field("Last sector"))
+}
+
+/// Extracts partition `n` (1-based) of `image` into `dir`, using the GPT sgdisk reads.
+pub fn extract_partition(image: &Path, n: u32, dir: &Path) -> PathBuf {
+    let (first, last) = partition_sectors(image, n);
     let out = dir.join(format!("p{n}.img"));
     extract(image, first * 512, (last + 1 - first) * 512, &out);
     out
