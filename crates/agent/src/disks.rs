@@ -75,10 +75,16 @@ pub struct Found {
 
 /// Attaches a read-only loop device with 512-byte sectors and partition scanning over
 /// the disc `disk` (2048-byte sectors hide the image's GPT from the kernel); returns the
-/// loop device's name.
-fn attach_disc(disk: &str) -> Result<String, String> {
+/// loop device's name, or nothing for an empty drive.
+fn attach_disc(disk: &str) -> Result<Option<String>, String> {
+    /// errno of a drive without a disc.
+    const ENOMEDIUM: i32 = 123;
     let dev = format!("/dev/{disk}");
-    let backing = std::fs::File::open(&dev).map_err(|e| format!("opening {dev}: {e}"))?;
+    let backing = match std::fs::File::open(&dev) {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(ENOMEDIUM) => return Ok(None),
+        Err(e) => return Err(format!("opening {dev}: {e}")),
+    };
     // struct loop_config: fd, block_size, loop_info64 (lo_flags at byte 52), reserved.
     let mut config = [0u8; 304];
     config[0..4].copy_from_slice(&(std::os::fd::AsRawFd::as_raw_fd(&backing) as u32).to_le_bytes());
@@ -99,7 +105,7 @@ fn attach_disc(disk: &str) -> Result<String, String> {
         };
         if r.is_ok() {
             // The loop device keeps its own reference to the disc.
-            return Ok(format!("loop{n}"));
+            return Ok(Some(format!("loop{n}")));
         }
     }
     Err(format!("no free loop device for {dev}"))
@@ -118,7 +124,8 @@ pub fn wait_for_partition(guid: &str, timeout: Duration) -> Result<Found, String
         for d in whole_disks().iter().filter(|d| is_disc(d)) {
             if !discs.iter().any(|(disc, _)| disc == d) {
                 match attach_disc(d) {
-                    Ok(l) => {
+                    Ok(None) => {}
+                    Ok(Some(l)) => {
                         say(&format!("{d} is an optical disc; reading it through /dev/{l} with 512-byte sectors"));
                         discs.push((d.clone(), l));
                     }

@@ -10,39 +10,6 @@ use oneimage_format::size::{align_up, format_size};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// GRUB modules built into the EFI image, so it needs nothing from disk but grub.cfg.
-const GRUB_MODULES: &[&str] = &[
-    "part_gpt",
-    "part_msdos",
-    "fat",
-    "ext2",
-    "iso9660",
-    "normal",
-    "configfile",
-    "linux",
-    "boot",
-    "echo",
-    "test",
-    "search",
-    "search_fs_uuid",
-    "search_label",
-    "serial",
-    "terminal",
-    "all_video",
-    "gfxterm",
-    "gzio",
-    "xzio",
-    "zstd",
-    "ls",
-    "cat",
-    "reboot",
-    "halt",
-    "sleep",
-    "chain",
-    "efi_gop",
-    "loadenv",
-];
-
 /// Where the kernel and initramfs go on the ESP.
 pub const KERNEL_PATH: &str = "/oneimage/vmlinuz";
 /// Where the initramfs goes on the ESP.
@@ -126,17 +93,6 @@ pub fn grub_cfg(p: &EspParams) -> String {
     )
 }
 
-fn grub_dir() -> Result<PathBuf> {
-    let d = PathBuf::from("/usr/lib/grub/x86_64-efi");
-    if !d.join("normal.mod").exists() {
-        bail!(
-            "GRUB for x86_64-efi not found in {} (apt-get install grub-efi-amd64-bin)",
-            d.display()
-        );
-    }
-    Ok(d)
-}
-
 /// Makes the ESP filesystem image at `out`; returns its size in bytes.
 pub fn make_esp(kernel: &Kernel, p: &EspParams, out: &Path, work: &Path) -> Result<u64> {
     let stage = work.join("esp");
@@ -159,31 +115,7 @@ pub fn make_esp(kernel: &Kernel, p: &EspParams, out: &Path, work: &Path) -> Resu
             }
         }
         None => {
-            // Find the ESP by its volume id wherever the firmware started us: booted
-            // from a disc through El Torito, GRUB starts on the whole disc (cd0), where
-            // the ESP is (cd0,gpt1). The embedded config runs before normal mode, so it
-            // has no `if`.
-            let early = work.join("grub-early.cfg");
-            std::fs::write(
-                &early,
-                format!(
-                    "search --no-floppy --fs-uuid --set=root {:04X}-{:04X}\nset prefix=($root)/EFI/BOOT\n",
-                    p.volume_id >> 16,
-                    p.volume_id & 0xffff
-                ),
-            )?;
-            let mut mkimage = Command::new("grub-mkimage");
-            mkimage
-                .arg("-O")
-                .arg("x86_64-efi")
-                .arg("-d")
-                .arg(grub_dir()?)
-                .args(["-p", "/EFI/BOOT", "-c"])
-                .arg(&early)
-                .arg("-o")
-                .arg(boot.join("BOOTX64.EFI"))
-                .args(GRUB_MODULES);
-            run(&mut mkimage, "making the GRUB EFI image")?;
+            crate::grub::make_efi(p.volume_id, work, &boot.join("BOOTX64.EFI"))?;
         }
     }
     std::fs::write(boot.join("grub.cfg"), grub_cfg(p))?;

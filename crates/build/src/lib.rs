@@ -6,6 +6,7 @@
 pub mod assemble;
 pub mod esp;
 pub mod ext4;
+pub mod grub;
 pub mod initramfs;
 pub mod kernel;
 pub mod plan;
@@ -159,6 +160,12 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
     )
     .with_context(|| format!("{}: ESP", spec_path.display()))?;
     eprintln!("oneimage: ESP {} ready", format_size(esp_bytes));
+    // x86_64 PCs without UEFI (or with it switched off) boot through GRUB for BIOS.
+    let bios = spec.architecture == "x86_64";
+    let bios_images = bios
+        .then(|| grub::make_bios(ids.esp_volume_id, w))
+        .transpose()
+        .with_context(|| format!("{}: GRUB for BIOS", spec_path.display()))?;
 
     let image = opts.outdir.join(format!("{}.img", spec.name));
     if image.is_dir() {
@@ -167,7 +174,7 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
     let partial = w.join(format!("{}.img", spec.name));
     // The root filesystem is made in place inside the image, laid out for its size.
     let place = |root_bytes: u64| -> Result<ext4::Placement> {
-        let plan = plan::Plan::new(&ids, esp_bytes, root_bytes);
+        let plan = plan::Plan::new(&ids, esp_bytes, root_bytes, bios);
         assemble::create_image(&partial, plan.total_bytes)?;
         Ok(ext4::Placement {
             file: partial.clone(),
@@ -195,10 +202,17 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
         std::fs::remove_dir_all(&tree.staging).ok();
     }
 
-    let plan = plan::Plan::new(&ids, esp_bytes, root_bytes);
+    let plan = plan::Plan::new(&ids, esp_bytes, root_bytes, bios);
     eprint!("oneimage: layout\n{plan}");
-    assemble::finish(&plan, &esp_img, &partial)?;
-    assemble::write_iso_view(&plan, &checked.volume_label, epoch, &partial)?;
+    let cdrom = assemble::finish(&plan, &esp_img, bios_images.as_ref(), &partial)?;
+    assemble::write_iso_view(
+        &plan,
+        &checked.volume_label,
+        epoch,
+        ids.esp_volume_id,
+        cdrom,
+        &partial,
+    )?;
     std::fs::rename(&partial, &image)
         .with_context(|| format!("moving the finished image to {}", image.display()))?;
     eprintln!("oneimage: wrote {}", image.display());

@@ -1,7 +1,7 @@
 //! The disk layout, decided up front from the partition sizes: every offset is known
 //! before a byte is written, and the plan can be printed.
 
-use oneimage_format::gpt::{Partition, TYPE_ESP, TYPE_ROOT_X86_64};
+use oneimage_format::gpt::{Partition, TYPE_BIOS_BOOT, TYPE_ESP, TYPE_ROOT_X86_64};
 use oneimage_format::size::{align_up, format_size};
 use oneimage_format::Guid;
 use std::fmt;
@@ -10,6 +10,9 @@ use std::fmt;
 pub const SECTOR: u64 = 512;
 /// Partition alignment.
 pub const ALIGN: u64 = 1 << 20;
+/// The BIOS boot partition fills the gap between the ISO 9660 view (which ends at
+/// 64 KiB) and the ESP at 1 MiB: GRUB's core.img for disks and its El Torito image.
+const BIOS_BOOT_FIRST: u64 = oneimage_format::iso9660::END / SECTOR;
 
 /// The planned image: size, disk GUID and partitions.
 #[derive(Debug, Clone)]
@@ -22,6 +25,8 @@ pub struct Plan {
     pub esp: Partition,
     /// The root partition.
     pub root: Partition,
+    /// GRUB's BIOS boot partition (x86_64 images), before the ESP.
+    pub bios_boot: Option<Partition>,
 }
 
 /// Identifiers derived from the seed.
@@ -32,6 +37,8 @@ pub struct Ids {
     pub esp_part: Guid,
     /// Root partition GUID (`root=PARTUUID=`).
     pub root_part: Guid,
+    /// BIOS boot partition GUID.
+    pub bios_part: Guid,
     /// Root filesystem UUID.
     pub root_fs: Guid,
     /// FAT volume id of the ESP.
@@ -46,6 +53,7 @@ impl Ids {
             disk: Guid::derive(seed, "disk"),
             esp_part: Guid::derive(seed, "esp-partition"),
             root_part: Guid::derive(seed, "root-partition"),
+            bios_part: Guid::derive(seed, "bios-boot-partition"),
             root_fs: Guid::derive(seed, "root-filesystem"),
             esp_volume_id: u32::from_be_bytes([vol[0], vol[1], vol[2], vol[3]]),
         }
@@ -53,8 +61,9 @@ impl Ids {
 }
 
 impl Plan {
-    /// Lays out an ESP of `esp_bytes` and a root of `root_bytes`, 1 MiB aligned.
-    pub fn new(ids: &Ids, esp_bytes: u64, root_bytes: u64) -> Plan {
+    /// Lays out an ESP of `esp_bytes` and a root of `root_bytes`, 1 MiB aligned, with a
+    /// BIOS boot partition before them when `bios` is set.
+    pub fn new(ids: &Ids, esp_bytes: u64, root_bytes: u64, bios: bool) -> Plan {
         let esp_first = ALIGN / SECTOR;
         let esp_len = align_up(esp_bytes, ALIGN) / SECTOR;
         let root_first = esp_first + esp_len;
@@ -82,7 +91,23 @@ impl Plan {
                 last_lba: root_first + root_len - 1,
                 attributes: 0,
             },
+            bios_boot: bios.then(|| Partition {
+                number: 3,
+                type_guid: TYPE_BIOS_BOOT.parse().expect("constant"),
+                guid: ids.bios_part,
+                name: "bios-boot".into(),
+                first_lba: BIOS_BOOT_FIRST,
+                last_lba: esp_first - 1,
+                attributes: 0,
+            }),
         }
+    }
+
+    /// The partitions in table order.
+    pub fn partitions(&self) -> Vec<Partition> {
+        let mut v = vec![self.esp.clone(), self.root.clone()];
+        v.extend(self.bios_boot.clone());
+        v
     }
 }
 
@@ -95,7 +120,7 @@ impl fmt::Display for Plan {
             self.total_bytes,
             self.disk_guid
         )?;
-        for p in [&self.esp, &self.root] {
+        for p in &self.partitions() {
             writeln!(
                 f,
                 "  p{} {:<12} offset {:>12}  size {:>10}  PARTUUID {}",
@@ -116,10 +141,13 @@ mod tests {
 
     #[test]
     fn aligned_and_ordered() {
-        let p = Plan::new(&Ids::from_seed("s"), 64 << 20, 100 << 20);
+        let p = Plan::new(&Ids::from_seed("s"), 64 << 20, 100 << 20, true);
         assert_eq!(p.esp.offset(SECTOR), 1 << 20);
         assert_eq!(p.root.offset(SECTOR), 65 << 20);
         assert_eq!(p.root.len(SECTOR), 100 << 20);
         assert_eq!(p.total_bytes, 166 << 20);
+        let bios = p.bios_boot.unwrap();
+        assert_eq!(bios.offset(SECTOR), 64 << 10);
+        assert_eq!(bios.offset(SECTOR) + bios.len(SECTOR), 1 << 20);
     }
 }

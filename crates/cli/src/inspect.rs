@@ -76,8 +76,8 @@ pub fn run(image: &Path, json: bool) -> Result<()> {
             let total: u64 = f.extents.iter().map(|e| e.1).sum();
             let first = f.extents.first().map_or(0, |e| e.0);
             println!(
-                "   /{:<12} offset {:>12}  size {:>10}  ({} extent{})",
-                f.name,
+                "   /{:<18} offset {:>12}  size {:>10}  ({} extent{})",
+                f.path,
                 first,
                 format_size(total),
                 f.extents.len(),

@@ -74,11 +74,13 @@ enum Cmd {
         /// (needs --expect), so the image is consistent afterwards.
         #[arg(long, requires = "expect")]
         poweroff: bool,
-        /// Firmware: uefi, or uefi-secure-boot (OVMF with Microsoft's keys, enforcing).
-        #[arg(long, default_value = "uefi", value_parser = ["uefi", "uefi-secure-boot"])]
+        /// Firmware: uefi, uefi-secure-boot (OVMF with Microsoft's keys, enforcing), or
+        /// bios (SeaBIOS).
+        #[arg(long, default_value = "uefi", value_parser = ["uefi", "uefi-secure-boot", "bios"])]
         firmware: String,
-        /// Attach the image as a disk, a DVD in a SATA drive, or a DVD in a SCSI drive.
-        #[arg(long, default_value = "disk", value_parser = ["disk", "cdrom", "scsi-cdrom"])]
+        /// Attach the image as an internal disk, a USB stick, a DVD in a SATA drive, or a
+        /// DVD in a SCSI drive.
+        #[arg(long, default_value = "disk", value_parser = ["disk", "usb", "cdrom", "scsi-cdrom"])]
         media: String,
     },
     /// Write an image (raw or compressed) to a USB stick, disk or file, safely and verified.
@@ -143,8 +145,8 @@ fn run(cli: Cli) -> Result<()> {
                 console_log,
                 entry,
                 poweroff,
-                secure_boot: firmware == "uefi-secure-boot",
-                media,
+                firmware: firmware.parse()?,
+                media: media.parse()?,
             };
             use oneimage_vm::Outcome;
             match oneimage_vm::run(&opts)? {

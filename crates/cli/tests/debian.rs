@@ -83,8 +83,9 @@ fn demo_image_passes_independent_checks() {
     // inspect agrees with sgdisk, dumpe2fs and the GRUB configuration mtools reads.
     let j = inspect(image);
     let parts = j["partitions"].as_array().unwrap();
-    assert_eq!(parts.len(), 2);
+    assert_eq!(parts.len(), 3);
     assert_eq!(parts[0]["type_name"], "esp");
+    assert_eq!(parts[2]["type_name"], "bios-boot");
     assert_eq!(parts[0]["filesystem"]["kind"], "vfat");
     assert_eq!(parts[1]["type_name"], "root-x86-64");
     assert_eq!(parts[1]["filesystem"]["kind"], "ext4");
@@ -179,6 +180,7 @@ fn demo_boots_with_snapshot_and_leaves_the_file_untouched() {
         "oneimage-init: /dev/vda2 is clean",
         "oneimage-init: mounted /dev/vda2 on /sysroot read-write",
         "oneimage-init: switching to /sbin/init",
+        "oneimage-demo: firmware uefi",
         "oneimage-demo: secure boot 0",
     ] {
         assert!(
@@ -229,6 +231,36 @@ fn assert_grown(image: &Path, dir: &Path) {
     let part = extract_partition(image, 2, dir);
     e2fsck_clean(&part);
     std::fs::remove_file(part).unwrap();
+    assert_disc_route_intact(image, dir);
+}
+
+/// What booting from a disc needs survived a persistent boot: the ISO 9660 view reads
+/// (isoinfo, xorriso), both El Torito entries are there, and the ESP read through the
+/// view is the ESP partition's bytes.
+fn assert_disc_route_intact(image: &Path, dir: &Path) {
+    let info = ok(Command::new("isoinfo").arg("-d").arg("-i").arg(image));
+    assert!(info.contains("Volume id: DEBIAN_DEMO"), "{info}");
+    let report = ok(Command::new("xorriso")
+        .arg("-indev")
+        .arg(image)
+        .args(["-report_el_torito", "plain"]));
+    for want in [
+        "El Torito img path :   1  /BOOT/BIOS.IMG",
+        "El Torito img opts :   1  boot-info-table",
+        "El Torito img path :   2  /ESP.IMG",
+    ] {
+        assert!(report.contains(want), "{want:?} missing:\n{report}");
+    }
+    let via_iso = dir.join("esp-via-iso.img");
+    ok(Command::new("xorriso")
+        .args(["-osirrox", "on", "-indev"])
+        .arg(image)
+        .args(["-extract", "/ESP.IMG"])
+        .arg(&via_iso));
+    let esp = extract_partition(image, 1, dir);
+    assert_eq!(sha256(&via_iso), sha256(&esp));
+    std::fs::remove_file(via_iso).unwrap();
+    std::fs::remove_file(esp).unwrap();
 }
 
 #[test]
@@ -256,8 +288,14 @@ fn first_boot_grows_the_root_once_and_keeps_what_it_wrote() {
     );
     assert_grown(&image, d.path());
 
-    // The second boot finds nothing to do, and the first boot's write is still there.
-    let console = boot_in_place(&image, &[]);
+    // The second boot, this time through the BIOS (GRUB's boot code in the MBR survived
+    // the partition table rewrite), finds nothing to do, and the first boot's write is
+    // still there.
+    let console = boot_in_place(&image, &["--firmware", "bios"]);
+    assert!(
+        console.contains("oneimage-demo: firmware bios"),
+        "{console}"
+    );
     assert!(console.contains("nothing to grow"), "{console}");
     assert!(!console.contains("oneimage-init: growing"), "{console}");
     assert_eq!(reported_root_size(&console), inside);
@@ -456,60 +494,69 @@ fn live_boot_writes_nothing_to_the_disk() {
     assert_eq!(sha256(&image), before, "a live boot changed the disk image");
 }
 
+/// The demo spec with secure-boot = true, sharing the cached root filesystem; built once.
+fn secure_demo() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let dir = tmp().join("secure-demo");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let examples = repo().join("examples");
+        let text = std::fs::read_to_string(examples.join("debian.toml"))
+            .unwrap()
+            .replace(
+                "overlay = \"debian-overlay\"",
+                &format!(
+                    "overlay = \"{}\"",
+                    examples.join("debian-overlay").display()
+                ),
+            )
+            .replace("[boot]\n", "[boot]\nsecure-boot = true\n");
+        let spec = dir.join("secure.toml");
+        std::fs::write(&spec, text).unwrap();
+        let out = dir.join("out");
+        ok(oneimage()
+            .arg("build")
+            .arg(&spec)
+            .arg("-o")
+            .arg(&out)
+            .arg("--rootfs-cache")
+            .arg(cache()));
+        let image = out.join("debian-demo.img");
+        let files = inspect(&image)["partitions"][0]["boot_files"].to_string();
+        assert!(
+            files.contains("/EFI/BOOT/grubx64.efi") && files.contains("/EFI/BOOT/mmx64.efi"),
+            "{files}"
+        );
+        image
+    })
+}
+
+/// The kernel and, from inside the booted system, the SecureBoot variable agree.
+const SECURE_BOOT_STEPS: &[&str] = &[
+    "secureboot: Secure boot enabled",
+    "oneimage-demo: secure boot 1",
+];
+
 #[test]
-fn secure_boot_image_boots_with_secure_boot_enforcing() {
-    // The demo spec with secure-boot = true, sharing the cached root filesystem.
-    let d = tempfile::tempdir().unwrap();
-    let examples = repo().join("examples");
-    let text = std::fs::read_to_string(examples.join("debian.toml"))
-        .unwrap()
-        .replace(
-            "overlay = \"debian-overlay\"",
-            &format!(
-                "overlay = \"{}\"",
-                examples.join("debian-overlay").display()
-            ),
-        )
-        .replace("[boot]\n", "[boot]\nsecure-boot = true\n");
-    let spec = d.path().join("secure.toml");
-    std::fs::write(&spec, text).unwrap();
-    let out = d.path().join("out");
-    ok(oneimage()
-        .arg("build")
-        .arg(&spec)
-        .arg("-o")
-        .arg(&out)
-        .arg("--rootfs-cache")
-        .arg(cache()));
-    let image = out.join("debian-demo.img");
-    let files = inspect(&image)["partitions"][0]["boot_files"].to_string();
-    assert!(
-        files.contains("/EFI/BOOT/grubx64.efi") && files.contains("/EFI/BOOT/mmx64.efi"),
-        "{files}"
+fn secure_boot_image_boots_from_disk_with_secure_boot_enforcing() {
+    let console = boot_unchanged(
+        secure_demo(),
+        &["--snapshot", "--firmware", "uefi-secure-boot"],
     );
-    let log = d.path().join("console.log");
-    ok(oneimage()
-        .arg("qemu")
-        .arg(&image)
-        .args([
-            "--snapshot",
-            "--headless",
-            "--quiet",
-            "--firmware",
-            "uefi-secure-boot",
-        ])
-        .args(["--expect", MARKER, "--timeout", "900", "--console-log"])
-        .arg(&log));
-    let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
-    // The kernel and, from inside the booted system, the SecureBoot variable agree.
-    assert!(
-        console.contains("secureboot: Secure boot enabled"),
-        "{console}"
+    assert_steps(&console, "Secure Boot disk", SECURE_BOOT_STEPS);
+}
+
+#[test]
+fn secure_boot_image_boots_from_a_dvd_with_secure_boot_enforcing() {
+    // Debian's signed GRUB, started from the disc, reads EFI/BOOT/grub.cfg of the ISO
+    // view, which leads it to the ESP's menu.
+    let console = boot_unchanged(
+        secure_demo(),
+        &["--media", "cdrom", "--firmware", "uefi-secure-boot"],
     );
-    assert!(
-        console.contains("oneimage-demo: secure boot 1"),
-        "{console}"
-    );
+    assert_steps(&console, "Secure Boot DVD", SECURE_BOOT_STEPS);
+    assert_steps(&console, "Secure Boot DVD", DISC_STEPS);
 }
 
 #[test]
@@ -540,38 +587,84 @@ fn secure_boot_firmware_refuses_the_unsigned_image() {
     assert!(!console.contains("oneimage-init"), "{console}");
 }
 
-#[test]
-fn demo_boots_from_a_dvd_read_only_in_sata_and_scsi_drives() {
-    let image = demo();
+/// Boots the demo (or `image`) without changing it, with `args` (`--snapshot` or a DVD),
+/// until the marker; returns the console.
+fn boot_unchanged(image: &Path, args: &[&str]) -> String {
     let before = sha256(image);
-    for media in ["cdrom", "scsi-cdrom"] {
-        let d = tempfile::tempdir().unwrap();
-        let log = d.path().join("console.log");
-        // El Torito's UEFI entry starts GRUB from the ESP; the agent reads the disc
-        // through a 512-byte-sector loop device and never writes to it.
-        ok(oneimage()
-            .arg("qemu")
-            .arg(image)
-            .args([
-                "--headless",
-                "--quiet",
-                "--media",
-                media,
-                "--expect",
-                MARKER,
-            ])
-            .args(["--timeout", "900", "--console-log"])
-            .arg(&log));
-        let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
-        for step in [
-            "is an optical disc; reading it through /dev/loop",
-            "oneimage-init: booted from a disc: live mode",
-        ] {
-            assert!(
-                console.contains(step),
-                "{media}: {step:?} missing:\n{console}"
-            );
-        }
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("console.log");
+    ok(oneimage()
+        .arg("qemu")
+        .arg(image)
+        .args(["--headless", "--quiet", "--expect", MARKER])
+        .args(["--timeout", "900", "--console-log"])
+        .arg(&log)
+        .args(args));
+    assert_eq!(
+        sha256(image),
+        before,
+        "booting with {args:?} changed the image"
+    );
+    String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned()
+}
+
+fn assert_steps(console: &str, what: &str, steps: &[&str]) {
+    for step in steps {
+        assert!(
+            console.contains(step),
+            "{what}: {step:?} missing from the console:\n{console}"
+        );
     }
-    assert_eq!(sha256(image), before);
+}
+
+/// What the agent says when it boots from a disc.
+const DISC_STEPS: &[&str] = &[
+    "is an optical disc; reading it through /dev/loop",
+    "oneimage-init: booted from a disc: live mode",
+];
+
+#[test]
+fn demo_boots_under_uefi_from_a_dvd_in_sata_and_scsi_drives() {
+    // El Torito's UEFI entry starts GRUB from the ESP; the agent reads the disc through
+    // a 512-byte-sector loop device and never writes to it.
+    for media in ["cdrom", "scsi-cdrom"] {
+        let console = boot_unchanged(demo(), &["--media", media]);
+        assert_steps(&console, media, DISC_STEPS);
+        assert_steps(&console, media, &["oneimage-demo: firmware uefi"]);
+    }
+}
+
+#[test]
+fn demo_boots_under_bios_from_a_dvd() {
+    // El Torito's BIOS entry: GRUB's CD image, loaded through its boot info table.
+    let console = boot_unchanged(demo(), &["--media", "cdrom", "--firmware", "bios"]);
+    assert_steps(&console, "BIOS DVD", DISC_STEPS);
+    assert_steps(&console, "BIOS DVD", &["oneimage-demo: firmware bios"]);
+}
+
+#[test]
+fn demo_boots_under_bios_from_a_disk() {
+    // GRUB's boot.img in the MBR loads core.img from the BIOS boot partition.
+    let console = boot_unchanged(demo(), &["--snapshot", "--firmware", "bios"]);
+    assert_steps(
+        &console,
+        "BIOS disk",
+        &[
+            "oneimage-init: mounted /dev/vda2 on /sysroot read-write",
+            "oneimage-demo: firmware bios",
+        ],
+    );
+}
+
+#[test]
+fn demo_boots_from_a_usb_stick_under_uefi() {
+    let console = boot_unchanged(demo(), &["--snapshot", "--media", "usb"]);
+    assert_steps(
+        &console,
+        "USB stick",
+        &[
+            "oneimage-init: mounted /dev/sda2 on /sysroot read-write",
+            "oneimage-demo: firmware uefi",
+        ],
+    );
 }

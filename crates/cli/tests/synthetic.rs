@@ -447,30 +447,80 @@ fn iso_view_is_read_by_xorriso_and_isoinfo_and_is_the_partitions_bytes() {
         "{info}"
     );
 
+    // xorriso sees both El Torito entries: GRUB's BIOS image (with a boot info table it
+    // checks) and the ESP for UEFI.
     let report = ok(std::process::Command::new("xorriso")
         .args(["-indev"])
         .arg(&image)
         .args(["-report_el_torito", "plain"]));
-    let boot = report
+    let boots: Vec<&str> = report
         .lines()
-        .find(|l| l.starts_with("El Torito boot img"))
-        .unwrap_or_else(|| panic!("{report}"));
-    assert!(boot.contains("UEFI") && boot.contains(" y "), "{boot}");
+        .filter(|l| l.starts_with("El Torito boot img"))
+        .collect();
+    assert_eq!(boots.len(), 2, "{report}");
     assert!(
-        report.contains("El Torito img path :   1  /ESP.IMG"),
+        boots[0].contains("BIOS") && boots[0].contains(" y "),
         "{report}"
     );
-    // inspect reads the same view: the UEFI entry is the ESP partition.
-    let j = inspect(&image);
-    let esp_off = j["partitions"][0]["offset"].as_u64().unwrap();
-    assert_eq!(j["iso"]["volume_id"], "ONEIMAGE_TEST");
-    assert_eq!(j["iso"]["boot_entries"][0]["platform"], "UEFI");
-    assert_eq!(
-        j["iso"]["boot_entries"][0]["offset"].as_u64().unwrap(),
-        esp_off
+    assert!(
+        boots[1].contains("UEFI") && boots[1].contains(" y "),
+        "{report}"
     );
-    let lba: u64 = boot.split_whitespace().last().unwrap().parse().unwrap();
-    assert_eq!(lba * 2048, esp_off, "{boot}");
+    for want in [
+        "El Torito img path :   1  /BOOT/BIOS.IMG",
+        "El Torito img opts :   1  boot-info-table",
+        "El Torito img path :   2  /ESP.IMG",
+    ] {
+        assert!(report.contains(want), "{want:?} missing:\n{report}");
+    }
+    // inspect reads the same view: the UEFI entry is the ESP partition, the BIOS entry
+    // lies in the BIOS boot partition.
+    let j = inspect(&image);
+    let parts = j["partitions"].as_array().unwrap();
+    let esp_off = parts[0]["offset"].as_u64().unwrap();
+    let bios = parts
+        .iter()
+        .find(|p| p["type_name"] == "bios-boot")
+        .unwrap_or_else(|| panic!("no BIOS boot partition: {j}"));
+    let (bios_off, bios_len) = (
+        bios["offset"].as_u64().unwrap(),
+        bios["size"].as_u64().unwrap(),
+    );
+    assert_eq!(j["iso"]["volume_id"], "ONEIMAGE_TEST");
+    let entries = j["iso"]["boot_entries"].as_array().unwrap();
+    assert_eq!(entries[0]["platform"], "x86");
+    let eltorito = entries[0]["offset"].as_u64().unwrap();
+    assert!(eltorito > bios_off && eltorito < bios_off + bios_len, "{j}");
+    assert_eq!(entries[1]["platform"], "UEFI");
+    assert_eq!(entries[1]["offset"].as_u64().unwrap(), esp_off);
+    let lba: u64 = boots[1].split_whitespace().last().unwrap().parse().unwrap();
+    assert_eq!(lba * 2048, esp_off, "{report}");
+
+    // The MBR holds GRUB's boot code, pointing at the BIOS boot partition, and still
+    // the protective partition table sgdisk accepted above.
+    let mbr = std::fs::read(&image).unwrap()[..512].to_vec();
+    assert_eq!(
+        u64::from_le_bytes(mbr[0x5c..0x64].try_into().unwrap()),
+        bios_off / 512
+    );
+    assert_eq!(mbr[0x1c2], 0xEE, "protective MBR partition type");
+    assert_eq!(&mbr[510..], &[0x55, 0xAA]);
+
+    // Debian's signed GRUB reads grub.cfg next to itself on a disc: the view holds one
+    // that finds the ESP by its volume id and goes on with the ESP's menu.
+    let cfg = d.path().join("grub.cfg");
+    ok(std::process::Command::new("xorriso")
+        .args(["-osirrox", "on", "-indev"])
+        .arg(&image)
+        .args(["-extract", "/EFI/BOOT/GRUB.CFG"])
+        .arg(&cfg));
+    let cfg = std::fs::read_to_string(&cfg).unwrap();
+    let esp_uuid = parts[0]["filesystem"]["uuid"].as_str().unwrap();
+    assert!(
+        cfg.contains(&format!("--fs-uuid --set=root {esp_uuid}"))
+            && cfg.contains("source ($root)/EFI/BOOT/grub.cfg"),
+        "{cfg}"
+    );
 
     // The ESP, read through the ISO view by xorriso, is the ESP partition's bytes.
     let via_iso = d.path().join("esp-via-iso.img");

@@ -8,6 +8,7 @@ pub mod cpio;
 pub mod elf;
 pub mod fat;
 pub mod gpt;
+pub mod grub_pc;
 pub mod grubcfg;
 pub mod guid;
 pub mod inspect;

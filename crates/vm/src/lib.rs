@@ -1,6 +1,7 @@
 //! Booting an image in QEMU the way a user would: UEFI firmware with its own writable
-//! variable store, the image attached as a disk and changed in place (as a USB stick
-//! would be), or through a throw-away overlay with `snapshot`.
+//! variable store (or a BIOS), the image attached as a disk, a USB stick or a DVD, and
+//! changed in place as a real stick would be, or through a throw-away overlay with
+//! `snapshot`.
 
 mod accel;
 mod console;
@@ -15,6 +16,9 @@ use oneimage_format::size::format_size;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+/// The BIOS QEMU loads by default (Debian's `seabios` package).
+const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
 
 /// Text of oneimage's boot menu that shows GRUB is waiting for a key.
 const MENU_READY: &str = "(live: nothing is written to the disk)";
@@ -45,11 +49,86 @@ pub struct QemuOptions {
     /// Once the expected text appeared, press the power button and wait for the guest to
     /// shut down cleanly instead of stopping QEMU at once.
     pub poweroff: bool,
-    /// Boot with Secure Boot enforcing (OVMF with Microsoft's keys).
-    pub secure_boot: bool,
-    /// How the image is attached: `disk` (virtio), `cdrom` (SATA DVD drive) or
-    /// `scsi-cdrom` (DVD drive on virtio-scsi). A DVD is read-only by nature.
-    pub media: String,
+    /// Which firmware boots the machine.
+    pub firmware: FirmwareKind,
+    /// How the image is attached.
+    pub media: Media,
+}
+
+/// The machine's firmware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirmwareKind {
+    /// UEFI (OVMF) without Secure Boot.
+    Uefi,
+    /// UEFI with Microsoft's keys enrolled and Secure Boot enforcing, as on a PC from a
+    /// shop.
+    UefiSecureBoot,
+    /// A PC BIOS (SeaBIOS, QEMU's default).
+    Bios,
+}
+
+impl std::str::FromStr for FirmwareKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "uefi" => FirmwareKind::Uefi,
+            "uefi-secure-boot" => FirmwareKind::UefiSecureBoot,
+            "bios" => FirmwareKind::Bios,
+            other => bail!("firmware {other:?}: expected uefi, uefi-secure-boot or bios"),
+        })
+    }
+}
+
+/// How the image is attached to the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Media {
+    /// An internal disk (virtio).
+    Disk,
+    /// A USB stick (usb-storage on an XHCI controller).
+    Usb,
+    /// A DVD in a SATA drive; read-only by nature.
+    Cdrom,
+    /// A DVD in a SCSI drive (virtio-scsi); read-only by nature.
+    ScsiCdrom,
+}
+
+impl std::str::FromStr for Media {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "disk" => Media::Disk,
+            "usb" => Media::Usb,
+            "cdrom" => Media::Cdrom,
+            "scsi-cdrom" => Media::ScsiCdrom,
+            other => bail!("media {other:?}: expected disk, usb, cdrom or scsi-cdrom"),
+        })
+    }
+}
+
+impl Media {
+    fn is_disc(self) -> bool {
+        matches!(self, Media::Cdrom | Media::ScsiCdrom)
+    }
+
+    /// QEMU devices that attach drive `disk0` as this medium, first in boot order.
+    fn devices(self) -> &'static [&'static str] {
+        match self {
+            Media::Disk => &["-device", "virtio-blk-pci,drive=disk0,bootindex=1"],
+            Media::Usb => &[
+                "-device",
+                "qemu-xhci,id=xhci",
+                "-device",
+                "usb-storage,bus=xhci.0,drive=disk0,removable=on,bootindex=1",
+            ],
+            Media::Cdrom => &["-device", "ide-cd,drive=disk0,bootindex=1"],
+            Media::ScsiCdrom => &[
+                "-device",
+                "virtio-scsi-pci,id=scsi0",
+                "-device",
+                "scsi-cd,bus=scsi0.0,drive=disk0,bootindex=1",
+            ],
+        }
+    }
 }
 
 /// Resizes `image` up to `size` bytes, sparse; refuses to shrink.
@@ -81,23 +160,27 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
     let tmp = tempfile::Builder::new()
         .prefix("oneimage-qemu-")
         .tempdir()?;
-    let fw = Firmware::find(opts.secure_boot)?;
-    let vars = if opts.snapshot {
-        let v = tmp.path().join("vars.fd");
-        std::fs::copy(&fw.vars_template, &v)?;
-        v
-    } else {
-        fw.persistent_vars(image)?
+    // UEFI firmware code and its variable store; a BIOS keeps nothing.
+    let uefi = match opts.firmware {
+        FirmwareKind::Bios => None,
+        kind => {
+            let fw = Firmware::find(kind == FirmwareKind::UefiSecureBoot)?;
+            let vars = if opts.snapshot {
+                let v = tmp.path().join("vars.fd");
+                std::fs::copy(&fw.vars_template, &v)?;
+                v
+            } else {
+                fw.persistent_vars(image)?
+            };
+            Some((fw, vars))
+        }
     };
+    let secure_boot = opts.firmware == FirmwareKind::UefiSecureBoot;
 
-    let cdrom = match opts.media.as_str() {
-        "disk" => false,
-        "cdrom" | "scsi-cdrom" => true,
-        other => bail!("--media {other}: expected disk, cdrom or scsi-cdrom"),
-    };
+    let cdrom = opts.media.is_disc();
     if cdrom && opts.disk_size.is_some() {
         bail!(
-            "--disk-size makes no sense for a DVD (--media {})",
+            "--disk-size makes no sense for a DVD (--media {:?})",
             opts.media
         );
     }
@@ -134,7 +217,7 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
     };
 
     let mut cmd = Command::new("qemu-system-x86_64");
-    let machine = if fw.secure_boot {
+    let machine = if secure_boot {
         // The Secure Boot firmware keeps its variables safe behind SMM.
         "q35,smm=on"
     } else {
@@ -148,31 +231,26 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
         eprintln!("oneimage: KVM is not usable here; emulating the CPU (TCG), which is slower");
         cmd.args(["-accel", "tcg", "-cpu", "max"]);
     }
-    if fw.secure_boot {
+    if secure_boot {
         cmd.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
     }
+    if let Some((fw, vars)) = &uefi {
+        cmd.arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                fw.code.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
+    } else if !Path::new(SEABIOS).exists() {
+        bail!("BIOS firmware {SEABIOS} not found (apt-get install seabios)");
+    }
     cmd.arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=0,readonly=on,file={}",
-            fw.code.display()
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=1,file={}",
-            vars.display()
-        ))
-        .arg("-drive")
         .arg(drive)
-        .args(match opts.media.as_str() {
-            "cdrom" => vec!["-device", "ide-cd,drive=disk0,bootindex=1"],
-            "scsi-cdrom" => vec![
-                "-device",
-                "virtio-scsi-pci,id=scsi0",
-                "-device",
-                "scsi-cd,bus=scsi0.0,drive=disk0,bootindex=1",
-            ],
-            _ => vec!["-device", "virtio-blk-pci,drive=disk0,bootindex=1"],
-        })
+        .args(opts.media.devices())
         .args(["-nic", "none", "-no-reboot"]);
     let graphical = !opts.headless && std::env::var_os("DISPLAY").is_some();
     if opts.headless {

@@ -1,0 +1,127 @@
+//! GRUB images made with `grub-mkimage`: one for UEFI (x86_64-efi) and two for BIOS
+//! (i386-pc for disks, i386-pc-eltorito for discs). All carry the same modules and the
+//! same embedded configuration: find the ESP by its FAT volume id, wherever the firmware
+//! started us, and read `/EFI/BOOT/grub.cfg` from it.
+
+use crate::run::run;
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Modules built into every image, so GRUB needs nothing from disk but grub.cfg.
+const MODULES: &[&str] = &[
+    "part_gpt",
+    "part_msdos",
+    "fat",
+    "ext2",
+    "iso9660",
+    "normal",
+    "configfile",
+    "linux",
+    "boot",
+    "echo",
+    "test",
+    "search",
+    "search_fs_uuid",
+    "search_label",
+    "serial",
+    "terminal",
+    "gzio",
+    "xzio",
+    "zstd",
+    "ls",
+    "cat",
+    "reboot",
+    "halt",
+    "sleep",
+    "chain",
+    "loadenv",
+];
+
+/// Modules only the UEFI image has (graphics through the firmware).
+const EFI_MODULES: &[&str] = &["all_video", "gfxterm", "efi_gop"];
+
+/// Modules only the BIOS images have (BIOS disk access).
+const BIOS_MODULES: &[&str] = &["biosdisk"];
+
+/// Where the configuration and boot files live on the ESP.
+pub const PREFIX: &str = "/EFI/BOOT";
+
+/// The embedded configuration. It runs before normal mode, in GRUB's rescue parser, so
+/// it has no `if`. From a disc, GRUB starts on the whole disc (cd0, or cd under BIOS)
+/// and still reads the GPT on it, so the same search finds the ESP there.
+pub fn early_config(esp_volume_id: u32) -> String {
+    format!(
+        "search --no-floppy --fs-uuid --set=root {}\nset prefix=($root){PREFIX}\n",
+        fat_uuid(esp_volume_id)
+    )
+}
+
+/// A FAT volume id as GRUB and blkid spell it: `78D0-DCFD`.
+pub fn fat_uuid(volume_id: u32) -> String {
+    format!("{:04X}-{:04X}", volume_id >> 16, volume_id & 0xffff)
+}
+
+fn modules_dir(platform: &str, package: &str) -> Result<PathBuf> {
+    let d = PathBuf::from("/usr/lib/grub").join(platform);
+    if !d.join("normal.mod").exists() {
+        bail!(
+            "GRUB for {platform} not found in {} (apt-get install {package})",
+            d.display()
+        );
+    }
+    Ok(d)
+}
+
+fn mkimage(format: &str, dir: &Path, early: &Path, extra: &[&str], out: &Path) -> Result<()> {
+    let mut cmd = Command::new("grub-mkimage");
+    cmd.arg("-O")
+        .arg(format)
+        .arg("-d")
+        .arg(dir)
+        .args(["-p", PREFIX, "-c"])
+        .arg(early)
+        .arg("-o")
+        .arg(out)
+        .args(MODULES)
+        .args(extra);
+    run(&mut cmd, &format!("making the GRUB image for {format}"))?;
+    Ok(())
+}
+
+/// Makes GRUB's EFI application (`BOOTX64.EFI`) at `out`.
+pub fn make_efi(esp_volume_id: u32, work: &Path, out: &Path) -> Result<()> {
+    let early = work.join("grub-early.cfg");
+    std::fs::write(&early, early_config(esp_volume_id))?;
+    let dir = modules_dir("x86_64-efi", "grub-efi-amd64-bin")?;
+    mkimage("x86_64-efi", &dir, &early, EFI_MODULES, out)
+}
+
+/// GRUB for BIOS: `core` is core.img for a disk (its first sector is diskboot), `cdrom`
+/// the no-emulation El Torito image (cdboot first), `boot_sector` GRUB's boot.img.
+pub struct BiosImages {
+    /// core.img for the BIOS boot partition.
+    pub core: Vec<u8>,
+    /// The El Torito image.
+    pub cdrom: Vec<u8>,
+    /// boot.img, the MBR boot code.
+    pub boot_sector: Vec<u8>,
+}
+
+/// Makes GRUB's BIOS images in `work`.
+pub fn make_bios(esp_volume_id: u32, work: &Path) -> Result<BiosImages> {
+    let early = work.join("grub-early.cfg");
+    std::fs::write(&early, early_config(esp_volume_id))?;
+    let dir = modules_dir("i386-pc", "grub-pc-bin")?;
+    let core = work.join("core.img");
+    let cdrom = work.join("eltorito.img");
+    mkimage("i386-pc", &dir, &early, BIOS_MODULES, &core)?;
+    mkimage("i386-pc-eltorito", &dir, &early, BIOS_MODULES, &cdrom)?;
+    let read =
+        |p: &Path| std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()));
+    Ok(BiosImages {
+        core: read(&core)?,
+        cdrom: read(&cdrom)?,
+        boot_sector: read(&dir.join("boot.img"))?,
+    })
+}

@@ -1,0 +1,100 @@
+//! Installing GRUB for BIOS (i386-pc) on a GPT disk, the part `grub-bios-setup` does
+//! (and refuses to do on a disk that is also an ISO 9660 volume): the 440 bytes of boot
+//! code in the MBR learn where core.img starts, and core.img's first sector learns where
+//! the rest of it is. The partition table in the MBR is kept as it is.
+
+/// Where boot.img keeps the 64-bit sector of core.img's first sector.
+const KERNEL_SECTOR: usize = 0x5c;
+/// Where boot.img keeps the BIOS drive to read from (0xff: the one the BIOS booted).
+const BOOT_DRIVE: usize = 0x64;
+/// A 2-byte jump that, when left in, trusts only drive numbers with the hard-disk bit;
+/// hard-disk installs replace it with two NOPs for BIOSes that pass a wrong number.
+const DRIVE_CHECK: usize = 0x66;
+/// Boot code ends here; the disk signature and partition table follow.
+const CODE_END: usize = 0x1b8;
+/// The boot signature.
+const SIGNATURE: usize = 0x1fe;
+/// core.img's first sector ends with its blocklist: start sector (u64), sector count
+/// (u16), load segment (u16).
+const BLOCKLIST: usize = 512 - 12;
+
+/// A GRUB image that does not look as expected.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GrubPcError {
+    /// boot.img is not a 512-byte sector ending in 55 AA.
+    #[error("boot.img: expected 512 bytes ending in 55 AA (GRUB's i386-pc boot sector)")]
+    BadBootImage,
+    /// core.img's first sector does not end with the expected blocklist.
+    #[error("core.img: expected at least 2 sectors with a blocklist loading at segment 0x820 in the first")]
+    BadCoreImage,
+}
+
+/// The MBR to write: `boot_img`'s code pointing at `core_lba`, with the disk signature,
+/// partition table and boot signature of `mbr` (the protective MBR already on the disk).
+pub fn boot_sector(
+    boot_img: &[u8],
+    mbr: &[u8; 512],
+    core_lba: u64,
+) -> Result<[u8; 512], GrubPcError> {
+    if boot_img.len() != 512 || boot_img[SIGNATURE..] != [0x55, 0xAA] {
+        return Err(GrubPcError::BadBootImage);
+    }
+    let mut out = *mbr;
+    out[..CODE_END].copy_from_slice(&boot_img[..CODE_END]);
+    out[KERNEL_SECTOR..KERNEL_SECTOR + 8].copy_from_slice(&core_lba.to_le_bytes());
+    out[BOOT_DRIVE] = 0xff;
+    out[DRIVE_CHECK..DRIVE_CHECK + 2].copy_from_slice(&[0x90, 0x90]);
+    out[SIGNATURE..].copy_from_slice(&[0x55, 0xAA]);
+    Ok(out)
+}
+
+/// Pads `core` (made by `grub-mkimage -O i386-pc`) to whole sectors and points its
+/// blocklist at the sectors after `core_lba`, where it will be written.
+pub fn place_core(core: &mut Vec<u8>, core_lba: u64) -> Result<(), GrubPcError> {
+    let sectors = core.len().div_ceil(512);
+    let segment = core
+        .get(BLOCKLIST + 10..BLOCKLIST + 12)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]));
+    if sectors < 2 || segment != Some(0x820) {
+        return Err(GrubPcError::BadCoreImage);
+    }
+    core.resize(sectors * 512, 0);
+    let rest = u16::try_from(sectors - 1).map_err(|_| GrubPcError::BadCoreImage)?;
+    core[BLOCKLIST..BLOCKLIST + 8].copy_from_slice(&(core_lba + 1).to_le_bytes());
+    core[BLOCKLIST + 8..BLOCKLIST + 10].copy_from_slice(&rest.to_le_bytes());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_sector_keeps_the_partition_table() {
+        let mut boot = vec![0xCCu8; 512];
+        boot[510] = 0x55;
+        boot[511] = 0xAA;
+        let mut mbr = [0u8; 512];
+        mbr[0x1be..0x1ce].copy_from_slice(&[7; 16]);
+        mbr[0x1b8..0x1bc].copy_from_slice(&[1, 2, 3, 4]);
+        let out = boot_sector(&boot, &mbr, 128).unwrap();
+        assert_eq!(&out[0x1b8..0x1fe], &mbr[0x1b8..0x1fe]);
+        assert_eq!(&out[0x5c..0x64], &128u64.to_le_bytes());
+        assert_eq!(out[0x64], 0xff);
+        assert_eq!(&out[0x66..0x68], &[0x90, 0x90]);
+        assert_eq!(&out[..2], &[0xCC, 0xCC]);
+        assert!(boot_sector(&boot[..511], &mbr, 1).is_err());
+    }
+
+    #[test]
+    fn core_blocklist_points_after_its_first_sector() {
+        let mut core = vec![0u8; 1000];
+        core[510..512].copy_from_slice(&0x820u16.to_le_bytes());
+        place_core(&mut core, 128).unwrap();
+        assert_eq!(core.len(), 1024);
+        assert_eq!(&core[500..508], &129u64.to_le_bytes());
+        assert_eq!(&core[508..510], &1u16.to_le_bytes());
+        assert!(place_core(&mut vec![0u8; 1000], 128).is_err());
+    }
+}
