@@ -66,6 +66,22 @@ pub fn run(image: &Path, json: bool) -> Result<()> {
             println!("   error: {e}");
         }
     }
+    if let Some(g) = &report.bios_boot {
+        let part = report
+            .partitions
+            .iter()
+            .find(|p| p.entry.first_lba <= g.core_sector && g.core_sector <= p.entry.last_lba);
+        println!(
+            "MBR: GRUB boot code (BIOS), core.img at sector {}{}, {} sectors",
+            g.core_sector,
+            part.map_or(String::new(), |p| format!(
+                " (p{} {})",
+                p.entry.number,
+                p.type_name.unwrap_or("")
+            )),
+            g.core_sectors
+        );
+    }
     if let Some(iso) = &report.iso {
         println!(
             "ISO 9660 view: volume {:?}, {}",

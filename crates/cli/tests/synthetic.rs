@@ -505,6 +505,17 @@ fn iso_view_is_read_by_xorriso_and_isoinfo_and_is_the_partitions_bytes() {
     );
     assert_eq!(mbr[0x1c2], 0xEE, "protective MBR partition type");
     assert_eq!(&mbr[510..], &[0x55, 0xAA]);
+    // inspect reads the same, and core.img's blocklist continues right after its first
+    // sector, inside the partition.
+    assert_eq!(
+        j["bios_boot"]["core_sector"].as_u64().unwrap(),
+        bios_off / 512
+    );
+    let core_sectors = j["bios_boot"]["core_sectors"].as_u64().unwrap();
+    assert!(
+        core_sectors > 1 && bios_off + core_sectors * 512 <= eltorito,
+        "{j}"
+    );
 
     // Debian's signed GRUB reads grub.cfg next to itself on a disc: the view holds one
     // that finds the ESP by its volume id and goes on with the ESP's menu.

@@ -66,6 +66,48 @@ pub fn place_core(core: &mut Vec<u8>, core_lba: u64) -> Result<(), GrubPcError> 
     Ok(())
 }
 
+/// GRUB's BIOS boot code as found on a disk: where it loads core.img from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InstalledGrub {
+    /// Sector of core.img's first sector, from the MBR.
+    pub core_sector: u64,
+    /// Sectors core.img spans, from its blocklist (0 when the blocklist does not follow
+    /// on directly, as oneimage and grub-bios-setup write it).
+    pub core_sectors: u64,
+}
+
+/// The sector GRUB's i386-pc boot code in `mbr` loads core.img from; `None` when the MBR
+/// holds no GRUB boot code.
+pub fn core_sector(mbr: &[u8; 512]) -> Option<u64> {
+    let code = &mbr[..CODE_END];
+    let grub = code.windows(5).any(|w| w == b"GRUB ");
+    grub.then(|| {
+        u64::from_le_bytes(
+            mbr[KERNEL_SECTOR..KERNEL_SECTOR + 8]
+                .try_into()
+                .expect("8 bytes"),
+        )
+    })
+}
+
+/// What the MBR and core.img's first sector (`core_first`) say about the installation.
+pub fn installed(core_sector: u64, core_first: &[u8; 512]) -> InstalledGrub {
+    let start = u64::from_le_bytes(
+        core_first[BLOCKLIST..BLOCKLIST + 8]
+            .try_into()
+            .expect("8 bytes"),
+    );
+    let len = u16::from_le_bytes([core_first[BLOCKLIST + 8], core_first[BLOCKLIST + 9]]);
+    InstalledGrub {
+        core_sector,
+        core_sectors: if start == core_sector + 1 {
+            1 + u64::from(len)
+        } else {
+            0
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +127,11 @@ mod tests {
         assert_eq!(&out[0x66..0x68], &[0x90, 0x90]);
         assert_eq!(&out[..2], &[0xCC, 0xCC]);
         assert!(boot_sector(&boot[..511], &mbr, 1).is_err());
+        assert_eq!(core_sector(&out), None, "no GRUB string in this fake");
+        let mut grub = boot.clone();
+        grub[0x180..0x185].copy_from_slice(b"GRUB ");
+        let out = boot_sector(&grub, &mbr, 128).unwrap();
+        assert_eq!(core_sector(&out), Some(128));
     }
 
     #[test]
@@ -96,5 +143,8 @@ mod tests {
         assert_eq!(&core[500..508], &129u64.to_le_bytes());
         assert_eq!(&core[508..510], &1u16.to_le_bytes());
         assert!(place_core(&mut vec![0u8; 1000], 128).is_err());
+        let first: [u8; 512] = core[..512].try_into().unwrap();
+        assert_eq!(installed(128, &first).core_sectors, 2);
+        assert_eq!(installed(64, &first).core_sectors, 0);
     }
 }

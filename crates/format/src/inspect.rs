@@ -42,6 +42,8 @@ pub struct Report {
     pub backup_at_end: bool,
     /// Partitions in table order.
     pub partitions: Vec<PartitionReport>,
+    /// GRUB's BIOS boot code in the MBR, if there is some.
+    pub bios_boot: Option<crate::grub_pc::InstalledGrub>,
     /// The image's ISO 9660 view and El Torito entries, if it has them.
     pub iso: Option<crate::iso9660::IsoSummary>,
 }
@@ -110,6 +112,29 @@ pub fn inspect<R: Read + Seek>(disk: &mut R) -> Result<Report, InspectError> {
         disk_guid: table.disk_guid,
         backup_at_end: table.backup_lba == size / ss - 1,
         partitions,
+        bios_boot: read_bios_boot(disk, size)?,
         iso: crate::iso9660::read_view(disk)?,
     })
+}
+
+fn read_bios_boot<R: Read + Seek>(
+    disk: &mut R,
+    size: u64,
+) -> io::Result<Option<crate::grub_pc::InstalledGrub>> {
+    let mut mbr = [0u8; 512];
+    disk.seek(SeekFrom::Start(0))?;
+    disk.read_exact(&mut mbr)?;
+    let Some(at) = crate::grub_pc::core_sector(&mbr) else {
+        return Ok(None);
+    };
+    let mut first = [0u8; 512];
+    if at.checked_add(1).is_none_or(|end| end * 512 > size) {
+        return Ok(Some(crate::grub_pc::InstalledGrub {
+            core_sector: at,
+            core_sectors: 0,
+        }));
+    }
+    disk.seek(SeekFrom::Start(at * 512))?;
+    disk.read_exact(&mut first)?;
+    Ok(Some(crate::grub_pc::installed(at, &first)))
 }
