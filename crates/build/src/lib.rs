@@ -161,7 +161,7 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
     .with_context(|| format!("{}: ESP", spec_path.display()))?;
     eprintln!("oneimage: ESP {} ready", format_size(esp_bytes));
     // x86_64 PCs without UEFI (or with it switched off) boot through GRUB for BIOS.
-    let bios = spec.architecture == "x86_64";
+    let bios = spec.boot.bios && spec.architecture == "x86_64";
     let bios_images = bios
         .then(|| grub::make_bios(ids.esp_volume_id, w))
         .transpose()

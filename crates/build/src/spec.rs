@@ -178,6 +178,13 @@ pub struct BootSpec {
     /// Boot through Debian's signed shim and GRUB, so the image boots with Secure Boot on.
     #[serde(default)]
     pub secure_boot: bool,
+    /// Also boot on PCs with a BIOS (or UEFI's legacy mode), from disk and DVD.
+    #[serde(default = "yes")]
+    pub bios: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn initramfs() -> String {
@@ -192,6 +199,7 @@ impl Default for BootSpec {
             title: None,
             initramfs: initramfs(),
             secure_boot: false,
+            bios: true,
         }
     }
 }

@@ -564,3 +564,40 @@ fn iso_view_is_read_by_xorriso_and_isoinfo_and_is_the_partitions_bytes() {
     assert_eq!(extents[0].0 * 2048, root_off, "{lsl}");
     assert_eq!(extents.iter().map(|e| e.1).sum::<u64>(), root_len, "{lsl}");
 }
+
+#[test]
+fn uefi_only_image_has_no_bios_boot_code() {
+    let d = tempfile::tempdir().unwrap();
+    write_tarball(&d.path().join("root.tar"), &full_items());
+    let s = spec(
+        d.path(),
+        "name = \"uefi-only\"\n[rootfs]\ntarball = \"root.tar\"\n[boot]\nbios = false\n",
+    );
+    let out = d.path().join("out");
+    ok(oneimage().arg("build").arg(&s).arg("-o").arg(&out));
+    let image = out.join("uefi-only.img");
+    let verify = ok(std::process::Command::new("sgdisk").arg("-v").arg(&image));
+    assert!(verify.contains("No problems found"), "{verify}");
+    let j = inspect(&image);
+    let types: Vec<&str> = j["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["type_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["esp", "root-x86-64"]);
+    assert!(j["bios_boot"].is_null(), "{j}");
+    // The MBR is a bare protective MBR: no boot code at all.
+    let mbr = std::fs::read(&image).unwrap()[..440].to_vec();
+    assert!(mbr.iter().all(|&b| b == 0));
+    let report = ok(std::process::Command::new("xorriso")
+        .arg("-indev")
+        .arg(&image)
+        .args(["-report_el_torito", "plain"]));
+    let boots: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("El Torito boot img"))
+        .collect();
+    assert_eq!(boots.len(), 1, "{report}");
+    assert!(boots[0].contains("UEFI"), "{report}");
+}
