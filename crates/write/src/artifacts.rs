@@ -191,28 +191,64 @@ pub fn emit(image: &Path, spec: &ArtifactsSpec) -> Result<Vec<PathBuf>> {
     }
     if spec.sha256sums {
         let out = image.with_file_name("SHA256SUMS");
-        let mut files: Vec<PathBuf> = std::iter::once(image.to_path_buf())
-            .chain(made.iter().cloned())
-            .collect();
-        files.sort();
-        let mut text = String::new();
-        for f in &files {
-            let h = bmap::sha256(BufReader::with_capacity(1 << 20, File::open(f)?))?;
+        let mut ours = Vec::new();
+        for f in std::iter::once(image.to_path_buf()).chain(made.iter().cloned()) {
+            let h = bmap::sha256(BufReader::with_capacity(1 << 20, File::open(&f)?))?;
             let n = f
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            text.push_str(&format!("{}  {n}\n", hex(&h)));
+            ours.push((n, hex(&h)));
         }
+        let text = merged_sums(&out, ours)?;
         atomically(&out, |w| Ok(w.write_all(text.as_bytes())?))?;
         made.push(out);
     }
     Ok(made)
 }
 
+/// The text of `SHA256SUMS` at `path` with `ours` (file name, hex digest) in it: lines of
+/// other images built into the same directory stay while their files exist, so several
+/// images can share one output directory; lines are sorted by file name.
+fn merged_sums(path: &Path, ours: Vec<(String, String)>) -> Result<String> {
+    let mut lines: std::collections::BTreeMap<String, String> = ours.into_iter().collect();
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if let Ok(old) = std::fs::read_to_string(path) {
+        for line in old.lines() {
+            let Some((digest, name)) = line.split_once("  ") else {
+                continue;
+            };
+            let name = name.trim_start_matches('*');
+            let plain = !name.contains('/') && !name.is_empty();
+            if plain && !lines.contains_key(name) && dir.join(name).is_file() {
+                lines.insert(name.to_string(), digest.to_string());
+            }
+        }
+    }
+    Ok(lines
+        .iter()
+        .map(|(name, digest)| format!("{digest}  {name}\n"))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sums_of_other_images_in_the_directory_are_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let sums = d.path().join("SHA256SUMS");
+        std::fs::write(d.path().join("a.img"), b"a").unwrap();
+        std::fs::write(
+            &sums,
+            "11  a.img\n22  gone.img\n33  b.img\nnot a sum line\n",
+        )
+        .unwrap();
+        let text = merged_sums(&sums, vec![("b.img".into(), "44".into())]).unwrap();
+        // a.img kept (it exists), gone.img dropped, b.img replaced by the new digest.
+        assert_eq!(text, "11  a.img\n44  b.img\n");
+    }
 
     #[test]
     fn defaults_and_unknown_keys() {
