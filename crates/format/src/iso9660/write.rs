@@ -86,8 +86,14 @@ struct Dir {
     lba: u64,
 }
 
+/// A directory's entry besides `.` and `..`: a subdirectory or a file, by index.
+enum Entry {
+    Dir(usize),
+    File(usize),
+}
+
 /// Directories in path-table order: by level, then by parent, then by name.
-fn directories(v: &IsoView) -> Result<Vec<Dir>, IsoError> {
+fn directories(v: &IsoView) -> Vec<Dir> {
     let mut all = BTreeSet::new();
     for f in &v.files {
         let mut p = parent_of(&f.path);
@@ -113,7 +119,7 @@ fn directories(v: &IsoView) -> Result<Vec<Dir>, IsoError> {
         }
         i += 1;
     }
-    Ok(dirs)
+    dirs
 }
 
 fn path_table(dirs: &[Dir], big: bool) -> Vec<u8> {
@@ -175,7 +181,7 @@ pub fn write_view<D: Read + Write + Seek>(img: &mut D, v: &IsoView) -> Result<()
     if let Some((off, len)) = v.efi_boot {
         check_extent("the EFI boot image", off, len, v.image_bytes)?;
     }
-    let dirs = directories(v)?;
+    let dirs = directories(v);
     for w in files.windows(2) {
         if w[0].path == w[1].path {
             return Err(IsoError::Duplicate(w[0].path.clone()));
@@ -211,24 +217,27 @@ pub fn write_view<D: Read + Write + Seek>(img: &mut D, v: &IsoView) -> Result<()
         dir_record(&mut out, &[0], d.lba, SECTOR, 2, v.epoch);
         dir_record(&mut out, &[1], dirs[d.parent].lba, SECTOR, 2, v.epoch);
         // Subdirectories and files together, sorted by name.
-        let mut entries: Vec<(String, Option<usize>, Option<usize>)> = Vec::new();
+        let mut entries: Vec<(String, Entry)> = Vec::new();
         for (j, sub) in dirs.iter().enumerate().skip(1) {
             if sub.parent == k {
-                entries.push((base_name(&sub.path).to_string(), Some(j), None));
+                entries.push((base_name(&sub.path).to_string(), Entry::Dir(j)));
             }
         }
         for (j, f) in files.iter().enumerate() {
             if parent_of(&f.path) == d.path {
-                entries.push((format!("{};1", base_name(&f.path)), None, Some(j)));
+                entries.push((format!("{};1", base_name(&f.path)), Entry::File(j)));
             }
         }
-        entries.sort();
-        for (name, sub, file) in entries {
-            if let Some(j) = sub {
-                dir_record(&mut out, name.as_bytes(), dirs[j].lba, SECTOR, 2, v.epoch);
-                continue;
-            }
-            let (mut off, mut left) = placed[file.expect("a file or a directory")];
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, entry) in entries {
+            let j = match entry {
+                Entry::Dir(j) => {
+                    dir_record(&mut out, name.as_bytes(), dirs[j].lba, SECTOR, 2, v.epoch);
+                    continue;
+                }
+                Entry::File(j) => j,
+            };
+            let (mut off, mut left) = placed[j];
             loop {
                 let part = left.min(MAX_EXTENT);
                 let last = part == left;
