@@ -77,12 +77,12 @@ pub struct Found {
 /// the disc `disk` (2048-byte sectors hide the image's GPT from the kernel); returns the
 /// loop device's name, or nothing for an empty drive.
 fn attach_disc(disk: &str) -> Result<Option<String>, String> {
-    /// errno of a drive without a disc.
-    const ENOMEDIUM: i32 = 123;
     let dev = format!("/dev/{disk}");
+    let no_medium = rustix::io::Errno::NOMEDIUM.raw_os_error();
     let backing = match std::fs::File::open(&dev) {
         Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(ENOMEDIUM) => return Ok(None),
+        // A drive without a disc.
+        Err(e) if e.raw_os_error() == Some(no_medium) => return Ok(None),
         Err(e) => return Err(format!("opening {dev}: {e}")),
     };
     // struct loop_config: fd, block_size, loop_info64 (lo_flags at byte 52), reserved.

@@ -52,7 +52,8 @@ pub fn finish(
             install_bios(&disk, part, images)
                 .with_context(|| format!("installing GRUB for BIOS in {}", disk_path.display()))?,
         ),
-        _ => None,
+        (None, None) => None,
+        _ => bail!("internal error: a BIOS boot partition needs GRUB's BIOS images, and only it"),
     };
     disk.sync_all()?;
     Ok(cdrom)

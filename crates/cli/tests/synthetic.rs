@@ -498,7 +498,7 @@ fn iso_view_is_read_by_xorriso_and_isoinfo_and_is_the_partitions_bytes() {
 
     // The MBR holds GRUB's boot code, pointing at the BIOS boot partition, and still
     // the protective partition table sgdisk accepted above.
-    let mbr = std::fs::read(&image).unwrap()[..512].to_vec();
+    let mbr = head(&image, 512);
     assert_eq!(
         u64::from_le_bytes(mbr[0x5c..0x64].try_into().unwrap()),
         bios_off / 512
@@ -588,7 +588,7 @@ fn uefi_only_image_has_no_bios_boot_code() {
     assert_eq!(types, ["esp", "root-x86-64"]);
     assert!(j["bios_boot"].is_null(), "{j}");
     // The MBR is a bare protective MBR: no boot code at all.
-    let mbr = std::fs::read(&image).unwrap()[..440].to_vec();
+    let mbr = head(&image, 440);
     assert!(mbr.iter().all(|&b| b == 0));
     let report = ok(std::process::Command::new("xorriso")
         .arg("-indev")

@@ -7,8 +7,9 @@
 const KERNEL_SECTOR: usize = 0x5c;
 /// Where boot.img keeps the BIOS drive to read from (0xff: the one the BIOS booted).
 const BOOT_DRIVE: usize = 0x64;
-/// A 2-byte jump that, when left in, trusts only drive numbers with the hard-disk bit;
-/// hard-disk installs replace it with two NOPs for BIOSes that pass a wrong number.
+/// A 2-byte jump over the code that forces the drive number to 0x80 when the BIOS passed
+/// one without the hard-disk bit; hard-disk installs replace it with two NOPs, so a BIOS
+/// that passes a wrong number still reads the disk it booted.
 const DRIVE_CHECK: usize = 0x66;
 /// Boot code ends here; the disk signature and partition table follow.
 const CODE_END: usize = 0x1b8;
@@ -23,11 +24,18 @@ const BLOCKLIST: usize = 512 - 12;
 #[non_exhaustive]
 pub enum GrubPcError {
     /// boot.img is not a 512-byte sector ending in 55 AA.
-    #[error("boot.img: expected 512 bytes ending in 55 AA (GRUB's i386-pc boot sector)")]
-    BadBootImage,
-    /// core.img's first sector does not end with the expected blocklist.
-    #[error("core.img: expected at least 2 sectors with a blocklist loading at segment 0x820 in the first")]
-    BadCoreImage,
+    #[error(
+        "boot.img is {0} bytes: expected GRUB's i386-pc boot sector, 512 bytes ending in 55 AA"
+    )]
+    BadBootImage(usize),
+    /// core.img is too small or too large, or its first sector has no blocklist.
+    #[error("core.img is {bytes} bytes with load segment {segment:#x}: expected 2 to 65536 sectors with a blocklist loading at segment 0x820 in the first")]
+    BadCoreImage {
+        /// Its size.
+        bytes: usize,
+        /// The load segment found in the blocklist (0 when too short to have one).
+        segment: u16,
+    },
 }
 
 /// The MBR to write: `boot_img`'s code pointing at `core_lba`, with the disk signature,
@@ -38,7 +46,7 @@ pub fn boot_sector(
     core_lba: u64,
 ) -> Result<[u8; 512], GrubPcError> {
     if boot_img.len() != 512 || boot_img[SIGNATURE..] != [0x55, 0xAA] {
-        return Err(GrubPcError::BadBootImage);
+        return Err(GrubPcError::BadBootImage(boot_img.len()));
     }
     let mut out = *mbr;
     out[..CODE_END].copy_from_slice(&boot_img[..CODE_END]);
@@ -55,12 +63,16 @@ pub fn place_core(core: &mut Vec<u8>, core_lba: u64) -> Result<(), GrubPcError> 
     let sectors = core.len().div_ceil(512);
     let segment = core
         .get(BLOCKLIST + 10..BLOCKLIST + 12)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]));
-    if sectors < 2 || segment != Some(0x820) {
-        return Err(GrubPcError::BadCoreImage);
+        .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+    let bad = GrubPcError::BadCoreImage {
+        bytes: core.len(),
+        segment,
+    };
+    if sectors < 2 || segment != 0x820 {
+        return Err(bad);
     }
+    let rest = u16::try_from(sectors - 1).map_err(|_| bad)?;
     core.resize(sectors * 512, 0);
-    let rest = u16::try_from(sectors - 1).map_err(|_| GrubPcError::BadCoreImage)?;
     core[BLOCKLIST..BLOCKLIST + 8].copy_from_slice(&(core_lba + 1).to_le_bytes());
     core[BLOCKLIST + 8..BLOCKLIST + 10].copy_from_slice(&rest.to_le_bytes());
     Ok(())
@@ -71,8 +83,8 @@ pub fn place_core(core: &mut Vec<u8>, core_lba: u64) -> Result<(), GrubPcError> 
 pub struct InstalledGrub {
     /// Sector of core.img's first sector, from the MBR.
     pub core_sector: u64,
-    /// Sectors core.img spans, from its blocklist (0 when the blocklist does not follow
-    /// on directly, as oneimage and grub-bios-setup write it).
+    /// Sectors core.img spans, from its blocklist; 0 unless the blocklist continues right
+    /// after the first sector (as oneimage and grub-bios-setup write it).
     pub core_sectors: u64,
 }
 

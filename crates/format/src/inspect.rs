@@ -128,13 +128,17 @@ fn read_bios_boot<R: Read + Seek>(
         return Ok(None);
     };
     let mut first = [0u8; 512];
-    if at.checked_add(1).is_none_or(|end| end * 512 > size) {
+    // The sector number comes from the disk: anything past its end reads as "not found".
+    let start = at
+        .checked_mul(512)
+        .filter(|s| s.checked_add(512).is_some_and(|e| e <= size));
+    let Some(start) = start else {
         return Ok(Some(crate::grub_pc::InstalledGrub {
             core_sector: at,
             core_sectors: 0,
         }));
-    }
-    disk.seek(SeekFrom::Start(at * 512))?;
+    };
+    disk.seek(SeekFrom::Start(start))?;
     disk.read_exact(&mut first)?;
     Ok(Some(crate::grub_pc::installed(at, &first)))
 }

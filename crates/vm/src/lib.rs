@@ -95,17 +95,27 @@ pub enum Media {
 impl std::str::FromStr for Media {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "disk" => Media::Disk,
-            "usb" => Media::Usb,
-            "cdrom" => Media::Cdrom,
-            "scsi-cdrom" => Media::ScsiCdrom,
-            other => bail!("media {other:?}: expected disk, usb, cdrom or scsi-cdrom"),
-        })
+        Media::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .with_context(|| format!("media {s:?}: expected disk, usb, cdrom or scsi-cdrom"))
     }
 }
 
 impl Media {
+    /// Every medium.
+    pub const ALL: [Media; 4] = [Media::Disk, Media::Usb, Media::Cdrom, Media::ScsiCdrom];
+
+    /// The name `--media` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Media::Disk => "disk",
+            Media::Usb => "usb",
+            Media::Cdrom => "cdrom",
+            Media::ScsiCdrom => "scsi-cdrom",
+        }
+    }
+
     fn is_disc(self) -> bool {
         matches!(self, Media::Cdrom | Media::ScsiCdrom)
     }
@@ -180,8 +190,8 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
     let cdrom = opts.media.is_disc();
     if cdrom && opts.disk_size.is_some() {
         bail!(
-            "--disk-size makes no sense for a DVD (--media {:?})",
-            opts.media
+            "--disk-size makes no sense for a DVD (--media {})",
+            opts.media.name()
         );
     }
     let drive = if cdrom {

@@ -200,7 +200,7 @@ pub fn emit(image: &Path, spec: &ArtifactsSpec) -> Result<Vec<PathBuf>> {
                 .unwrap_or_default();
             ours.push((n, hex(&h)));
         }
-        let text = merged_sums(&out, ours)?;
+        let text = merged_sums(&out, &name, ours)?;
         atomically(&out, |w| Ok(w.write_all(text.as_bytes())?))?;
         made.push(out);
     }
@@ -209,8 +209,9 @@ pub fn emit(image: &Path, spec: &ArtifactsSpec) -> Result<Vec<PathBuf>> {
 
 /// The text of `SHA256SUMS` at `path` with `ours` (file name, hex digest) in it: lines of
 /// other images built into the same directory stay while their files exist, so several
-/// images can share one output directory; lines are sorted by file name.
-fn merged_sums(path: &Path, ours: Vec<(String, String)>) -> Result<String> {
+/// images can share one output directory; old lines of `image` and its artifacts
+/// (`IMAGE.*`) go. Lines are sorted by file name.
+fn merged_sums(path: &Path, image: &str, ours: Vec<(String, String)>) -> Result<String> {
     let mut lines: std::collections::BTreeMap<String, String> = ours.into_iter().collect();
     let dir = path.parent().unwrap_or(Path::new("."));
     if let Ok(old) = std::fs::read_to_string(path) {
@@ -220,7 +221,8 @@ fn merged_sums(path: &Path, ours: Vec<(String, String)>) -> Result<String> {
             };
             let name = name.trim_start_matches('*');
             let plain = !name.contains('/') && !name.is_empty();
-            if plain && !lines.contains_key(name) && dir.join(name).is_file() {
+            let this_image = name == image || name.starts_with(&format!("{image}."));
+            if plain && !this_image && dir.join(name).is_file() {
                 lines.insert(name.to_string(), digest.to_string());
             }
         }
@@ -239,14 +241,17 @@ mod tests {
     fn sums_of_other_images_in_the_directory_are_kept() {
         let d = tempfile::tempdir().unwrap();
         let sums = d.path().join("SHA256SUMS");
-        std::fs::write(d.path().join("a.img"), b"a").unwrap();
+        for f in ["a.img", "b.img.xz"] {
+            std::fs::write(d.path().join(f), b"x").unwrap();
+        }
         std::fs::write(
             &sums,
-            "11  a.img\n22  gone.img\n33  b.img\nnot a sum line\n",
+            "11  a.img\n22  gone.img\n33  b.img\n55  b.img.xz\nnot a sum line\n",
         )
         .unwrap();
-        let text = merged_sums(&sums, vec![("b.img".into(), "44".into())]).unwrap();
-        // a.img kept (it exists), gone.img dropped, b.img replaced by the new digest.
+        let text = merged_sums(&sums, "b.img", vec![("b.img".into(), "44".into())]).unwrap();
+        // a.img kept (it exists), gone.img dropped, b.img replaced by the new digest, and
+        // b.img.xz, left over from an earlier build of b.img, no longer listed.
         assert_eq!(text, "11  a.img\n44  b.img\n");
     }
 

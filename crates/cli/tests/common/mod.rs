@@ -57,6 +57,17 @@ pub fn sha256(path: &Path) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The first `n` bytes of `path`.
+pub fn head(path: &Path, n: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut b = vec![0u8; n];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact(&mut b)
+        .unwrap();
+    b
+}
+
 /// The partitions of `image` as `oneimage inspect --json` reports them.
 pub fn inspect(image: &Path) -> serde_json::Value {
     let text = ok(oneimage().arg("inspect").arg("--json").arg(image));

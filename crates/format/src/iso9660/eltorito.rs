@@ -61,7 +61,7 @@ pub(super) fn catalog(bios: Option<(u64, u64)>, efi: Option<(u64, u64)>) -> Vec<
 /// bytes are `image`, on a volume whose primary descriptor is at sector `pvd_lba`:
 /// both locations, the image length and the sum of its 32-bit words from byte 64 on.
 /// It goes at byte 8 of the image.
-pub fn boot_info_table(image: &[u8], pvd_lba: u32, image_lba: u32) -> [u8; 16] {
+pub(super) fn boot_info_table(image: &[u8], pvd_lba: u32, image_lba: u32) -> [u8; 16] {
     let mut sum = 0u32;
     for w in image.get(64..).unwrap_or_default().chunks(4) {
         let mut b = [0u8; 4];
@@ -80,6 +80,12 @@ pub fn boot_info_table(image: &[u8], pvd_lba: u32, image_lba: u32) -> [u8; 16] {
 pub(super) fn parse_catalog(cat: &[u8]) -> Vec<BootCatalogEntry> {
     let mut out = Vec::new();
     if cat.len() < 64 || cat[0] != 1 || cat[30] != 0x55 || cat[31] != 0xAA {
+        return out;
+    }
+    let sum = cat[..32].chunks(2).fold(0u16, |s, w| {
+        s.wrapping_add(u16::from_le_bytes([w[0], w[1]]))
+    });
+    if sum != 0 {
         return out;
     }
     let name = |p: u8| match p {

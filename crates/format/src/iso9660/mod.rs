@@ -8,7 +8,6 @@ mod eltorito;
 mod read;
 mod write;
 
-pub use eltorito::boot_info_table;
 pub use read::read_view;
 pub use write::write_view;
 
@@ -47,7 +46,8 @@ pub enum FileData {
 /// A file of the view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IsoFile {
-    /// Path without version, `/`-separated d-characters: `ESP.IMG`, `EFI/BOOT/GRUB.CFG`.
+    /// Path without version, `/`-separated d-characters; the file name has one `.`:
+    /// `ESP.IMG`, `EFI/BOOT/GRUB.CFG`.
     pub path: String,
     /// Its bytes.
     pub data: FileData,
@@ -86,17 +86,31 @@ pub enum IsoError {
         max: usize,
     },
     /// A file or boot image is not sector-aligned or lies outside the image.
-    #[error("{0} is not 2048-byte aligned or lies outside the image")]
-    BadExtent(String),
-    /// The same path was given twice, or as both a file and a directory.
-    #[error("path {0} is given twice (or as a file and a directory)")]
+    #[error("{what} at byte {offset}, {len} bytes long: expected a multiple of 2048 from 64 KiB (after the view) to the image's end at {image_bytes}")]
+    BadExtent {
+        /// Which file or boot image.
+        what: String,
+        /// Its offset.
+        offset: u64,
+        /// Its length.
+        len: u64,
+        /// The image size.
+        image_bytes: u64,
+    },
+    /// The same path was given twice.
+    #[error("path {0} is given twice")]
     Duplicate(String),
     /// A directory does not fit its one sector.
     #[error("directory /{0} needs more than one sector")]
     TooManyFiles(String),
-    /// Directories and inline files do not fit sectors 22 to 31.
-    #[error("the view's directories and inline files need {0} sectors; 10 are free")]
-    ViewFull(u64),
+    /// Directories and inline files do not fit the view's free sectors.
+    #[error("the view's directories and inline files need {needed} sectors; {free} are free")]
+    ViewFull {
+        /// Sectors needed.
+        needed: u64,
+        /// Sectors free for them.
+        free: u64,
+    },
     /// Writing failed.
     #[error(transparent)]
     Io(#[from] io::Error),

@@ -84,6 +84,15 @@ pub fn read_view<R: Read + Seek>(r: &mut R) -> io::Result<Option<IsoSummary>> {
         }
     }
     let mut boot_entries = Vec::new();
+    if len < (BOOT_RECORD + 1) * SECTOR {
+        return Ok(Some(IsoSummary {
+            volume_id,
+            volume_bytes,
+            files,
+            boot_entries,
+        }));
+    }
+    // El Torito puts its boot record right after the primary descriptor.
     let br = read_sector(r, BOOT_RECORD)?;
     if br[0] == 0 && &br[1..6] == b"CD001" && br[7..30] == *b"EL TORITO SPECIFICATION" {
         let at = le32(&br, 0x47);

@@ -7,6 +7,7 @@ use super::{
     both16, both32, civil, FileData, IsoError, IsoView, BOOT_RECORD, CATALOG, END, FIRST_DIR,
     MAX_EXTENT, PATH_L, PATH_M, PVD, SECTOR, TERMINATOR,
 };
+use std::cmp::Ordering;
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom, Write};
 
@@ -31,11 +32,15 @@ fn volume_date(epoch: i64) -> [u8; 17] {
     b
 }
 
+/// Checks a d-character identifier; a file name (`dot`) has exactly one `.` between its
+/// name and extension (ECMA-119 7.5.1).
 fn check_name(what: &'static str, v: &str, max: usize, dot: bool) -> Result<(), IsoError> {
+    let dots = v.chars().filter(|&c| c == '.').count();
     let ok = !v.is_empty()
         && v.len() <= max
+        && dots == usize::from(dot)
         && v.chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_' || (dot && c == '.'));
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_' || c == '.');
     if ok {
         Ok(())
     } else {
@@ -69,6 +74,32 @@ fn padded(text: &str, len: usize) -> Vec<u8> {
     let mut b = text.as_bytes().to_vec();
     b.resize(len, b' ');
     b
+}
+
+/// Compares two identifiers as if the shorter were padded with spaces (ECMA-119 9.3).
+fn padded_cmp(a: &str, b: &str) -> Ordering {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    (0..a.len().max(b.len()))
+        .map(|i| {
+            (
+                a.get(i).copied().unwrap_or(b' '),
+                b.get(i).copied().unwrap_or(b' '),
+            )
+        })
+        .find(|(x, y)| x != y)
+        .map_or(Ordering::Equal, |(x, y)| x.cmp(&y))
+}
+
+/// Directory record order (ECMA-119 9.3): by name, then by extension, each padded.
+fn record_order(a: &str, b: &str) -> Ordering {
+    let split = |n: &str| -> (String, String) {
+        match n.split_once('.') {
+            Some((name, ext)) => (name.to_string(), ext.to_string()),
+            None => (n.to_string(), String::new()),
+        }
+    };
+    let ((an, ae), (bn, be)) = (split(a), split(b));
+    padded_cmp(&an, &bn).then_with(|| padded_cmp(&ae, &be))
 }
 
 fn parent_of(path: &str) -> &str {
@@ -151,9 +182,17 @@ fn path_table(dirs: &[Dir], big: bool) -> Vec<u8> {
     p
 }
 
-fn check_extent(what: &str, off: u64, len: u64, image_bytes: u64) -> Result<(), IsoError> {
-    if off % SECTOR != 0 || off < END || off + len > image_bytes {
-        return Err(IsoError::BadExtent(what.to_string()));
+fn check_extent(what: &str, offset: u64, len: u64, image_bytes: u64) -> Result<(), IsoError> {
+    let fits = offset
+        .checked_add(len)
+        .is_some_and(|end| end <= image_bytes);
+    if offset % SECTOR != 0 || offset < END || !fits {
+        return Err(IsoError::BadExtent {
+            what: what.to_string(),
+            offset,
+            len,
+            image_bytes,
+        });
     }
     Ok(())
 }
@@ -187,9 +226,6 @@ pub fn write_view<D: Read + Write + Seek>(img: &mut D, v: &IsoView) -> Result<()
             return Err(IsoError::Duplicate(w[0].path.clone()));
         }
     }
-    if let Some(f) = files.iter().find(|f| dirs.iter().any(|d| d.path == f.path)) {
-        return Err(IsoError::Duplicate(f.path.clone()));
-    }
 
     // Each file's bytes as (offset, length); inline data follows the directories.
     let mut next = FIRST_DIR + dirs.len() as u64;
@@ -207,7 +243,10 @@ pub fn write_view<D: Read + Write + Seek>(img: &mut D, v: &IsoView) -> Result<()
         });
     }
     if next > END / SECTOR {
-        return Err(IsoError::ViewFull(next - FIRST_DIR));
+        return Err(IsoError::ViewFull {
+            needed: next - FIRST_DIR,
+            free: END / SECTOR - FIRST_DIR,
+        });
     }
     let volume_sectors = v.image_bytes.div_ceil(SECTOR) as u32;
 
@@ -217,26 +256,27 @@ pub fn write_view<D: Read + Write + Seek>(img: &mut D, v: &IsoView) -> Result<()
         dir_record(&mut out, &[0], d.lba, SECTOR, 2, v.epoch);
         dir_record(&mut out, &[1], dirs[d.parent].lba, SECTOR, 2, v.epoch);
         // Subdirectories and files together, sorted by name.
-        let mut entries: Vec<(String, Entry)> = Vec::new();
+        let mut entries: Vec<(&str, Entry)> = Vec::new();
         for (j, sub) in dirs.iter().enumerate().skip(1) {
             if sub.parent == k {
-                entries.push((base_name(&sub.path).to_string(), Entry::Dir(j)));
+                entries.push((base_name(&sub.path), Entry::Dir(j)));
             }
         }
         for (j, f) in files.iter().enumerate() {
             if parent_of(&f.path) == d.path {
-                entries.push((format!("{};1", base_name(&f.path)), Entry::File(j)));
+                entries.push((base_name(&f.path), Entry::File(j)));
             }
         }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.sort_by(|a, b| record_order(a.0, b.0));
         for (name, entry) in entries {
             let j = match entry {
+                Entry::File(j) => j,
                 Entry::Dir(j) => {
                     dir_record(&mut out, name.as_bytes(), dirs[j].lba, SECTOR, 2, v.epoch);
                     continue;
                 }
-                Entry::File(j) => j,
             };
+            let name = format!("{name};1");
             let (mut off, mut left) = placed[j];
             loop {
                 let part = left.min(MAX_EXTENT);
@@ -310,6 +350,13 @@ pub fn write_view<D: Read + Write + Seek>(img: &mut D, v: &IsoView) -> Result<()
     let sector = |mut b: Vec<u8>| {
         b.resize(SECTOR as usize, 0);
         b
+    };
+    // Without boot images there is no El Torito boot record: the set ends right away.
+    let booting = v.bios_boot.is_some() || v.efi_boot.is_some();
+    let (br, term) = if booting {
+        (br, term)
+    } else {
+        (term, vec![0u8; SECTOR as usize])
     };
     let mut sectors = vec![
         (PVD, pvd),
@@ -438,7 +485,7 @@ mod tests {
         let v = view(vec![extent("A.IMG", 4096, 1)]);
         assert!(matches!(
             write_view(&mut img, &v),
-            Err(IsoError::BadExtent(_))
+            Err(IsoError::BadExtent { .. })
         ));
         let v = view(vec![IsoFile {
             path: "BIG.CFG".into(),
@@ -446,7 +493,75 @@ mod tests {
         }]);
         assert!(matches!(
             write_view(&mut img, &v),
-            Err(IsoError::ViewFull(_))
+            Err(IsoError::ViewFull { .. })
         ));
+    }
+
+    #[test]
+    fn refuses_full_directories_and_names_without_one_dot() {
+        let mut img = Cursor::new(vec![0u8; 8 << 20]);
+        let many = (0..80)
+            .map(|i| extent(&format!("FILE{i:04}.IMG"), 1 << 20, 1))
+            .collect();
+        assert!(matches!(
+            write_view(&mut img, &view(many)),
+            Err(IsoError::TooManyFiles(_))
+        ));
+        // File names have one dot, directory names none: they cannot collide.
+        let v = view(vec![
+            extent("EFI", 1 << 20, 1),
+            extent("EFI/A.B", 1 << 20, 1),
+        ]);
+        assert!(matches!(
+            write_view(&mut img, &v),
+            Err(IsoError::BadName { .. })
+        ));
+        let v = view(vec![extent("A.B/C.D", 1 << 20, 1)]);
+        assert!(matches!(
+            write_view(&mut img, &v),
+            Err(IsoError::BadName { .. })
+        ));
+        let v = view(vec![extent("A.B.C", 1 << 20, 1)]);
+        assert!(matches!(
+            write_view(&mut img, &v),
+            Err(IsoError::BadName { .. })
+        ));
+    }
+
+    #[test]
+    fn records_sorted_by_name_then_extension() {
+        let mut img = Cursor::new(vec![0u8; 8 << 20]);
+        let names = ["AB.C", "A.B0", "AB.", "A.B", "B", "A_"];
+        let files = names
+            .iter()
+            .filter(|n| n.contains('.'))
+            .map(|n| extent(n, 1 << 20, 1))
+            .chain([extent("B/X.Y", 1 << 20, 1), extent("A_/X.Y", 1 << 20, 1)])
+            .collect();
+        write_view(&mut img, &view(files)).unwrap();
+        let root = &img.get_ref()[(FIRST_DIR * SECTOR) as usize..][..SECTOR as usize];
+        let mut seen = Vec::new();
+        let mut o = 0;
+        while root[o] != 0 {
+            let n = root[o + 32] as usize;
+            seen.push(String::from_utf8_lossy(&root[o + 33..o + 33 + n]).into_owned());
+            o += root[o] as usize;
+        }
+        assert_eq!(
+            seen[2..],
+            ["A.B;1", "A.B0;1", "AB.;1", "AB.C;1", "A_", "B"].map(String::from)
+        );
+    }
+
+    #[test]
+    fn no_boot_images_no_boot_record() {
+        let mut img = Cursor::new(vec![0u8; 8 << 20]);
+        let mut v = view(vec![extent("ESP.IMG", 1 << 20, 1)]);
+        v.bios_boot = None;
+        v.efi_boot = None;
+        write_view(&mut img, &v).unwrap();
+        let b = img.get_ref();
+        assert_eq!(b[(BOOT_RECORD * SECTOR) as usize], 255, "terminator at 17");
+        assert_eq!(read_view(&mut img).unwrap().unwrap().boot_entries, vec![]);
     }
 }
