@@ -167,6 +167,10 @@ fn run(cli: Cli) -> Result<()> {
                     "qemu exited ({code:?}) before {:?} appeared; last console lines:\n{tail}",
                     expect.unwrap_or_default()
                 ),
+                Outcome::NothingToBoot { tail } => bail!(
+                    "the firmware found nothing it could boot (it started its built-in shell) before {:?} appeared; last console lines:\n{tail}",
+                    expect.unwrap_or_default()
+                ),
                 Outcome::TimedOut { tail } => bail!(
                     "timed out after {} s waiting for {:?}; last console lines:\n{tail}",
                     timeout.unwrap_or(0),

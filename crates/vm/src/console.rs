@@ -49,7 +49,17 @@ pub enum Outcome {
         /// Last console lines.
         tail: String,
     },
+    /// The firmware found nothing it could boot (OVMF started its built-in shell) before
+    /// the expected text appeared; QEMU was stopped.
+    NothingToBoot {
+        /// Last console lines.
+        tail: String,
+    },
 }
+
+/// The banner of OVMF's built-in shell, which it starts when every boot option failed;
+/// waiting longer would only wait for the timeout.
+const FIRMWARE_GAVE_UP: &str = "UEFI Interactive Shell";
 
 const KEEP: usize = 64 * 1024;
 
@@ -137,6 +147,15 @@ pub fn watch(mut child: Child, e: &Expect) -> Result<Outcome> {
                         let _ = child.wait();
                         return Ok(Outcome::Found);
                     }
+                }
+                let gave_up = FIRMWARE_GAVE_UP.as_bytes();
+                let from = search_from.saturating_sub(gave_up.len());
+                if e.text.is_some() && buf[from..].windows(gave_up.len()).any(|w| w == gave_up) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Ok(Outcome::NothingToBoot {
+                        tail: last_lines(&buf, 30),
+                    });
                 }
                 if buf.len() > 2 * KEEP {
                     buf.drain(..buf.len() - KEEP);
