@@ -6,6 +6,7 @@
 #   scripts/boot-matrix.sh   (uses the root filesystem the tests cache, or makes one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/setup.sh
 scripts/build-agent.sh
 cargo build --release --locked -q
 bin=$PWD/target/release/oneimage
