@@ -228,10 +228,7 @@ fn assert_grown(image: &Path, dir: &Path) {
 fn assert_disc_route_intact(image: &Path, dir: &Path) {
     let info = ok(Command::new("isoinfo").arg("-d").arg("-i").arg(image));
     assert!(info.contains("Volume id: DEBIAN_DEMO"), "{info}");
-    let report = ok(Command::new("xorriso")
-        .arg("-indev")
-        .arg(image)
-        .args(["-report_el_torito", "plain"]));
+    let report = el_torito_report(image);
     for want in [
         "El Torito img path :   1  /BOOT/BIOS.IMG",
         "El Torito img opts :   1  boot-info-table",
@@ -240,11 +237,7 @@ fn assert_disc_route_intact(image: &Path, dir: &Path) {
         assert!(report.contains(want), "{want:?} missing:\n{report}");
     }
     let via_iso = dir.join("esp-via-iso.img");
-    ok(Command::new("xorriso")
-        .args(["-osirrox", "on", "-indev"])
-        .arg(image)
-        .args(["-extract", "/ESP.IMG"])
-        .arg(&via_iso));
+    xorriso_extract(image, "/ESP.IMG", &via_iso);
     let esp = extract_partition(image, 1, dir);
     assert_eq!(sha256(&via_iso), sha256(&esp));
     std::fs::remove_file(via_iso).unwrap();

@@ -449,14 +449,8 @@ fn iso_view_is_read_by_xorriso_and_isoinfo_and_is_the_partitions_bytes() {
 
     // xorriso sees both El Torito entries: GRUB's BIOS image (with a boot info table it
     // checks) and the ESP for UEFI.
-    let report = ok(std::process::Command::new("xorriso")
-        .args(["-indev"])
-        .arg(&image)
-        .args(["-report_el_torito", "plain"]));
-    let boots: Vec<&str> = report
-        .lines()
-        .filter(|l| l.starts_with("El Torito boot img"))
-        .collect();
+    let report = el_torito_report(&image);
+    let boots = boot_image_lines(&report);
     assert_eq!(boots.len(), 2, "{report}");
     assert!(
         boots[0].contains("BIOS") && boots[0].contains(" y "),
@@ -520,11 +514,7 @@ fn iso_view_is_read_by_xorriso_and_isoinfo_and_is_the_partitions_bytes() {
     // Debian's signed GRUB reads grub.cfg next to itself on a disc: the view holds one
     // that finds the ESP by its volume id and goes on with the ESP's menu.
     let cfg = d.path().join("grub.cfg");
-    ok(std::process::Command::new("xorriso")
-        .args(["-osirrox", "on", "-indev"])
-        .arg(&image)
-        .args(["-extract", "/EFI/BOOT/GRUB.CFG"])
-        .arg(&cfg));
+    xorriso_extract(&image, "/EFI/BOOT/GRUB.CFG", &cfg);
     let cfg = std::fs::read_to_string(&cfg).unwrap();
     let esp_uuid = parts[0]["filesystem"]["uuid"].as_str().unwrap();
     assert!(
@@ -535,11 +525,7 @@ fn iso_view_is_read_by_xorriso_and_isoinfo_and_is_the_partitions_bytes() {
 
     // The ESP, read through the ISO view by xorriso, is the ESP partition's bytes.
     let via_iso = d.path().join("esp-via-iso.img");
-    ok(std::process::Command::new("xorriso")
-        .args(["-osirrox", "on", "-indev"])
-        .arg(&image)
-        .args(["-extract", "/ESP.IMG"])
-        .arg(&via_iso));
+    xorriso_extract(&image, "/ESP.IMG", &via_iso);
     let esp = extract_partition(&image, 1, d.path());
     assert_eq!(sha256(&via_iso), sha256(&esp));
     // The root (over 4 GiB, so in several extents) has the partition's exact size and
@@ -590,14 +576,8 @@ fn uefi_only_image_has_no_bios_boot_code() {
     // The MBR is a bare protective MBR: no boot code at all.
     let mbr = head(&image, 440);
     assert!(mbr.iter().all(|&b| b == 0));
-    let report = ok(std::process::Command::new("xorriso")
-        .arg("-indev")
-        .arg(&image)
-        .args(["-report_el_torito", "plain"]));
-    let boots: Vec<&str> = report
-        .lines()
-        .filter(|l| l.starts_with("El Torito boot img"))
-        .collect();
+    let report = el_torito_report(&image);
+    let boots = boot_image_lines(&report);
     assert_eq!(boots.len(), 1, "{report}");
     assert!(boots[0].contains("UEFI"), "{report}");
 }

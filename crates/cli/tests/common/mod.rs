@@ -68,6 +68,31 @@ pub fn head(path: &Path, n: usize) -> Vec<u8> {
     b
 }
 
+/// xorriso's report of the El Torito boot catalog of `image`.
+pub fn el_torito_report(image: &Path) -> String {
+    ok(Command::new("xorriso")
+        .arg("-indev")
+        .arg(image)
+        .args(["-report_el_torito", "plain"]))
+}
+
+/// The lines of an El Torito report that describe boot images, in catalog order.
+pub fn boot_image_lines(report: &str) -> Vec<&str> {
+    report
+        .lines()
+        .filter(|l| l.starts_with("El Torito boot img"))
+        .collect()
+}
+
+/// Extracts the file `iso_path` of `image`'s ISO 9660 view to `out` with xorriso.
+pub fn xorriso_extract(image: &Path, iso_path: &str, out: &Path) {
+    ok(Command::new("xorriso")
+        .args(["-osirrox", "on", "-indev"])
+        .arg(image)
+        .args(["-extract", iso_path])
+        .arg(out));
+}
+
 /// The partitions of `image` as `oneimage inspect --json` reports them.
 pub fn inspect(image: &Path) -> serde_json::Value {
     let text = ok(oneimage().arg("inspect").arg("--json").arg(image));
