@@ -133,20 +133,12 @@ pub fn write_iso_view(
         path: path.to_string(),
         data: FileData::Extent { offset, len },
     };
-    let prefix = crate::grub::PREFIX;
-    let redirect = format!(
-        "# Written by oneimage: go on with the ESP's boot menu.\n\
-         search --no-floppy --fs-uuid --set=root {}\n\
-         set prefix=($root){prefix}\n\
-         source ($root){prefix}/grub.cfg\n",
-        crate::grub::fat_uuid(esp_volume_id)
-    );
     let mut files = vec![
         extent("ESP.IMG", plan.esp.offset(SECTOR), plan.esp.len(SECTOR)),
         extent("ROOT.IMG", plan.root.offset(SECTOR), plan.root.len(SECTOR)),
         IsoFile {
             path: "EFI/BOOT/GRUB.CFG".into(),
-            data: FileData::Inline(redirect.into_bytes()),
+            data: FileData::Inline(crate::grub::disc_config(esp_volume_id).into_bytes()),
         },
     ];
     if let Some((offset, len)) = bios_cdrom {

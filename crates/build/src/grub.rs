@@ -50,16 +50,28 @@ pub const PREFIX: &str = "/EFI/BOOT";
 /// The embedded configuration. It runs before normal mode, in GRUB's rescue parser, so
 /// it has no `if`. From a disc, GRUB starts on the whole disc (cd0, or cd under BIOS)
 /// and still reads the GPT on it, so the same search finds the ESP there.
-pub fn early_config(esp_volume_id: u32) -> String {
+fn early_config(esp_volume_id: u32) -> String {
     format!(
         "search --no-floppy --fs-uuid --set=root {}\nset prefix=($root){PREFIX}\n",
-        fat_uuid(esp_volume_id)
+        oneimage_format::fat::volume_id_text(esp_volume_id)
     )
 }
 
-/// A FAT volume id as GRUB and blkid spell it: `78D0-DCFD`.
-pub fn fat_uuid(volume_id: u32) -> String {
-    format!("{:04X}-{:04X}", volume_id >> 16, volume_id & 0xffff)
+/// The `grub.cfg` the ISO view holds in `EFI/BOOT`: Debian's signed GRUB, started from a
+/// disc, reads it (not the ESP's) and is sent on, by the same search as the embedded
+/// configuration, to the ESP's boot menu.
+pub fn disc_config(esp_volume_id: u32) -> String {
+    format!(
+        "# Written by oneimage: go on with the ESP's boot menu.\n{}source ($root){PREFIX}/grub.cfg\n",
+        early_config(esp_volume_id)
+    )
+}
+
+/// Writes the embedded configuration into `work` for grub-mkimage; returns its path.
+fn early_config_file(esp_volume_id: u32, work: &Path) -> Result<PathBuf> {
+    let path = work.join("grub-early.cfg");
+    std::fs::write(&path, early_config(esp_volume_id))?;
+    Ok(path)
 }
 
 fn modules_dir(platform: &str, package: &str) -> Result<PathBuf> {
@@ -91,8 +103,7 @@ fn mkimage(format: &str, dir: &Path, early: &Path, extra: &[&str], out: &Path) -
 
 /// Makes GRUB's EFI application (`BOOTX64.EFI`) at `out`.
 pub fn make_efi(esp_volume_id: u32, work: &Path, out: &Path) -> Result<()> {
-    let early = work.join("grub-early.cfg");
-    std::fs::write(&early, early_config(esp_volume_id))?;
+    let early = early_config_file(esp_volume_id, work)?;
     let dir = modules_dir("x86_64-efi", "grub-efi-amd64-bin")?;
     mkimage("x86_64-efi", &dir, &early, EFI_MODULES, out)
 }
@@ -110,8 +121,7 @@ pub struct BiosImages {
 
 /// Makes GRUB's BIOS images in `work`.
 pub fn make_bios(esp_volume_id: u32, work: &Path) -> Result<BiosImages> {
-    let early = work.join("grub-early.cfg");
-    std::fs::write(&early, early_config(esp_volume_id))?;
+    let early = early_config_file(esp_volume_id, work)?;
     let dir = modules_dir("i386-pc", "grub-pc-bin")?;
     let core = work.join("core.img");
     let cdrom = work.join("eltorito.img");

@@ -6,6 +6,7 @@ mod write_cmd;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use oneimage_vm::{FirmwareKind, Media};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -76,17 +77,31 @@ enum Cmd {
         poweroff: bool,
         /// Firmware: uefi, uefi-secure-boot (OVMF with Microsoft's keys, enforcing), or
         /// bios (SeaBIOS).
-        #[arg(long, default_value = "uefi", value_parser = ["uefi", "uefi-secure-boot", "bios"])]
-        firmware: String,
+        #[arg(long, default_value = "uefi", value_parser = firmware_names())]
+        firmware: FirmwareKind,
         /// Attach the image as an internal disk, a USB stick, a DVD in a SATA drive, or a
         /// DVD in a SCSI drive.
-        #[arg(long, default_value = "disk", value_parser = ["disk", "usb", "cdrom", "scsi-cdrom"])]
-        media: String,
+        #[arg(long, default_value = "disk", value_parser = media_names())]
+        media: Media,
     },
     /// Write an image (raw or compressed) to a USB stick, disk or file, safely and verified.
     Write(write_cmd::WriteArgs),
     /// Create a block map (bmap 2.0) for an image.
     Bmap(bmap_cmd::BmapArgs),
+}
+
+/// `--firmware` takes the names the VM runner defines.
+fn firmware_names() -> impl clap::builder::TypedValueParser<Value = FirmwareKind> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(FirmwareKind::ALL.map(FirmwareKind::name))
+        .map(|s| s.parse::<FirmwareKind>().expect("one of the listed names"))
+}
+
+/// `--media` takes the names the VM runner defines.
+fn media_names() -> impl clap::builder::TypedValueParser<Value = Media> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Media::ALL.map(Media::name))
+        .map(|s| s.parse::<Media>().expect("one of the listed names"))
 }
 
 fn main() {
@@ -145,8 +160,8 @@ fn run(cli: Cli) -> Result<()> {
                 console_log,
                 entry,
                 poweroff,
-                firmware: firmware.parse()?,
-                media: media.parse()?,
+                firmware,
+                media,
             };
             use oneimage_vm::Outcome;
             match oneimage_vm::run(&opts)? {

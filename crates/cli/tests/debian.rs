@@ -178,17 +178,28 @@ fn demo_boots_with_snapshot_and_leaves_the_file_untouched() {
     );
 }
 
-/// Boots `image` in place until the marker, then powers it off cleanly; returns the console.
-fn boot_in_place(image: &Path, extra: &[&str]) -> String {
-    let log = image.with_extension("console.log");
+/// Boots `image` headless with `args` until `expect` appears on the serial console;
+/// returns the console.
+fn boot_until(image: &Path, expect: &str, args: &[&str]) -> String {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("console.log");
     ok(oneimage()
         .arg("qemu")
         .arg(image)
-        .args(["--headless", "--quiet", "--expect", MARKER, "--poweroff"])
+        .args(["--headless", "--quiet", "--expect", expect])
         .args(["--timeout", "900", "--console-log"])
         .arg(&log)
-        .args(extra));
+        .args(args));
     String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned()
+}
+
+/// Boots `image` in place until the marker, then powers it off cleanly; returns the console.
+fn boot_in_place(image: &Path, extra: &[&str]) -> String {
+    let args: Vec<&str> = ["--poweroff"]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    boot_until(image, MARKER, &args)
 }
 
 /// The root filesystem size the booted demo reported on its console.
@@ -298,19 +309,7 @@ fn growth_survives_power_loss_at_several_points() {
         let image = demo_copy(d.path(), "stick.img");
         let size = std::fs::metadata(&image).unwrap().len() * 3;
         // QEMU is killed the moment the agent reports this step: the power fails.
-        ok(oneimage()
-            .arg("qemu")
-            .arg(&image)
-            .args([
-                "--headless",
-                "--quiet",
-                "--expect",
-                point,
-                "--timeout",
-                "900",
-            ])
-            .arg("--disk-size")
-            .arg(size.to_string()));
+        boot_until(&image, point, &["--disk-size", &size.to_string()]);
         let console = boot_in_place(&image, &[]);
         assert!(
             console.contains(MARKER),
@@ -384,14 +383,7 @@ fn boot_broken(damage: impl FnOnce(&Path), expect: &str) -> String {
     let d = tempfile::tempdir().unwrap();
     let image = demo_copy(d.path(), "broken.img");
     damage(&image);
-    let log = d.path().join("console.log");
-    ok(oneimage()
-        .arg("qemu")
-        .arg(&image)
-        .args(["--snapshot", "--headless", "--quiet", "--expect", expect])
-        .args(["--timeout", "900", "--console-log"])
-        .arg(&log));
-    let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    let console = boot_until(&image, expect, &["--snapshot"]);
     assert!(!console.contains("Kernel panic"), "{console}");
     console
 }
@@ -444,27 +436,15 @@ fn live_boot_writes_nothing_to_the_disk() {
     let image = demo_copy(d.path(), "stick.img");
     let before = sha256(&image);
     let len = std::fs::metadata(&image).unwrap().len();
-    let log = d.path().join("console.log");
     // In place (no --snapshot), on a disk twice the image: only the live mode stands
     // between the guest and the file, and live must not grow anything either. The demo
     // prints its marker only after it has appended to a file and synced, so the booted
     // system did write.
-    ok(oneimage()
-        .arg("qemu")
-        .arg(&image)
-        .args([
-            "--headless",
-            "--quiet",
-            "--entry",
-            "live",
-            "--expect",
-            MARKER,
-        ])
-        .args(["--timeout", "900", "--console-log"])
-        .arg(&log)
-        .arg("--disk-size")
-        .arg((2 * len).to_string()));
-    let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    let console = boot_until(
+        &image,
+        MARKER,
+        &["--entry", "live", "--disk-size", &(2 * len).to_string()],
+    );
     assert!(
         console.contains("oneimage-init: live: /dev/vda2 read-only under a RAM overlay"),
         "{console}"
@@ -559,27 +539,11 @@ fn secure_boot_image_boots_from_a_dvd_with_secure_boot_enforcing() {
 fn secure_boot_firmware_refuses_the_unsigned_image() {
     // The default demo boots our own, unsigned GRUB: enforcing firmware must refuse it,
     // which is what makes the positive test above mean something.
-    let d = tempfile::tempdir().unwrap();
-    let log = d.path().join("console.log");
-    ok(oneimage()
-        .arg("qemu")
-        .arg(demo())
-        .args([
-            "--snapshot",
-            "--headless",
-            "--quiet",
-            "--firmware",
-            "uefi-secure-boot",
-        ])
-        .args([
-            "--expect",
-            "Access Denied",
-            "--timeout",
-            "600",
-            "--console-log",
-        ])
-        .arg(&log));
-    let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    let console = boot_until(
+        demo(),
+        "Access Denied",
+        &["--snapshot", "--firmware", "uefi-secure-boot"],
+    );
     assert!(!console.contains("oneimage-init"), "{console}");
 }
 
@@ -587,21 +551,13 @@ fn secure_boot_firmware_refuses_the_unsigned_image() {
 /// until the marker; returns the console.
 fn boot_unchanged(image: &Path, args: &[&str]) -> String {
     let before = sha256(image);
-    let d = tempfile::tempdir().unwrap();
-    let log = d.path().join("console.log");
-    ok(oneimage()
-        .arg("qemu")
-        .arg(image)
-        .args(["--headless", "--quiet", "--expect", MARKER])
-        .args(["--timeout", "900", "--console-log"])
-        .arg(&log)
-        .args(args));
+    let console = boot_until(image, MARKER, args);
     assert_eq!(
         sha256(image),
         before,
         "booting with {args:?} changed the image"
     );
-    String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned()
+    console
 }
 
 fn assert_steps(console: &str, what: &str, steps: &[&str]) {

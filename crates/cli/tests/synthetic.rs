@@ -280,25 +280,23 @@ fn failing_build(dir: &Path, body: &str) -> String {
     err
 }
 
-#[test]
-fn unknown_key_is_refused_by_name() {
+/// A build of spec `body` over the base tree (as `root.tar`) that must fail; returns stderr.
+fn refused(body: &str) -> String {
     let d = tempfile::tempdir().unwrap();
     write_tarball(&d.path().join("root.tar"), &base_items());
-    let err = failing_build(
-        d.path(),
-        "name = \"x\"\n[rootfs]\ntarball = \"root.tar\"\n[root]\nsise = \"1G\"\n",
-    );
+    failing_build(d.path(), body)
+}
+
+#[test]
+fn unknown_key_is_refused_by_name() {
+    let err = refused("name = \"x\"\n[rootfs]\ntarball = \"root.tar\"\n[root]\nsise = \"1G\"\n");
     assert!(err.contains("sise") && err.contains("spec.toml"), "{err}");
 }
 
 #[test]
 fn wrong_type_is_refused_by_name() {
-    let d = tempfile::tempdir().unwrap();
-    write_tarball(&d.path().join("root.tar"), &base_items());
-    let err = failing_build(
-        d.path(),
-        "name = \"x\"\n[rootfs]\ntarball = \"root.tar\"\n[boot]\ntimeout = \"soon\"\n",
-    );
+    let err =
+        refused("name = \"x\"\n[rootfs]\ntarball = \"root.tar\"\n[boot]\ntimeout = \"soon\"\n");
     assert!(err.contains("timeout"), "{err}");
 }
 
@@ -337,12 +335,7 @@ fn size_too_small_for_content_is_refused() {
 
 #[test]
 fn impossible_size_value_is_refused() {
-    let d = tempfile::tempdir().unwrap();
-    write_tarball(&d.path().join("root.tar"), &base_items());
-    let err = failing_build(
-        d.path(),
-        "name = \"x\"\n[rootfs]\ntarball = \"root.tar\"\n[root]\nsize = \"lots\"\n",
-    );
+    let err = refused("name = \"x\"\n[rootfs]\ntarball = \"root.tar\"\n[root]\nsize = \"lots\"\n");
     assert!(err.contains("root.size") && err.contains("lots"), "{err}");
 }
 
@@ -410,12 +403,7 @@ fn growth_limit_reaches_the_kernel_command_line() {
             .arg("::/EFI/BOOT/grub.cfg"));
         assert!(cfg.contains(expect), "{cfg}");
     }
-    let bad = tempfile::tempdir().unwrap();
-    write_tarball(&bad.path().join("root.tar"), &base_items());
-    let err = failing_build(
-        bad.path(),
-        "name = \"g\"\n[rootfs]\ntarball = \"root.tar\"\n[root]\ngrow = \"much\"\n",
-    );
+    let err = refused("name = \"g\"\n[rootfs]\ntarball = \"root.tar\"\n[root]\ngrow = \"much\"\n");
     assert!(err.contains("root.grow"), "{err}");
 }
 

@@ -3,6 +3,11 @@
 use crate::slice::Slice;
 use std::io::{self, Read, Seek};
 
+/// A FAT volume id as blkid, the kernel's by-uuid names and GRUB spell it: `78D0-DCFD`.
+pub fn volume_id_text(id: u32) -> String {
+    format!("{:04X}-{:04X}", id >> 16, id & 0xffff)
+}
+
 /// A file found on a FAT filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FatFile {

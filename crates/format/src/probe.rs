@@ -119,7 +119,7 @@ fn probe_fat(head: &[u8]) -> Option<FsInfo> {
     Some(FsInfo {
         kind: "vfat".into(),
         label: text(&head[label_off..label_off + 11]),
-        uuid: format!("{:04X}-{:04X}", id >> 16, id & 0xffff),
+        uuid: crate::fat::volume_id_text(id as u32),
         total_bytes: total * bps,
         used_bytes: None,
     })

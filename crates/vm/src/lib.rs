@@ -67,15 +67,31 @@ pub enum FirmwareKind {
     Bios,
 }
 
+impl FirmwareKind {
+    /// Every firmware.
+    pub const ALL: [FirmwareKind; 3] = [
+        FirmwareKind::Uefi,
+        FirmwareKind::UefiSecureBoot,
+        FirmwareKind::Bios,
+    ];
+
+    /// The name `--firmware` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            FirmwareKind::Uefi => "uefi",
+            FirmwareKind::UefiSecureBoot => "uefi-secure-boot",
+            FirmwareKind::Bios => "bios",
+        }
+    }
+}
+
 impl std::str::FromStr for FirmwareKind {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "uefi" => FirmwareKind::Uefi,
-            "uefi-secure-boot" => FirmwareKind::UefiSecureBoot,
-            "bios" => FirmwareKind::Bios,
-            other => bail!("firmware {other:?}: expected uefi, uefi-secure-boot or bios"),
-        })
+        FirmwareKind::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .with_context(|| format!("firmware {s:?}: expected uefi, uefi-secure-boot or bios"))
     }
 }
 

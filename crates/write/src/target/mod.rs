@@ -188,36 +188,24 @@ impl Target {
         matches!(self, Target::Device { .. })
     }
 
+    /// The open file to do I/O of `buf` at `off` through: on a device, the direct-I/O
+    /// handle when both are aligned, otherwise the buffered one.
+    fn handle(&self, buf: &[u8], off: u64) -> &File {
+        match self {
+            Target::File { tmp, .. } => tmp.as_file(),
+            Target::Device { direct, .. } if is_aligned(buf, off) => direct,
+            Target::Device { buffered, .. } => buffered,
+        }
+    }
+
     /// Writes `buf` at `off`; direct I/O when `buf` and `off` are aligned.
     pub fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
-        match self {
-            Target::File { tmp, .. } => tmp.as_file().write_all_at(buf, off),
-            Target::Device {
-                direct, buffered, ..
-            } => {
-                if is_aligned(buf, off) {
-                    direct.write_all_at(buf, off)
-                } else {
-                    buffered.write_all_at(buf, off)
-                }
-            }
-        }
+        self.handle(buf, off).write_all_at(buf, off)
     }
 
     /// Reads exactly `buf.len()` bytes at `off`, bypassing the page cache where it can.
     pub fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
-        match self {
-            Target::File { tmp, .. } => tmp.as_file().read_exact_at(buf, off),
-            Target::Device {
-                direct, buffered, ..
-            } => {
-                if is_aligned(buf, off) {
-                    direct.read_exact_at(buf, off)
-                } else {
-                    buffered.read_exact_at(buf, off)
-                }
-            }
-        }
+        self.handle(buf, off).read_exact_at(buf, off)
     }
 
     /// Flushes everything to the media and drops cached pages so reads hit the media.
