@@ -1,4 +1,4 @@
-//! Assembly: the image file, the ESP copied into place (holes stay holes), the GPT,
+//! Assembly: the image file, the ESP copied into place (its holes stay holes), the GPT,
 //! GRUB for BIOS, and the ISO 9660 view.
 
 use crate::grub::BiosImages;
@@ -87,7 +87,9 @@ fn install_bios(disk: &File, part: &Partition, images: &BiosImages) -> Result<(u
     Ok((cdrom_at, images.cdrom.len() as u64))
 }
 
-/// Copies the data ranges of `src` into `dst` at `offset`, skipping holes and zero blocks.
+/// Copies the data ranges of `src` into `dst` at `offset`, skipping only holes: zero
+/// blocks that are data (free FAT entries, for one) are written, so they are mapped in
+/// the image's bmap and land on a used stick as zeros.
 pub fn copy_sparse(src: &Path, dst: &File, offset: u64) -> Result<()> {
     use rustix::fs::{seek, SeekFrom};
     let f = File::open(src).with_context(|| format!("opening {}", src.display()))?;
@@ -105,9 +107,7 @@ pub fn copy_sparse(src: &Path, dst: &File, offset: u64) -> Result<()> {
         while p < end {
             let n = ((end - p) as usize).min(buf.len());
             f.read_exact_at(&mut buf[..n], p)?;
-            if buf[..n].iter().any(|&b| b != 0) {
-                dst.write_all_at(&buf[..n], offset + p)?;
-            }
+            dst.write_all_at(&buf[..n], offset + p)?;
             p += n as u64;
         }
         pos = end;

@@ -216,7 +216,7 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
     std::fs::rename(&partial, &image)
         .with_context(|| format!("moving the finished image to {}", image.display()))?;
     eprintln!("oneimage: wrote {}", image.display());
-    oneimage_write::artifacts::emit(&image, &spec.artifacts)
+    oneimage_artifacts::emit(&image, &spec.artifacts)
         .with_context(|| format!("{}: [artifacts]", spec_path.display()))?;
     Ok(BuildReport {
         image,

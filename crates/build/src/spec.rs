@@ -36,7 +36,7 @@ pub struct Spec {
     pub boot: BootSpec,
     /// Download artifacts written next to the image (see docs/spec-artifacts.md).
     #[serde(default)]
-    pub artifacts: oneimage_write::artifacts::ArtifactsSpec,
+    pub artifacts: oneimage_artifacts::ArtifactsSpec,
 }
 
 fn default_arch() -> String {

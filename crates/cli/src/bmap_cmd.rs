@@ -17,7 +17,7 @@ pub struct BmapArgs {
 
 /// Runs `oneimage bmap`.
 pub fn run(a: BmapArgs) -> Result<()> {
-    let map = oneimage_write::bmap::create(&a.image)?;
+    let map = oneimage_artifacts::bmap::create(&a.image)?;
     let xml = map.to_xml();
     let out = a.output.unwrap_or_else(|| {
         let mut s = a.image.clone().into_os_string();

@@ -4,6 +4,7 @@
 //! spawned, no clock is read and there is no global state, so every function gives the
 //! same bytes for the same inputs.
 
+pub mod bmap;
 pub mod cpio;
 pub mod elf;
 pub mod fat;
@@ -11,10 +12,12 @@ pub mod gpt;
 pub mod grub_pc;
 pub mod grubcfg;
 pub mod guid;
+pub mod hash;
 pub mod inspect;
 pub mod iso9660;
 pub mod probe;
 pub mod size;
 pub mod slice;
+pub mod zstd_seekable;
 
 pub use guid::Guid;

@@ -2,7 +2,7 @@
 //! download artifacts next to IMAGE; `bench decode FILE` decompresses FILE in-process
 //! (format detected by content, in parallel where possible) and prints the image size.
 
-use oneimage_write::artifacts::{emit, ArtifactsSpec};
+use oneimage_artifacts::{emit, ArtifactsSpec};
 use std::io::Read;
 use std::path::Path;
 

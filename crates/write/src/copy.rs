@@ -183,7 +183,7 @@ pub fn copy(
                                 w.push_extent(a, b, got);
                                 if let Some(want) = r.sha256 {
                                     if got != want {
-                                        bail!("the image does not match its bmap: blocks {}-{} (bytes {a}..{b}) have SHA-256 {} but the bmap says {}; the source is damaged or the bmap belongs to another image", r.first, r.last, crate::bmap::hex(&got), crate::bmap::hex(&want));
+                                        bail!("the image does not match its bmap: blocks {}-{} (bytes {a}..{b}) have SHA-256 {} but the bmap says {}; the source is damaged or the bmap belongs to another image", r.first, r.last, oneimage_format::hash::hex(&got), oneimage_format::hash::hex(&want));
                                     }
                                 }
                                 ri += 1;

@@ -4,7 +4,6 @@
 
 #![warn(missing_docs)]
 
-pub mod artifacts;
 pub mod bmap;
 pub mod copy;
 pub mod gpt_fix;

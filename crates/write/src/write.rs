@@ -103,7 +103,7 @@ pub fn write(opts: &WriteOptions) -> Result<WriteReport> {
     };
     let map: Option<Bmap> = match &bmap_path {
         Some(p) => {
-            let m = Bmap::load(p)?;
+            let m = bmap::load(p)?;
             if let Some(sz) = src.image_size {
                 if sz != m.image_size {
                     bail!("{}: the bmap is for a {}-byte image, but {} holds {sz} bytes: it belongs to another image", p.display(), m.image_size, src.path.display());

@@ -6,10 +6,10 @@
 pub mod ed25519;
 pub mod openpgp;
 
-use crate::bmap::hex;
 use crate::progress::Progress;
 use crate::source::{self, Source};
 use anyhow::{bail, Context, Result};
+use oneimage_format::hash::hex;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -227,7 +227,9 @@ fn check_sums(
         text.lines().find_map(|l| {
             let (h, n) = l.split_once(char::is_whitespace)?;
             let n = n.trim_start().trim_start_matches('*');
-            (n == name).then(|| crate::bmap::unhex32(h)).flatten()
+            (n == name)
+                .then(|| oneimage_format::hash::unhex32(h))
+                .flatten()
         })
     };
     let file_name = src
@@ -243,7 +245,7 @@ fn check_sums(
         (
             w,
             src.path.display().to_string(),
-            crate::bmap::sha256(open_hashing(&src.path)?)?,
+            oneimage_format::hash::sha256(open_hashing(&src.path)?)?,
         )
     } else if let Some(w) = image_name.and_then(lookup) {
         progress.message(
@@ -257,7 +259,7 @@ fn check_sums(
         (
             w,
             format!("the image in {}", src.path.display()),
-            crate::bmap::sha256(src.reader(threads)?)?,
+            oneimage_format::hash::sha256(src.reader(threads)?)?,
         )
     } else {
         if signed {

@@ -1,7 +1,7 @@
 //! Build artifacts: deterministic, readable by the standard tools and by our writer.
 
 use crate::harness::*;
-use oneimage_write::artifacts::{emit, ArtifactsSpec};
+use oneimage_artifacts::{emit, ArtifactsSpec};
 
 #[test]
 fn artifacts_are_deterministic_and_standard() {

@@ -56,7 +56,7 @@ fn truncated_and_bit_flipped_streams() {
     }
     // Seekable zstd: a flipped byte inside a frame fails that frame's checksum.
     let src = t.path().join("bad-seekable.zst");
-    oneimage_write::source::seekable::compress(
+    oneimage_artifacts::zstd::compress_seekable(
         std::fs::File::open(&img).unwrap(),
         std::fs::File::create(&src).unwrap(),
         3,
@@ -79,7 +79,7 @@ fn bmap_for_another_image_or_with_a_bad_checksum() {
     let t = tempfile::tempdir().unwrap();
     let img = make_image(&t.path().join("img"), 11);
     let other = make_image(&t.path().join("other"), 12);
-    let other_map = oneimage_write::bmap::create(&other).unwrap().to_xml();
+    let other_map = oneimage_artifacts::bmap::create(&other).unwrap().to_xml();
     std::fs::write(t.path().join("other.bmap"), &other_map).unwrap();
     let out = t.path().join("out");
     // Same size, different content: the range checksums catch it.
@@ -106,7 +106,7 @@ fn bmap_for_another_image_or_with_a_bad_checksum() {
         "{e}"
     );
     // A bmap whose range checksum is wrong (file checksum recomputed to match).
-    let mut m = oneimage_write::bmap::Bmap::parse(&other_map, "x").unwrap();
+    let mut m = oneimage_format::bmap::Bmap::parse(&other_map, "x").unwrap();
     m.ranges[1].sha256 = Some([0u8; 32]);
     std::fs::write(t.path().join("wrong.bmap"), m.to_xml()).unwrap();
     let mut o = opts(&other, &out);
@@ -127,7 +127,7 @@ fn readback_catches_a_target_changed_after_the_write() {
     // Without a bmap (zero blocks skipped), then with one (ranges checked while writing).
     for with_bmap in [false, true] {
         if with_bmap {
-            let m = oneimage_write::bmap::create(&img).unwrap();
+            let m = oneimage_artifacts::bmap::create(&img).unwrap();
             std::fs::write(t.path().join("img.bmap"), m.to_xml()).unwrap();
         }
         let mut o = opts(&img, &out);

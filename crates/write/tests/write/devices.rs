@@ -156,7 +156,7 @@ fn a_failed_write_to_a_device_says_incomplete_and_erases_the_tables() {
     let other = make_image(&t.path().join("other"), 27);
     std::fs::write(
         t.path().join("other.bmap"),
-        oneimage_write::bmap::create(&other).unwrap().to_xml(),
+        oneimage_artifacts::bmap::create(&other).unwrap().to_xml(),
     )
     .unwrap();
     let mut o = opts(&img, &lo.dev);

@@ -6,7 +6,7 @@ use crate::harness::*;
 fn bmaptool_accepts_our_bmap_and_seekable_zstd() {
     let t = tempfile::tempdir().unwrap();
     let img = make_image(&t.path().join("img"), 40);
-    let ours = oneimage_write::bmap::create(&img).unwrap();
+    let ours = oneimage_artifacts::bmap::create(&img).unwrap();
     // Only the data ranges are mapped (holes and zero blocks are not).
     assert!(ours.mapped_bytes() < 8 << 20, "{}", ours.mapped_bytes());
     let bmap = t.path().join("img.bmap");
@@ -16,7 +16,7 @@ fn bmaptool_accepts_our_bmap_and_seekable_zstd() {
     assert_same(&img, &out, "bmaptool copy with our bmap");
     // Our seekable .zst through bmaptool (which runs `zstd -d`).
     let zst = t.path().join("img.zst");
-    oneimage_write::source::seekable::compress(
+    oneimage_artifacts::zstd::compress_seekable(
         std::fs::File::open(&img).unwrap(),
         std::fs::File::create(&zst).unwrap(),
         3,
@@ -35,7 +35,7 @@ fn we_accept_bmaptools_bmap() {
     let img = make_image(&t.path().join("img"), 41);
     let bmap = t.path().join("theirs.bmap");
     run("bmaptool", &["create", "-o", s(&bmap), s(&img)]);
-    let theirs = oneimage_write::bmap::Bmap::load(&bmap).unwrap();
+    let theirs = oneimage_write::bmap::load(&bmap).unwrap();
     assert_eq!(theirs.image_size, IMAGE_SIZE);
     assert!(theirs.ranges.iter().all(|r| r.sha256.is_some()));
     let out = t.path().join("out");

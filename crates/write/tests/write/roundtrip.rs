@@ -30,8 +30,14 @@ pub fn all_formats(dir: &Path, img: &Path) -> Vec<(&'static str, PathBuf)> {
     );
     run("zip", &["-q", "-j", "-1", s(&p("img.zip")), s(img)]);
     let f = std::fs::File::create(p("img-seekable.zst")).unwrap();
-    oneimage_write::source::seekable::compress(std::fs::File::open(img).unwrap(), f, 3, 1 << 20, 2)
-        .unwrap();
+    oneimage_artifacts::zstd::compress_seekable(
+        std::fs::File::open(img).unwrap(),
+        f,
+        3,
+        1 << 20,
+        2,
+    )
+    .unwrap();
     vec![
         ("raw", img.to_path_buf()),
         ("gzip", p("img.gz")),
@@ -86,7 +92,7 @@ fn every_format_to_a_loop_device() {
     let img = make_image(&t.path().join("img"), 2);
     std::fs::write(
         t.path().join("img.bmap"),
-        oneimage_write::bmap::create(&img).unwrap().to_xml(),
+        oneimage_artifacts::bmap::create(&img).unwrap().to_xml(),
     )
     .unwrap();
     let formats = all_formats(t.path(), &img);

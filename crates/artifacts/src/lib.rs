@@ -2,8 +2,15 @@
 //! `NAME.img.xz` (multi-block, decodable in parallel by xz 5.4+), `NAME.img.bmap`
 //! (bmap 2.0) and `SHA256SUMS`. Each is written under a temporary name and renamed, and
 //! each depends only on the image and the settings, never on time or thread count.
+//! The builder makes them after an image; `oneimage bmap` makes a block map of any image.
 
-use crate::bmap::{self, hex};
+#![warn(missing_docs)]
+
+pub mod bmap;
+pub mod zstd;
+
+use oneimage_format::hash::{hex, sha256};
+
 use anyhow::{bail, Context, Result};
 use oneimage_format::size::parse_size;
 use serde::Deserialize;
@@ -156,7 +163,7 @@ pub fn emit(image: &Path, spec: &ArtifactsSpec) -> Result<Vec<PathBuf>> {
             spec.zstd_level
         );
         atomically(&out, |w| {
-            crate::source::seekable::compress(open()?, w, spec.zstd_level, frame, threads())?;
+            crate::zstd::compress_seekable(open()?, w, spec.zstd_level, frame, threads())?;
             Ok(())
         })?;
         made.push(out);
@@ -185,7 +192,7 @@ pub fn emit(image: &Path, spec: &ArtifactsSpec) -> Result<Vec<PathBuf>> {
     if spec.bmap {
         let out = image.with_file_name(format!("{name}.bmap"));
         eprintln!("oneimage: writing {}", out.display());
-        let map = bmap::create(image)?;
+        let map = crate::bmap::create(image)?;
         atomically(&out, |w| Ok(w.write_all(map.to_xml().as_bytes())?))?;
         made.push(out);
     }
@@ -193,7 +200,7 @@ pub fn emit(image: &Path, spec: &ArtifactsSpec) -> Result<Vec<PathBuf>> {
         let out = image.with_file_name("SHA256SUMS");
         let mut ours = Vec::new();
         for f in std::iter::once(image.to_path_buf()).chain(made.iter().cloned()) {
-            let h = bmap::sha256(BufReader::with_capacity(1 << 20, File::open(&f)?))?;
+            let h = sha256(BufReader::with_capacity(1 << 20, File::open(&f)?))?;
             let n = f
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
