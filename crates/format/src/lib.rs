@@ -5,6 +5,7 @@
 //! same bytes for the same inputs.
 
 pub mod bmap;
+pub mod compressed_size;
 pub mod cpio;
 pub mod elf;
 pub mod fat;
