@@ -17,12 +17,15 @@ pub struct WriteArgs {
     /// Block map to use (default: SOURCE's name with .bmap, if present).
     #[arg(long, value_name = "FILE")]
     pub bmap: Option<PathBuf>,
-    /// Ignore a block map next to the source; skip blocks of zeros instead.
+    /// Ignore a block map next to the source (the image is still written exactly: zero
+    /// blocks are zeroed on the target, never skipped).
     #[arg(long, conflicts_with = "bmap")]
     pub no_bmap: bool,
-    /// Also write zeros where the image has no data (for media that must read zero there).
+    /// Write to a device even when the image's size cannot be known before the end
+    /// (gzip, bzip2, zstd without content sizes, and no bmap); a too small target is
+    /// then erased and reported INCOMPLETE.
     #[arg(long)]
-    pub erase_unmapped: bool,
+    pub allow_unknown_size: bool,
     /// OpenPGP keyring (armored or binary) to check .asc/.sig signatures with.
     #[arg(long, value_name = "FILE")]
     pub keyring: Vec<PathBuf>,
@@ -54,7 +57,6 @@ pub fn run(a: WriteArgs) -> Result<()> {
     let mut o = WriteOptions::new(a.source, a.target);
     o.bmap = a.bmap;
     o.no_bmap = a.no_bmap;
-    o.erase_unmapped = a.erase_unmapped;
     o.keyrings = a.keyring;
     o.pubkeys = a.pubkey;
     o.signatures = a.signature;
@@ -62,6 +64,7 @@ pub fn run(a: WriteArgs) -> Result<()> {
     o.checks = Checks {
         force: a.force,
         yes: a.yes,
+        allow_unknown_size: a.allow_unknown_size,
     };
     if let Some(t) = a.threads {
         o.threads = t.max(1);
@@ -71,8 +74,8 @@ pub fn run(a: WriteArgs) -> Result<()> {
     if a.json {
         let v = match &r {
             Ok(r) => serde_json::json!({
-                "event": "done", "ok": true, "image_size": r.image_size, "written": r.written,
-                "verified": r.verified, "signatures": r.signatures, "gpt_moved": r.gpt_moved,
+                "event": "done", "ok": true, "image_size": r.image_size, "written": r.written, "zeroed": r.zeroed,
+                "verified": r.verified, "signatures": r.signatures, "bmap_verified": r.bmap_verified, "gpt_moved": r.gpt_moved,
                 "write_seconds": r.write_seconds, "verify_seconds": r.verify_seconds,
             }),
             Err(e) => serde_json::json!({"event": "done", "ok": false, "error": format!("{e:#}")}),

@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
         Some("decode") => {
             let src = oneimage_write::source::Source::open(Path::new(&args[2]))?;
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let mut r = src.reader(threads)?;
+            let mut r = src.reader(threads, Default::default())?;
             let mut buf = vec![0u8; 1 << 20];
             let mut total = 0u64;
             loop {

@@ -10,6 +10,7 @@ pub mod gpt_fix;
 pub mod progress;
 pub mod signature;
 pub mod source;
+pub mod tap;
 pub mod target;
 pub mod verify;
 pub mod write;

@@ -1,16 +1,24 @@
-//! `oneimage write`: the whole job, in order. Source and block map are opened and checked,
-//! signatures verified, the target checked and opened; only then is anything written.
-//! The copy is read back; a block device larger than the image gets its backup GPT moved
-//! to the end; a file target gets its final name only when everything passed.
+//! `oneimage write`: the whole job, in order. The source is opened once; the block map,
+//! `SHA256SUMS` and signature files are read and checked; the image size is checked
+//! against the target, opened once and checked; its partition tables are erased; then
+//! the image is streamed onto it while the signature and checksum checks read the same
+//! bytes. Only when they pass are the end and the first MiB of the image written. The
+//! whole extent is read back; a block device larger than the image gets its backup GPT
+//! moved to the end; a file target gets its final name only when everything passed. Any
+//! failure or interruption erases the target's partition tables (or removes the
+//! temporary file) and says INCOMPLETE.
 
 use crate::bmap::{self, Bmap};
 use crate::progress::{Mode, Progress};
 use crate::signature::{self, Keys};
 use crate::source::Source;
+use crate::tap::Tap;
 use crate::target::{Checks, Target};
 use crate::{copy, gpt_fix, verify};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// Called between the write and the readback with the path holding the written bytes
 /// (tests use it to play a faulty target).
@@ -26,8 +34,6 @@ pub struct WriteOptions {
     pub bmap: Option<PathBuf>,
     /// Ignore any block map next to the source.
     pub no_bmap: bool,
-    /// Write zeros where the image has none of its data.
-    pub erase_unmapped: bool,
     /// OpenPGP keyrings.
     pub keyrings: Vec<PathBuf>,
     /// minisign / signify public keys.
@@ -44,6 +50,8 @@ pub struct WriteOptions {
     pub progress: Mode,
     /// Hook between write and readback.
     pub before_verify: Option<BeforeVerify>,
+    /// Set (by a signal handler) to stop the write; the target is then erased.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl WriteOptions {
@@ -54,7 +62,6 @@ impl WriteOptions {
             target: target.into(),
             bmap: None,
             no_bmap: false,
-            erase_unmapped: false,
             keyrings: Vec::new(),
             pubkeys: Vec::new(),
             signatures: Vec::new(),
@@ -63,6 +70,7 @@ impl WriteOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             progress: Mode::Quiet,
             before_verify: None,
+            cancel: None,
         }
     }
 }
@@ -72,14 +80,18 @@ impl WriteOptions {
 pub struct WriteReport {
     /// Image size in bytes.
     pub image_size: u64,
-    /// Bytes written.
+    /// Bytes of data written.
     pub written: u64,
-    /// Bytes read back and found equal.
+    /// Bytes of zeros put on the target where the image has zeros.
+    pub zeroed: u64,
+    /// Bytes read back and found equal (the image's whole extent).
     pub verified: u64,
     /// The block map used, if any.
     pub bmap: Option<PathBuf>,
     /// Valid signatures.
     pub signatures: Vec<String>,
+    /// How the block map was proven authentic, if it was.
+    pub bmap_verified: Option<String>,
     /// The backup GPT was moved to the end of a larger device.
     pub gpt_moved: bool,
     /// Seconds spent writing (decompressing, checking, writing, syncing).
@@ -94,16 +106,70 @@ pub fn write(opts: &WriteOptions) -> Result<WriteReport> {
     let src = Source::open(&opts.source)?;
     progress.message(
         "info",
-        &format!("source {} ({})", src.path.display(), src.format),
+        &format!(
+            "source {} ({}{})",
+            src.path.display(),
+            src.format,
+            match src.image_size {
+                Some(s) if src.format != crate::source::Format::Raw => format!(", {s}-byte image"),
+                _ => String::new(),
+            }
+        ),
     );
-    let bmap_path = match (&opts.bmap, opts.no_bmap) {
+    let mut bmap_path = match (&opts.bmap, opts.no_bmap) {
         (Some(p), _) => Some(p.clone()),
         (None, false) => bmap::find_next_to(&src.path),
         (None, true) => None,
     };
-    let map: Option<Bmap> = match &bmap_path {
-        Some(p) => {
-            let m = bmap::load(p)?;
+    // The block map is read once; these bytes are checked and parsed.
+    let bmap_bytes = match &bmap_path {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading bmap {}", p.display()))?),
+        None => None,
+    };
+    let keys = Keys::load(&opts.keyrings, &opts.pubkeys)?;
+    let plan = signature::plan(
+        &src,
+        keys,
+        &opts.signatures,
+        bmap_path.as_deref().zip(bmap_bytes.as_deref()),
+        &mut progress,
+    )?;
+    for u in &plan.report.unchecked {
+        progress.message("warning", &format!("signature not checked: {u}"));
+    }
+    if plan.provable == 0 {
+        let msg = format!("NO VERIFIED SIGNATURE for {}: its origin and integrity are not proven (give keys with --keyring / --pubkey, put the .asc/.sig/.minisig next to it)", src.path.display());
+        if opts.require_signature {
+            bail!("{msg}; --require-signature was given, nothing was written");
+        }
+        progress.message("WARNING", &msg);
+    }
+    let bmap_verified = plan.bmap_verified.clone();
+    if let (Some(p), None, true) = (&bmap_path, &bmap_verified, plan.provable > 0) {
+        if opts.require_signature {
+            progress.message(
+                "warning",
+                &format!(
+                    "ignoring the block map {}: no signature or signed SHA256SUMS covers it",
+                    p.display()
+                ),
+            );
+            bmap_path = None;
+        } else {
+            progress.message(
+                "warning",
+                &format!(
+                    "the block map {} is not covered by a signature or a signed SHA256SUMS",
+                    p.display()
+                ),
+            );
+        }
+    }
+    let map: Option<Bmap> = match (&bmap_path, &bmap_bytes) {
+        (Some(p), Some(bytes)) => {
+            let text = std::str::from_utf8(bytes)
+                .with_context(|| format!("{}: the bmap is not UTF-8 text", p.display()))?;
+            let m = Bmap::parse(text, &p.display().to_string())?;
             if let Some(sz) = src.image_size {
                 if sz != m.image_size {
                     bail!("{}: the bmap is for a {}-byte image, but {} holds {sz} bytes: it belongs to another image", p.display(), m.image_size, src.path.display());
@@ -120,65 +186,70 @@ pub fn write(opts: &WriteOptions) -> Result<WriteReport> {
             );
             Some(m)
         }
-        None => None,
+        _ => None,
     };
-    let keys = Keys::load(&opts.keyrings, &opts.pubkeys)?;
-    let sigs = signature::check(&src, &keys, &opts.signatures, opts.threads, &mut progress)?;
+    let image_size = map.as_ref().map(|m| m.image_size).or(src.image_size);
+    let target = Target::open(&opts.target, image_size, &src.path, opts.checks)?;
+    let name = target.display();
+    let cancel = opts.cancel.as_deref();
+    let fail = |target: Target, size: u64, e: anyhow::Error| -> anyhow::Error {
+        let what = target.abandon(size);
+        e.context(format!("writing {name} FAILED; {what}"))
+    };
+    let started = std::time::Instant::now();
+    if let Err(e) = target.invalidate(image_size) {
+        let e = anyhow::Error::new(e).context("erasing the old partition tables");
+        return Err(fail(target, image_size.unwrap_or(1 << 20), e));
+    }
+    let mut file_tap = Tap::default();
+    let mut image_tap = Tap::default();
+    let running = plan.start(&mut file_tap, &mut image_tap);
+    let streamed = src.reader(opts.threads, file_tap).and_then(|mut reader| {
+        let c = copy::copy(
+            &mut reader,
+            map.as_ref(),
+            image_size,
+            &target,
+            image_tap,
+            cancel,
+            &mut progress,
+        );
+        // Stop the decoder (and with it the file checks) before waiting for them.
+        drop(reader);
+        c
+    });
+    let pending = match streamed {
+        Ok(p) => p,
+        Err(e) => {
+            drop(running);
+            return Err(fail(target, image_size.unwrap_or(1 << 20), e));
+        }
+    };
+    let size = pending.copied.image_size;
+    let sigs = match running.finish() {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(fail(
+                target,
+                size,
+                e.context("the bytes written are not the ones signed"),
+            ))
+        }
+    };
     for g in &sigs.good {
         progress.message("info", &format!("good signature: {g}"));
     }
-    for u in &sigs.unchecked {
-        progress.message("warning", &format!("signature not checked: {u}"));
-    }
-    if sigs.good.is_empty() {
-        let msg = format!("NO VERIFIED SIGNATURE for {}: its origin and integrity are not proven (give keys with --keyring / --pubkey, put the .asc/.sig/.minisig next to it)", src.path.display());
-        if opts.require_signature {
-            bail!("{msg}; --require-signature was given, nothing was written");
-        }
-        progress.message("WARNING", &msg);
-    }
-    let image_size = map.as_ref().map(|m| m.image_size).or(src.image_size);
-    let target = Target::open(
-        &opts.target,
-        image_size.unwrap_or(0),
-        &src.path,
-        opts.checks,
-    )?;
-    let name = target.display();
-    let started = std::time::Instant::now();
-    let mut reader = src.reader(opts.threads)?;
-    let copied = match copy::copy(
-        &mut reader,
-        map.as_ref(),
-        image_size,
-        &target,
-        opts.erase_unmapped,
-        &mut progress,
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            drop(reader);
-            let what = target.abandon(image_size.unwrap_or(0).max(1 << 20));
-            return Err(e.context(format!("writing {name} FAILED; {what}")));
-        }
-    };
-    let result = (|| -> Result<f64> {
-        target.sync().map_err(|e| anyhow!("syncing {name}: {e}"))?;
+    let result = pending.complete().and_then(|copied| {
         if let Some(hook) = &opts.before_verify {
             hook(&target.current_path())?;
         }
-        Ok(started.elapsed().as_secs_f64())
-    })()
-    .and_then(|t| {
-        let v = verify::readback(&target, &copied.extents, &mut progress)?;
-        Ok((t, v))
+        let write_seconds = started.elapsed().as_secs_f64();
+        let verified = verify::readback(&target, &copied.extents, cancel, &mut progress)?;
+        Ok((copied, write_seconds, verified))
     });
-    let (write_seconds, verified) = match result {
+    let (copied, write_seconds, verified) = match result {
         Ok(v) => v,
-        Err(e) => {
-            let what = target.abandon(copied.image_size);
-            return Err(e.context(format!("writing {name} FAILED; {what}")));
-        }
+        Err(e) => return Err(fail(target, size, e)),
     };
     let gpt_moved = if let Some(f) = target.device_file() {
         let dev = target.current_path();
@@ -200,16 +271,18 @@ pub fn write(opts: &WriteOptions) -> Result<WriteReport> {
     progress.message(
         "info",
         &format!(
-            "{name}: wrote {} bytes of a {}-byte image and read them back: OK",
-            copied.written, copied.image_size
+            "{name}: wrote {} bytes of data and {} bytes of zeros of a {}-byte image and read all of it back: OK",
+            copied.written, copied.zeroed, copied.image_size
         ),
     );
     Ok(WriteReport {
         image_size: copied.image_size,
         written: copied.written,
+        zeroed: copied.zeroed,
         verified,
         bmap: bmap_path,
         signatures: sigs.good,
+        bmap_verified,
         gpt_moved,
         write_seconds,
         verify_seconds: started.elapsed().as_secs_f64() - write_seconds,

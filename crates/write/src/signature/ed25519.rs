@@ -82,6 +82,29 @@ pub fn parse(bytes: &[u8]) -> Result<EdSig> {
     })
 }
 
+/// Whether `sig` names one of `keys`.
+pub fn has_key(sig: &EdSig, keys: &[EdKey]) -> bool {
+    match sig {
+        EdSig::Minisign(text) => {
+            let Ok(s) = minisign_verify::Signature::decode(text) else {
+                // Unreadable: let `verify` say so.
+                return true;
+            };
+            keys.iter().any(|k| {
+                minisign_verify::PublicKey::from_base64(&k.b64)
+                    .map(|pk| {
+                        !matches!(
+                            pk.verify_stream(&s),
+                            Err(minisign_verify::Error::UnexpectedKeyId)
+                        )
+                    })
+                    .unwrap_or(false)
+            })
+        }
+        EdSig::Signify { keynum, .. } => keys.iter().any(|k| &k.keynum == keynum),
+    }
+}
+
 /// Verifies `sig` over `data` with whichever of `keys` it names.
 pub fn verify(sig: &EdSig, keys: &[EdKey], data: &mut dyn Read) -> Outcome {
     match sig {

@@ -1,18 +1,25 @@
-//! Signature checks, all done before the first byte is written. A signature may cover
-//! the file as given (`x.img.xz.asc`), the image inside it (`x.img.sig`), or a
-//! `SHA256SUMS` file next to it (`SHA256SUMS.asc`) that lists either of them.
-//! OpenPGP, minisign and signify are recognised by content.
+//! Signature and checksum checks. A signature may cover the file as given
+//! (`x.img.xz.asc`), the image inside it (`x.img.sig`), or a `SHA256SUMS` file next to it
+//! (`SHA256SUMS.asc`) that lists either of them and the block map. OpenPGP, minisign and
+//! signify are recognised by content.
+//!
+//! Everything small (signature files, `SHA256SUMS`, the block map) is read and checked
+//! before the first byte is written. The checks over the image's bytes run while it is
+//! written, on the very bytes that are written: [`Plan::start`] hangs them on the write's
+//! taps, and [`Running::finish`] says whether they all passed. The writer erases the
+//! target when they did not.
 
 pub mod ed25519;
 pub mod openpgp;
 
 use crate::progress::Progress;
 use crate::source::{self, Source};
+use crate::tap::Tap;
 use anyhow::{bail, Context, Result};
-use oneimage_format::hash::hex;
-use std::fs::File;
-use std::io::{BufReader, Read};
+use oneimage_format::hash::{hex, sha256, unhex32};
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 /// The result of checking one signature.
 #[derive(Debug, Clone)]
@@ -48,6 +55,7 @@ impl Keys {
     }
 }
 
+#[derive(Clone)]
 enum Sig {
     OpenPgp(Vec<pgp::composed::DetachedSignature>),
     Ed(ed25519::EdSig),
@@ -66,6 +74,14 @@ fn parse_sig(path: &Path) -> Result<Sig> {
             path.display()
         )
     })
+}
+
+/// Whether one of `keys` made `sig` (known before reading the signed data).
+fn has_key(sig: &Sig, keys: &Keys) -> bool {
+    match sig {
+        Sig::OpenPgp(s) => openpgp::has_key(s, &keys.openpgp),
+        Sig::Ed(s) => ed25519::has_key(s, &keys.ed25519),
+    }
 }
 
 fn verify(sig: &Sig, keys: &Keys, data: &mut dyn Read) -> Outcome {
@@ -93,43 +109,69 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Finds and checks every signature that applies to `src`; `explicit` are signature
-/// files given by the user for the source file. A bad signature is an error.
-pub fn check(
-    src: &Source,
-    keys: &Keys,
-    explicit: &[PathBuf],
-    threads: usize,
-    progress: &mut Progress,
-) -> Result<Report> {
-    let mut report = Report::default();
-    let file_sigs: Vec<PathBuf> = explicit
+fn signatures_of(p: &Path) -> Vec<PathBuf> {
+    SUFFIXES
         .iter()
-        .cloned()
-        .chain(
-            SUFFIXES
-                .iter()
-                .map(|s| with_suffix(&src.path, s))
-                .filter(|p| p.is_file()),
-        )
-        .collect();
-    for sp in &file_sigs {
-        let sig = parse_sig(sp)?;
-        let mut f = open_hashing(&src.path)?;
-        progress.message(
-            "info",
-            &format!(
-                "checking signature {} over {}",
-                sp.display(),
-                src.path.display()
-            ),
-        );
-        record(
-            &mut report,
-            sp,
-            &src.path.display().to_string(),
-            verify(&sig, keys, &mut f),
-        )?;
+        .map(|s| with_suffix(p, s))
+        .filter(|p| p.is_file())
+        .collect()
+}
+
+/// Which bytes a streamed check reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Over {
+    /// The source file as downloaded.
+    File,
+    /// The image inside it.
+    Image,
+}
+
+enum Kind {
+    Signature { sig: Sig, file: PathBuf },
+    Sum { want: [u8; 32], sums: PathBuf },
+}
+
+struct Check {
+    over: Over,
+    what: String,
+    kind: Kind,
+}
+
+/// The checks decided before writing: some already done, the rest to run on the stream.
+pub struct Plan {
+    checks: Vec<Check>,
+    keys: std::sync::Arc<Keys>,
+    /// Results known already (signature files without a given key, a signed
+    /// `SHA256SUMS` that does not list the source).
+    pub report: Report,
+    /// How many of the streamed checks prove origin (a signature with a given key, or a
+    /// checksum from a signed `SHA256SUMS`); zero means the write proves nothing.
+    pub provable: usize,
+    /// The block map was checked against a signature or a signed `SHA256SUMS`.
+    pub bmap_verified: Option<String>,
+}
+
+/// Decides every check that applies to `src` and runs the ones over small files now:
+/// signature files are parsed, `SHA256SUMS` and its signatures checked, and the block
+/// map's bytes (`bmap`, as read once by the caller) checked against its signature or the
+/// signed sums. `explicit` are signature files given for the source file.
+pub fn plan(
+    src: &Source,
+    keys: Keys,
+    explicit: &[PathBuf],
+    bmap: Option<(&Path, &[u8])>,
+    progress: &mut Progress,
+) -> Result<Plan> {
+    let mut p = Plan {
+        checks: Vec::new(),
+        keys: std::sync::Arc::new(keys),
+        report: Report::default(),
+        provable: 0,
+        bmap_verified: None,
+    };
+    let src_name = src.path.display().to_string();
+    for sp in explicit.iter().cloned().chain(signatures_of(&src.path)) {
+        p.add_signature(&sp, Over::File, &src_name)?;
     }
     let image_name = src
         .path
@@ -137,155 +179,253 @@ pub fn check(
         .and_then(|n| n.to_str())
         .and_then(source::strip_compression_suffix)
         .filter(|_| src.format != source::Format::Raw);
+    let inner = format!("the image in {src_name}");
     if let Some(name) = image_name {
-        let img = src.path.with_file_name(name);
-        for sp in SUFFIXES
-            .iter()
-            .map(|s| with_suffix(&img, s))
-            .filter(|p| p.is_file())
-        {
-            let sig = parse_sig(&sp)?;
-            progress.message(
-                "info",
-                &format!(
-                    "checking signature {} over the image inside {} (decompressing once first)",
-                    sp.display(),
-                    src.path.display()
-                ),
-            );
-            let mut r = src.reader(threads)?;
-            record(
-                &mut report,
-                &sp,
-                &format!("the image in {}", src.path.display()),
-                verify(&sig, keys, &mut r),
-            )?;
+        for sp in signatures_of(&src.path.with_file_name(name)) {
+            p.add_signature(&sp, Over::Image, &inner)?;
         }
     }
     let sums = src.path.with_file_name("SHA256SUMS");
-    if sums.is_file() {
-        check_sums(src, &sums, image_name, keys, threads, progress, &mut report)?;
-    }
-    Ok(report)
-}
-
-fn record(report: &mut Report, sig: &Path, what: &str, o: Outcome) -> Result<()> {
-    match o {
-        Outcome::Good(who) => {
-            report
-                .good
-                .push(format!("{} (signature {}) by {who}", what, sig.display()));
-            Ok(())
+    let sums_text = if sums.is_file() {
+        Some(std::fs::read(&sums).with_context(|| format!("reading {}", sums.display()))?)
+    } else {
+        None
+    };
+    let mut sums_by: Vec<String> = Vec::new();
+    if let Some(text) = &sums_text {
+        for sp in signatures_of(&sums) {
+            let sig = parse_sig(&sp)?;
+            match verify(&sig, &p.keys, &mut &text[..]) {
+                Outcome::Good(who) => {
+                    sums_by.push(format!("{} (signature {})", sums.display(), who))
+                }
+                Outcome::NoKey(why) => p.report.unchecked.push(format!("{}: {why}", sp.display())),
+                Outcome::Bad(why) => bail!(
+                    "BAD SIGNATURE: {} over {} {why}; nothing was written",
+                    sp.display(),
+                    sums.display()
+                ),
+            }
         }
-        Outcome::NoKey(why) => {
-            report.unchecked.push(format!("{}: {why}", sig.display()));
-            Ok(())
-        }
-        Outcome::Bad(why) => bail!(
-            "BAD SIGNATURE: {} over {what} {why}; nothing was written",
-            sig.display()
-        ),
     }
-}
-
-fn open_hashing(p: &Path) -> Result<BufReader<File>> {
-    Ok(BufReader::with_capacity(
-        1 << 20,
-        File::open(p).with_context(|| format!("opening {}", p.display()))?,
-    ))
-}
-
-fn check_sums(
-    src: &Source,
-    sums: &Path,
-    image_name: Option<&str>,
-    keys: &Keys,
-    threads: usize,
-    progress: &mut Progress,
-    report: &mut Report,
-) -> Result<()> {
-    let text = std::fs::read(sums).with_context(|| format!("reading {}", sums.display()))?;
-    let sigs: Vec<PathBuf> = SUFFIXES
-        .iter()
-        .map(|s| with_suffix(sums, s))
-        .filter(|p| p.is_file())
-        .collect();
-    let mut sums_report = Report::default();
-    for sp in &sigs {
-        let sig = parse_sig(sp)?;
-        record(
-            &mut sums_report,
-            sp,
-            &sums.display().to_string(),
-            verify(&sig, keys, &mut &text[..]),
-        )?;
-    }
-    report.unchecked.extend(sums_report.unchecked);
-    let signed = !sums_report.good.is_empty();
-    let text = String::from_utf8_lossy(&text);
+    let signed = !sums_by.is_empty();
     let lookup = |name: &str| -> Option<[u8; 32]> {
+        let text = String::from_utf8_lossy(sums_text.as_deref()?).into_owned();
         text.lines().find_map(|l| {
             let (h, n) = l.split_once(char::is_whitespace)?;
             let n = n.trim_start().trim_start_matches('*');
-            (n == name)
-                .then(|| oneimage_format::hash::unhex32(h))
-                .flatten()
+            (n == name).then(|| unhex32(h)).flatten()
         })
     };
     let file_name = src
         .path
         .file_name()
         .and_then(|n| n.to_str())
-        .unwrap_or_default();
-    let (want, what, actual) = if let Some(w) = lookup(file_name) {
-        progress.message(
-            "info",
-            &format!("checking {} against {}", src.path.display(), sums.display()),
-        );
-        (
-            w,
-            src.path.display().to_string(),
-            oneimage_format::hash::sha256(open_hashing(&src.path)?)?,
-        )
-    } else if let Some(w) = image_name.and_then(lookup) {
-        progress.message(
-            "info",
-            &format!(
-                "checking the image in {} against {} (decompressing once first)",
-                src.path.display(),
-                sums.display()
-            ),
-        );
-        (
-            w,
-            format!("the image in {}", src.path.display()),
-            oneimage_format::hash::sha256(src.reader(threads)?)?,
-        )
-    } else {
-        if signed {
-            report
+        .unwrap_or_default()
+        .to_string();
+    if sums_text.is_some() {
+        let found = match lookup(&file_name) {
+            Some(w) => Some((w, Over::File, src_name.clone())),
+            None => image_name
+                .and_then(&lookup)
+                .map(|w| (w, Over::Image, inner.clone())),
+        };
+        match found {
+            Some((want, over, what)) => {
+                if signed {
+                    p.provable += 1;
+                }
+                progress.message(
+                    "info",
+                    &format!(
+                        "{what} will be checked against {} as it is written",
+                        sums.display()
+                    ),
+                );
+                p.checks.push(Check {
+                    over,
+                    what: if signed {
+                        format!("{what} matches {}", sums_by.join("; "))
+                    } else {
+                        what
+                    },
+                    kind: Kind::Sum {
+                        want,
+                        sums: sums.clone(),
+                    },
+                });
+            }
+            None if signed => p
+                .report
                 .unchecked
-                .push(format!("{} does not list {file_name}", sums.display()));
+                .push(format!("{} does not list {file_name}", sums.display())),
+            None => {}
         }
-        return Ok(());
-    };
-    if want != actual {
-        bail!(
-            "CHECKSUM MISMATCH: {} lists SHA-256 {} for {what}, but it is {}; the download is damaged or was altered; nothing was written",
-            sums.display(),
-            hex(&want),
-            hex(&actual)
-        );
     }
-    if signed {
-        report
-            .good
-            .push(format!("{what} matches {}", sums_report.good.join("; ")));
-    } else {
-        report.unchecked.push(format!(
-            "{what} matches {}, but that file is not signed by a given key",
-            sums.display()
-        ));
+    if let Some((bpath, bytes)) = bmap {
+        let bname = bpath
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let listed = if bpath.parent() == sums.parent() {
+            lookup(bname)
+        } else {
+            None
+        };
+        if let Some(want) = listed {
+            let got = sha256(bytes)?;
+            if got != want {
+                bail!(
+                    "CHECKSUM MISMATCH: {} lists SHA-256 {} for the block map {}, but it is {}; the bmap is damaged or was altered; nothing was written",
+                    sums.display(),
+                    hex(&want),
+                    bpath.display(),
+                    hex(&got)
+                );
+            }
+            if signed {
+                p.bmap_verified = Some(format!(
+                    "{} matches {}",
+                    bpath.display(),
+                    sums_by.join("; ")
+                ));
+            }
+        }
+        for sp in signatures_of(bpath) {
+            let sig = parse_sig(&sp)?;
+            match verify(&sig, &p.keys, &mut &bytes[..]) {
+                Outcome::Good(who) => {
+                    p.bmap_verified = Some(format!(
+                        "{} (signature {}) by {who}",
+                        bpath.display(),
+                        sp.display()
+                    ))
+                }
+                Outcome::NoKey(why) => p.report.unchecked.push(format!("{}: {why}", sp.display())),
+                Outcome::Bad(why) => bail!(
+                    "BAD SIGNATURE: {} over the block map {} {why}; nothing was written",
+                    sp.display(),
+                    bpath.display()
+                ),
+            }
+        }
     }
-    Ok(())
+    Ok(p)
+}
+
+impl Plan {
+    fn add_signature(&mut self, sp: &Path, over: Over, what: &str) -> Result<()> {
+        let sig = parse_sig(sp)?;
+        if has_key(&sig, &self.keys) {
+            self.provable += 1;
+            self.checks.push(Check {
+                over,
+                what: what.to_string(),
+                kind: Kind::Signature {
+                    sig,
+                    file: sp.to_path_buf(),
+                },
+            });
+        } else if let Outcome::NoKey(why) = verify(&sig, &self.keys, &mut std::io::empty()) {
+            self.report
+                .unchecked
+                .push(format!("{}: {why}", sp.display()));
+        } else {
+            self.report.unchecked.push(format!(
+                "{}: made by a key that was not given",
+                sp.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether any check reads the source file's own bytes.
+    pub fn needs_file_bytes(&self) -> bool {
+        self.checks.iter().any(|c| c.over == Over::File)
+    }
+
+    /// Starts the streamed checks: those over the source file listen on `file`, those
+    /// over the image on `image`.
+    pub fn start(self, file: &mut Tap, image: &mut Tap) -> Running {
+        let mut running = Vec::new();
+        for c in self.checks {
+            let tap = match c.over {
+                Over::File => &mut *file,
+                Over::Image => &mut *image,
+            };
+            let keys = self.keys.clone();
+            let handle = match &c.kind {
+                Kind::Signature { sig, .. } => {
+                    let sig = sig.clone();
+                    tap.spawn(move |r| verify(&sig, &keys, r))
+                }
+                Kind::Sum { want, .. } => {
+                    let want = *want;
+                    tap.spawn(move |r| match sha256(r) {
+                        Ok(got) if got == want => Outcome::Good(String::new()),
+                        Ok(got) => Outcome::Bad(format!(
+                            "lists SHA-256 {} but the bytes written hash to {}",
+                            hex(&want),
+                            hex(&got)
+                        )),
+                        Err(e) => Outcome::Bad(format!("reading: {e}")),
+                    })
+                }
+            };
+            running.push((c, handle));
+        }
+        Running {
+            running,
+            report: self.report,
+        }
+    }
+}
+
+/// Checks running on the write's streams.
+pub struct Running {
+    running: Vec<(Check, JoinHandle<Outcome>)>,
+    report: Report,
+}
+
+impl Running {
+    /// Waits for every check (the taps must have been dropped) and returns the report,
+    /// or the first failure.
+    pub fn finish(self) -> Result<Report> {
+        let mut report = self.report;
+        for (c, h) in self.running {
+            let o = h
+                .join()
+                .unwrap_or_else(|_| Outcome::Bad("the checking thread panicked".into()));
+            match (&c.kind, o) {
+                (Kind::Signature { file, .. }, Outcome::Good(who)) => report.good.push(format!(
+                    "{} (signature {}) by {who}",
+                    c.what,
+                    file.display()
+                )),
+                (Kind::Signature { file, .. }, Outcome::NoKey(why)) => {
+                    report.unchecked.push(format!("{}: {why}", file.display()))
+                }
+                (Kind::Signature { file, .. }, Outcome::Bad(why)) => {
+                    bail!("BAD SIGNATURE: {} over {} {why}", file.display(), c.what)
+                }
+                (Kind::Sum { sums, .. }, Outcome::Good(_)) => {
+                    if c.what.contains(" matches ") {
+                        report.good.push(c.what.clone());
+                    } else {
+                        report.unchecked.push(format!(
+                            "{} matches {}, but that file is not signed by a given key",
+                            c.what,
+                            sums.display()
+                        ));
+                    }
+                }
+                (Kind::Sum { sums, .. }, Outcome::Bad(why) | Outcome::NoKey(why)) => bail!(
+                    "CHECKSUM MISMATCH: {} {why} for {}; the download is damaged or was altered",
+                    sums.display(),
+                    c.what
+                ),
+            }
+        }
+        Ok(report)
+    }
 }

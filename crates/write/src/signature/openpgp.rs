@@ -42,6 +42,25 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<DetachedSignature>> {
     Ok(sigs)
 }
 
+/// Whether a key in `keys` (or one of its subkeys) issued one of `sigs`.
+pub fn has_key(sigs: &[DetachedSignature], keys: &[SignedPublicKey]) -> bool {
+    sigs.iter().any(|s| {
+        let sig = &s.signature;
+        keys.iter().any(|k| {
+            std::iter::once((k.primary_key.fingerprint(), k.primary_key.legacy_key_id()))
+                .chain(
+                    k.public_subkeys
+                        .iter()
+                        .map(|sk| (sk.key.fingerprint(), sk.key.legacy_key_id())),
+                )
+                .any(|(fp, id)| {
+                    sig.issuer_fingerprint().iter().any(|f| **f == fp)
+                        || sig.issuer_key_id().iter().any(|i| **i == id)
+                })
+        })
+    })
+}
+
 /// Verifies the first signature of `sigs` whose issuer is in `keys` over `data`.
 pub fn verify(
     sigs: &[DetachedSignature],

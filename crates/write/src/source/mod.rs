@@ -5,11 +5,14 @@
 pub mod pipe;
 pub mod seekable;
 
+use crate::tap::Tap;
 use anyhow::{bail, Context, Result};
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The container or compression of a source file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,21 +98,26 @@ pub(crate) fn read_up_to<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> std::io
     Ok(n)
 }
 
-/// An opened source file.
+/// An opened source file. It is opened once: every later read (format detection, size,
+/// checks, the write itself) goes through this one handle, so a file replaced on disk
+/// meanwhile is never what gets written.
 #[derive(Debug)]
 pub struct Source {
     /// The file as given.
     pub path: PathBuf,
+    /// The open file.
+    pub file: Arc<File>,
     /// Its detected format.
     pub format: Format,
     /// Size of the file itself.
     pub file_size: u64,
-    /// Size of the image when the container records it (raw, seekable zstd, zip).
+    /// Size of the image when the container records it (raw, xz index, zstd frame
+    /// headers, seekable zstd table, zip directory).
     pub image_size: Option<u64>,
 }
 
 impl Source {
-    /// Opens `path` and detects its format.
+    /// Opens `path`, detects its format and reads the image size the container records.
     pub fn open(path: &Path) -> Result<Source> {
         let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let meta = f.metadata()?;
@@ -117,15 +125,14 @@ impl Source {
             bail!("{} is a directory, expected an image file", path.display());
         }
         let format = detect(&mut f).with_context(|| format!("reading {}", path.display()))?;
-        let image_size = match format {
-            Format::Raw => Some(meta.len()),
-            Format::ZstdSeekable => seekable::read_seek_table(&mut f)?
-                .map(|t| t.frames.iter().map(|fr| fr.decompressed as u64).sum()),
-            Format::Zip => Some(zip_member(path)?.1),
-            _ => None,
-        };
+        let file = Arc::new(f);
+        let mut at = TappedFile::new(file.clone(), meta.len(), None);
+        let image_size = recorded_size(format, &mut at, path).with_context(|| {
+            format!("{}: reading the size of the {format} image", path.display())
+        })?;
         Ok(Source {
             path: path.to_path_buf(),
+            file,
             format,
             file_size: meta.len(),
             image_size,
@@ -133,60 +140,172 @@ impl Source {
     }
 
     /// Starts decompressing on background threads; the returned reader yields the image.
-    pub fn reader(&self, threads: usize) -> Result<pipe::PipeReader> {
-        let path = self.path.clone();
+    /// Every byte of the source file, in order, also goes to `raw` (for checks over the
+    /// file as downloaded), including bytes the decoder does not need.
+    pub fn reader(&self, threads: usize, raw: Tap) -> Result<pipe::PipeReader> {
         let name = self.path.display().to_string();
         let threads = threads.max(1);
-        let open = || File::open(&path).with_context(|| format!("opening {}", path.display()));
-        Ok(match self.format {
-            Format::Raw => pipe::spawn(name, BufReader::with_capacity(1 << 20, open()?)),
-            Format::Gzip => pipe::spawn(
-                name,
-                flate2::bufread::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, open()?)),
-            ),
-            Format::Bzip2 => pipe::spawn(
-                name,
-                bzip2::bufread::MultiBzDecoder::new(BufReader::with_capacity(1 << 20, open()?)),
-            ),
-            Format::Xz => {
-                let stream = liblzma::stream::MtStreamBuilder::new()
-                    .threads(threads as u32)
-                    .memlimit_stop(u64::MAX)
-                    .memlimit_threading(1 << 30)
-                    .decoder()
-                    .context("starting the xz decoder")?;
-                let dec = liblzma::bufread::XzDecoder::new_stream(
-                    BufReader::with_capacity(1 << 20, open()?),
-                    stream,
-                );
-                pipe::spawn(name, NoTrailing::new(dec, "xz"))
+        let mut input = TappedFile::new(self.file.clone(), self.file_size, Some(raw));
+        let format = self.format;
+        let zip_index = match format {
+            Format::Zip => Some(zip_member(&mut input.untapped(), &self.path)?.0),
+            _ => None,
+        };
+        if format == Format::ZstdSeekable {
+            let table = seekable::read_seek_table(&mut input.untapped())?.with_context(|| {
+                format!("{}: the zstd seek table vanished", self.path.display())
+            })?;
+            return Ok(seekable::spawn_parallel(name, input, table, threads));
+        }
+        Ok(pipe::spawn_with(name, move |sink| {
+            {
+                let buffered = BufReader::with_capacity(1 << 20, &mut input);
+                match format {
+                    Format::Raw => sink.copy_from(&mut { buffered })?,
+                    Format::Gzip => {
+                        sink.copy_from(&mut flate2::bufread::MultiGzDecoder::new(buffered))?
+                    }
+                    Format::Bzip2 => {
+                        sink.copy_from(&mut bzip2::bufread::MultiBzDecoder::new(buffered))?
+                    }
+                    Format::Xz => {
+                        let stream = liblzma::stream::MtStreamBuilder::new()
+                            .threads(threads as u32)
+                            .memlimit_stop(u64::MAX)
+                            .memlimit_threading(1 << 30)
+                            .decoder()
+                            .map_err(io::Error::other)?;
+                        let dec = liblzma::bufread::XzDecoder::new_stream(buffered, stream);
+                        sink.copy_from(&mut NoTrailing::new(dec, "xz"))?
+                    }
+                    Format::Zstd => {
+                        let mut dec = zstd::stream::read::Decoder::with_buffer(buffered)?;
+                        dec.window_log_max(31)?;
+                        sink.copy_from(&mut dec)?
+                    }
+                    Format::Zip => {
+                        let mut ar = zip::ZipArchive::new(buffered).map_err(io::Error::other)?;
+                        let mut member = ar
+                            .by_index(zip_index.unwrap_or(0))
+                            .map_err(io::Error::other)?;
+                        sink.copy_from(&mut member)?
+                    }
+                    Format::ZstdSeekable => unreachable!("handled above"),
+                }
             }
-            Format::Zstd => {
-                let mut dec = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(
-                    1 << 20,
-                    open()?,
-                ))?;
-                dec.window_log_max(31)?;
-                pipe::spawn(name, dec)
+            input.finish()
+        }))
+    }
+}
+
+/// The image size `format` records, read without decompressing.
+fn recorded_size(format: Format, f: &mut TappedFile, path: &Path) -> Result<Option<u64>> {
+    Ok(match format {
+        Format::Raw => Some(f.len),
+        Format::ZstdSeekable => seekable::read_seek_table(f)?.map(|t| t.decompressed_size()),
+        Format::Zip => Some(zip_member(f, path)?.1),
+        Format::Xz => Some(oneimage_format::compressed_size::xz_uncompressed_size(f)?),
+        Format::Zstd => oneimage_format::compressed_size::zstd_content_size(f)?,
+        // gzip keeps the size modulo 4 GiB only, bzip2 not at all.
+        Format::Gzip | Format::Bzip2 => None,
+    })
+}
+
+/// Positioned reads from the one open source file. With a tap, every byte of the file
+/// goes to it exactly once and in order: a read that continues where the tapped bytes
+/// end extends them; reads elsewhere (a zip directory at the end) are served untapped,
+/// and [`TappedFile::finish`] taps whatever the decoder never read.
+pub struct TappedFile {
+    file: Arc<File>,
+    len: u64,
+    pos: u64,
+    frontier: u64,
+    tap: Option<Tap>,
+}
+
+impl TappedFile {
+    fn new(file: Arc<File>, len: u64, tap: Option<Tap>) -> TappedFile {
+        TappedFile {
+            file,
+            len,
+            pos: 0,
+            frontier: 0,
+            tap,
+        }
+    }
+
+    /// A reader over the same file that taps nothing (for directories and tables).
+    fn untapped(&self) -> TappedFile {
+        TappedFile::new(self.file.clone(), self.len, None)
+    }
+
+    /// Reads exactly `buf.len()` bytes at `off`, tapping them when they continue the
+    /// tapped bytes.
+    pub(crate) fn read_exact_at(&mut self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, off)?;
+        self.tapped(buf, off);
+        Ok(())
+    }
+
+    fn tapped(&mut self, data: &[u8], off: u64) {
+        let end = off + data.len() as u64;
+        if let Some(t) = &mut self.tap {
+            if off <= self.frontier && end > self.frontier {
+                t.send(&data[(self.frontier - off) as usize..]);
+                self.frontier = end;
             }
-            Format::ZstdSeekable => seekable::spawn_parallel(&path, threads)?,
-            Format::Zip => {
-                let (index, _) = zip_member(&path)?;
-                let f = open()?;
-                pipe::spawn_with(name, move |sink| {
-                    let mut ar =
-                        zip::ZipArchive::new(BufReader::new(f)).map_err(std::io::Error::other)?;
-                    let mut member = ar.by_index(index).map_err(std::io::Error::other)?;
-                    sink.copy_from(&mut member)
-                })
+        }
+    }
+
+    /// Taps the rest of the file after the decoder is done, then ends the tap.
+    pub(crate) fn finish(mut self) -> io::Result<()> {
+        if self.tap.is_none() {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; 1 << 20];
+        while self.frontier < self.len {
+            let n = ((self.len - self.frontier) as usize).min(buf.len());
+            let at = self.frontier;
+            self.read_exact_at(&mut buf[..n], at)?;
+        }
+        Ok(())
+    }
+}
+
+impl Read for TappedFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = loop {
+            match self.file.read_at(buf, self.pos) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r?,
             }
-        })
+        };
+        let at = self.pos;
+        self.tapped(&buf[..n], at);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for TappedFile {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let new = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = new.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the file",
+            )
+        })?;
+        Ok(self.pos)
     }
 }
 
 /// Finds the single file in a zip archive: (index, uncompressed size).
-fn zip_member(path: &Path) -> Result<(usize, u64)> {
-    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+fn zip_member(f: &mut TappedFile, path: &Path) -> Result<(usize, u64)> {
     let mut ar = zip::ZipArchive::new(BufReader::new(f))
         .with_context(|| format!("{}: reading the zip directory", path.display()))?;
     let mut files = Vec::new();

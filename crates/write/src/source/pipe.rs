@@ -79,6 +79,47 @@ pub fn spawn<R: Read + Send + 'static>(name: String, mut r: R) -> PipeReader {
     spawn_with(name, move |sink| sink.copy_from(&mut r))
 }
 
+impl PipeReader {
+    /// The next buffer of the stream as it came from the producer (no copy); `None` at
+    /// the end.
+    pub fn next_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
+        if self.pos < self.cur.len() {
+            let rest = self.cur.split_off(self.pos);
+            self.cur.clear();
+            self.pos = 0;
+            return Ok(Some(rest));
+        }
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            match self.rx.recv() {
+                Ok(Ok(b)) if b.is_empty() => continue,
+                Ok(Ok(b)) => return Ok(Some(b)),
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("decompressing {}: {e}", self.name),
+                    ));
+                }
+                Err(_) => {
+                    self.done = true;
+                    if let Some(h) = self.handle.take() {
+                        if h.join().is_err() {
+                            return Err(io::Error::other(format!(
+                                "decompressing {}: the decoder thread panicked",
+                                self.name
+                            )));
+                        }
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
 impl Read for PipeReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.cur.len() {

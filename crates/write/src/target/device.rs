@@ -210,7 +210,7 @@ impl Device {
     }
 
     /// A few lines describing the device and what is on it now.
-    pub fn describe(&self) -> String {
+    pub fn describe(&self, file: &std::fs::File) -> String {
         use std::fmt::Write as _;
         let mut s = format!(
             "{}: {}, {} ({} bytes){}{}",
@@ -228,7 +228,7 @@ impl Device {
                 .map(|b| format!(", loop device over {}", b.display()))
                 .unwrap_or_default()
         );
-        match std::fs::File::open(&self.path) {
+        match file.try_clone() {
             Ok(mut f) => match oneimage_format::gpt::read_table(&mut f) {
                 Ok(t) if !t.partitions.is_empty() => {
                     for part in &t.partitions {

@@ -21,6 +21,8 @@ pub struct Checks {
     pub force: bool,
     /// Do not ask for confirmation.
     pub yes: bool,
+    /// Write to a device although the image's size is not known before the end.
+    pub allow_unknown_size: bool,
 }
 
 /// An opened target.
@@ -70,7 +72,12 @@ impl AlignedBuf {
 impl Target {
     /// Opens `path` for an image of `image_size` bytes read from `source`, after every
     /// safety check; for a block device, shows it and asks unless `checks.yes`.
-    pub fn open(path: &Path, image_size: u64, source: &Path, checks: Checks) -> Result<Target> {
+    pub fn open(
+        path: &Path,
+        image_size: Option<u64>,
+        source: &Path,
+        checks: Checks,
+    ) -> Result<Target> {
         let meta = match std::fs::metadata(path) {
             Ok(m) => Some(m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -78,27 +85,59 @@ impl Target {
         };
         match meta {
             Some(m) if m.file_type().is_block_device() => {
+                // Opened once, exclusively, before any check: the checks below look at
+                // the device this handle holds (its number from fstat), so the path
+                // cannot be switched to another device between the checks and the write.
+                let buffered = match OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+                    .open(path)
+                {
+                    Ok(f) => f,
+                    Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {
+                        // Say why when we can (mounted, a holder); else that it is busy.
+                        use std::os::unix::fs::MetadataExt;
+                        let dev = Device::inspect(path, m.rdev())?;
+                        dev.check(image_size.unwrap_or(0), source, checks.force)?;
+                        bail!(
+                            "{} is in use (mounted, or held open exclusively by another program)",
+                            path.display()
+                        );
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+                };
+                let meta = buffered
+                    .metadata()
+                    .with_context(|| format!("reading {}", path.display()))?;
+                if !meta.file_type().is_block_device() {
+                    bail!(
+                        "{} changed while it was opened: it is no longer a block device",
+                        path.display()
+                    );
+                }
                 use std::os::unix::fs::MetadataExt;
-                let dev = Device::inspect(path, m.rdev())?;
-                dev.check(image_size, source, checks.force)?;
-                confirm(&dev, checks.yes)?;
+                let dev = Device::inspect(path, meta.rdev())?;
+                match image_size {
+                    Some(size) => dev.check(size, source, checks.force)?,
+                    None if checks.allow_unknown_size => dev.check(0, source, checks.force)?,
+                    None => {
+                        dev.check(0, source, checks.force)?;
+                        bail!("the size of the image inside {} is not recorded in its format, so it cannot be checked against {} before writing; give the image's block map (--bmap FILE), or pass --allow-unknown-size to write anyway (a target that turns out too small is then erased and reported INCOMPLETE)", source.display(), path.display());
+                    }
+                }
+                confirm(&dev, &buffered, checks.yes)?;
+                // The direct-I/O handle is the same open device, reached through this
+                // process's own descriptor rather than the path.
                 let direct = OpenOptions::new()
                     .read(true)
                     .write(true)
-                    .custom_flags((rustix::fs::OFlags::DIRECT | rustix::fs::OFlags::EXCL).bits() as i32)
-                    .open(path)
-                    .map_err(|e| {
-                        if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) {
-                            anyhow::anyhow!("{} is in use (mounted, or held open exclusively by another program)", path.display())
-                        } else {
-                            anyhow::Error::new(e).context(format!("opening {}", path.display()))
-                        }
-                    })?;
-                let buffered = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(path)
-                    .with_context(|| format!("opening {}", path.display()))?;
+                    .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+                    .open(format!(
+                        "/proc/self/fd/{}",
+                        std::os::fd::AsRawFd::as_raw_fd(&buffered)
+                    ))
+                    .with_context(|| format!("opening {} for direct I/O", path.display()))?;
                 Ok(Target::Device {
                     dev,
                     direct,
@@ -141,7 +180,7 @@ impl Target {
                     .set_permissions(std::fs::Permissions::from_mode(0o644))
                     .with_context(|| format!("setting the mode of {}", tmp.path().display()))?;
                 tmp.as_file()
-                    .set_len(image_size)
+                    .set_len(image_size.unwrap_or(0))
                     .with_context(|| format!("sizing {}", tmp.path().display()))?;
                 Ok(Target::File {
                     tmp,
@@ -208,6 +247,60 @@ impl Target {
         self.handle(buf, off).read_exact_at(buf, off)
     }
 
+    /// Makes `len` bytes at `off` read as zeros. On a device this is BLKZEROOUT (the
+    /// kernel picks the fastest way the device offers, writing zeros at worst), or plain
+    /// zeros where the range is not sector-aligned; a new file is zero already.
+    pub fn zero_range(&self, off: u64, len: u64) -> io::Result<()> {
+        let Target::Device { direct, .. } = self else {
+            return Ok(());
+        };
+        if off % 512 == 0 && len % 512 == 0 && len > 0 {
+            const BLKZEROOUT: rustix::ioctl::Opcode = 0x127f; // _IO(0x12, 127)
+                                                              // SAFETY: BLKZEROOUT reads a u64[2] (offset, length) that lives for the call.
+            let r = unsafe {
+                rustix::ioctl::ioctl(
+                    direct,
+                    rustix::ioctl::Setter::<BLKZEROOUT, [u64; 2]>::new([off, len]),
+                )
+            };
+            if r.is_ok() {
+                return Ok(());
+            }
+        }
+        let zeros = AlignedBuf::new((1 << 20).min(len as usize));
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(1 << 20) as usize;
+            self.write_at(&zeros.as_slice()[..n], off + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Before the first byte of a device is written: erases the first MiB, the MiB
+    /// before the image's end (when known) and the device's last MiB, where partition
+    /// tables (primary and backup GPT, MBR, ISO 9660 descriptors) live, so the target is
+    /// no disk at all until the copy writes them last.
+    pub fn invalidate(&self, image_size: Option<u64>) -> io::Result<()> {
+        let Target::Device { dev, .. } = self else {
+            return Ok(());
+        };
+        let mib = 1u64 << 20;
+        let mut ranges = vec![(0, mib.min(dev.size))];
+        if let Some(s) = image_size.filter(|&s| s <= dev.size) {
+            ranges.push((s.saturating_sub(mib), s));
+        }
+        ranges.push((dev.size.saturating_sub(mib), dev.size));
+        for (a, b) in ranges {
+            // Sector-aligned outward, within the device.
+            let a = a / 4096 * 4096;
+            let b = b.div_ceil(4096).saturating_mul(4096).min(dev.size);
+            let zeros = AlignedBuf::new((b - a) as usize);
+            self.write_at(zeros.as_slice(), a)?;
+        }
+        self.sync()
+    }
+
     /// Flushes everything to the media and drops cached pages so reads hit the media.
     pub fn sync(&self) -> io::Result<()> {
         let files: Vec<&File> = match self {
@@ -248,14 +341,7 @@ impl Target {
                 format!("removed the partial file {}", tmp.path().display())
             }
             Target::Device { dev, .. } => {
-                let zero = vec![0u8; 1 << 20];
-                let head = (1u64 << 20).min(image_size) as usize;
-                let tail_at = image_size.saturating_sub(1 << 20).max(head as u64);
-                let tail = (image_size - tail_at) as usize;
-                let ok = self.write_at(&zero[..head], 0).is_ok()
-                    && self.write_at(&zero[..tail], tail_at).is_ok()
-                    && self.sync().is_ok();
-                if ok {
+                if self.invalidate(Some(image_size)).is_ok() {
                     format!("{} is INCOMPLETE; its partition tables were erased so it is not mistaken for a good copy", dev.path.display())
                 } else {
                     format!(
@@ -273,8 +359,8 @@ fn is_aligned(buf: &[u8], off: u64) -> bool {
 }
 
 /// Shows the device and asks for `yes` on the terminal; refuses without a terminal.
-fn confirm(dev: &Device, yes: bool) -> Result<()> {
-    eprintln!("oneimage: target {}", dev.describe());
+fn confirm(dev: &Device, f: &File, yes: bool) -> Result<()> {
+    eprintln!("oneimage: target {}", dev.describe(f));
     if yes {
         return Ok(());
     }

@@ -41,10 +41,9 @@ fn truncated_and_bit_flipped_streams() {
             let out = t.path().join("out");
             std::fs::write(&out, b"previous content").unwrap();
             let e = write_err(&opts(&src, &out));
-            assert!(
-                e.contains("FAILED") && e.contains("bad."),
-                "{what} {ext}: {e}"
-            );
+            // Refused before writing (a truncated .xz has no index at its end) or failed
+            // while decompressing; either way the file is named.
+            assert!(e.contains("bad."), "{what} {ext}: {e}");
             assert_eq!(
                 std::fs::read(&out).unwrap(),
                 b"previous content",

@@ -42,6 +42,8 @@ fn we_accept_bmaptools_bmap() {
     let mut o = opts(&img, &out);
     o.bmap = Some(bmap);
     let r = oneimage_write::write::write(&o).unwrap();
-    assert_eq!(r.written, theirs.mapped_bytes());
+    // Their map covers our data; zero blocks in it are zeroed rather than written.
+    assert!(r.written <= theirs.mapped_bytes());
+    assert_eq!(r.written + r.zeroed, IMAGE_SIZE);
     assert_same(&img, &out, "our write with bmaptool's bmap");
 }
