@@ -155,8 +155,11 @@ impl Device {
                 used.push(format!("/dev/{n} is in use as swap"));
             }
         }
-        if mounts::root_device().and_then(whole_disk) == Some(self.devnum) {
-            bail!("{p} holds the running system (the root filesystem is on it); refusing to overwrite it");
+        if let Some(why) = super::system_disks::system_disks().get(&self.devnum) {
+            bail!(
+                "{p} holds the running system ({}); refusing to overwrite it",
+                why.join("; ")
+            );
         }
         if !used.is_empty() {
             bail!("{p} is in use: {}; unmount it first", used.join("; "));

@@ -3,6 +3,7 @@
 
 pub mod device;
 pub mod mounts;
+pub mod system_disks;
 
 use anyhow::{bail, Context, Result};
 use device::Device;

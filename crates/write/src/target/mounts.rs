@@ -59,7 +59,8 @@ pub fn parse_devnum(s: &str) -> Option<DevNum> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
-fn unescape(s: &str) -> String {
+/// Undoes the octal escapes (`\040` for a space) of `/proc/self/mountinfo` and `/proc/swaps`.
+pub fn unescape(s: &str) -> String {
     // mountinfo escapes space, tab, newline and backslash as \ooo.
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
