@@ -28,14 +28,6 @@ pub fn parse_mountinfo(text: &str) -> BTreeMap<DevNum, Vec<String>> {
     out
 }
 
-/// The device number of the filesystem mounted at `/`.
-pub fn root_device() -> Option<DevNum> {
-    let m = mounted();
-    m.iter()
-        .find(|(_, pts)| pts.iter().any(|p| p == "/"))
-        .map(|(d, _)| *d)
-}
-
 /// Device numbers of active swap devices.
 pub fn swap_devices() -> Vec<DevNum> {
     let text = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
