@@ -225,7 +225,7 @@ fn apply(target: &Target, op: &Op) -> Result<()> {
 /// Streams the image from `src` onto `target`, handing every image byte to `image_tap`
 /// as well. With `map`, each mapped range's SHA-256 is checked. `image_size` (when known)
 /// is enforced. Returns before the last [`TAIL_DELAY`] bytes and the first MiB are
-/// written; `cancel` stops the copy with an error.
+/// written; `cancel` stops the copy with an error; `during` is told the bytes copied.
 pub fn copy<'a>(
     src: &mut PipeReader,
     map: Option<&Bmap>,
@@ -233,6 +233,7 @@ pub fn copy<'a>(
     target: &'a Target,
     mut image_tap: Tap,
     cancel: Option<&AtomicBool>,
+    during: Option<&dyn Fn(u64)>,
     progress: &mut Progress,
 ) -> Result<Copy<'a>> {
     let limit = if target.is_device() {
@@ -289,6 +290,9 @@ pub fn copy<'a>(
         off += n;
         w.flush_before(off)?;
         progress.add(n);
+        if let Some(f) = during {
+            f(off);
+        }
     }
     if !carry.is_empty() {
         emit_blocks(&mut w, &carry, off - carry.len() as u64)?;

@@ -24,6 +24,10 @@ use std::sync::Arc;
 /// (tests use it to play a faulty target).
 pub type BeforeVerify = Box<dyn Fn(&Path) -> Result<()>>;
 
+/// Called after each piece of the image is handed to the target, with the bytes copied
+/// so far (tests use it to change the source in the middle of a write).
+pub type DuringCopy = Box<dyn Fn(u64)>;
+
 /// Everything `write` needs.
 pub struct WriteOptions {
     /// The image file, compressed or not.
@@ -50,6 +54,8 @@ pub struct WriteOptions {
     pub progress: Mode,
     /// Hook between write and readback.
     pub before_verify: Option<BeforeVerify>,
+    /// Hook during the copy.
+    pub during_copy: Option<DuringCopy>,
     /// Set (by a signal handler) to stop the write; the target is then erased.
     pub cancel: Option<Arc<AtomicBool>>,
 }
@@ -70,6 +76,7 @@ impl WriteOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             progress: Mode::Quiet,
             before_verify: None,
+            during_copy: None,
             cancel: None,
         }
     }
@@ -212,6 +219,7 @@ pub fn write(opts: &WriteOptions) -> Result<WriteReport> {
             &target,
             image_tap,
             cancel,
+            opts.during_copy.as_deref(),
             &mut progress,
         );
         // Stop the decoder (and with it the file checks) before waiting for them.

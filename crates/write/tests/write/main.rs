@@ -7,3 +7,4 @@ mod harness;
 mod interop;
 mod roundtrip;
 mod signatures;
+mod used_targets;
