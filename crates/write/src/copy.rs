@@ -222,20 +222,29 @@ fn apply(target: &Target, op: &Op) -> Result<()> {
     }
 }
 
+/// What steers a copy from outside.
+#[derive(Clone, Copy, Default)]
+pub struct Control<'c> {
+    /// Set to stop the copy with an error.
+    pub cancel: Option<&'c AtomicBool>,
+    /// Told the bytes copied so far after each piece.
+    pub during: Option<&'c dyn Fn(u64)>,
+}
+
 /// Streams the image from `src` onto `target`, handing every image byte to `image_tap`
 /// as well. With `map`, each mapped range's SHA-256 is checked. `image_size` (when known)
 /// is enforced. Returns before the last [`TAIL_DELAY`] bytes and the first MiB are
-/// written; `cancel` stops the copy with an error; `during` is told the bytes copied.
+/// written.
 pub fn copy<'a>(
     src: &mut PipeReader,
     map: Option<&Bmap>,
     image_size: Option<u64>,
     target: &'a Target,
     mut image_tap: Tap,
-    cancel: Option<&AtomicBool>,
-    during: Option<&dyn Fn(u64)>,
+    control: Control,
     progress: &mut Progress,
 ) -> Result<Copy<'a>> {
+    let Control { cancel, during } = control;
     let limit = if target.is_device() {
         target.size()?
     } else {

@@ -218,8 +218,10 @@ pub fn write(opts: &WriteOptions) -> Result<WriteReport> {
             image_size,
             &target,
             image_tap,
-            cancel,
-            opts.during_copy.as_deref(),
+            copy::Control {
+                cancel,
+                during: opts.during_copy.as_deref(),
+            },
             &mut progress,
         );
         // Stop the decoder (and with it the file checks) before waiting for them.
