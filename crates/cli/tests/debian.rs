@@ -620,3 +620,67 @@ fn demo_boots_from_a_usb_stick_under_uefi() {
         ],
     );
 }
+
+/// A used stick: `len` bytes, the first 200 MiB and the last 8 MiB seeded random (old
+/// partitions, an old backup GPT), the rest sparse.
+fn used_stick(path: &Path, len: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(len).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for at in (0..200u64).chain((len >> 20) - 8..len >> 20) {
+        for c in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all_at(&buf, at << 20).unwrap();
+    }
+}
+
+#[test]
+fn demo_written_over_a_used_stick_is_exact_and_boots() {
+    let d = tempfile::tempdir().unwrap();
+    let image = demo();
+    let size = std::fs::metadata(image).unwrap().len();
+    let stick = d.path().join("stick");
+    used_stick(&stick, size + (256 << 20));
+    let dev = ok(Command::new("losetup").args(["-f", "--show"]).arg(&stick))
+        .trim()
+        .to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let lo = Detach(dev);
+    // As the user did: the image with the bmap `build` wrote next to it.
+    let out = ok(oneimage()
+        .args(["write", "--yes", "--force"])
+        .arg(image)
+        .arg(&lo.0));
+    drop(lo);
+    assert!(!out.contains("INCOMPLETE"), "{out}");
+    // Exact: everything but the MBR's size field and the two GPT headers and tables it
+    // moved to the end of the bigger stick.
+    let a = std::fs::read(image).unwrap();
+    let b = head(&stick, size as usize);
+    let tail = size as usize - 33 * 512;
+    if let Some(i) = (1024..tail).find(|&i| a[i] != b[i]) {
+        panic!("the stick differs from the image at byte {i}");
+    }
+    let v = ok(Command::new("sgdisk")
+        .env("LC_ALL", "C")
+        .arg("-v")
+        .arg(&stick));
+    assert!(v.contains("No problems found"), "sgdisk -v: {v}");
+    let esp = extract_partition(&stick, 1, d.path());
+    ok(Command::new("fsck.fat").arg("-n").arg(&esp));
+    let root = extract_partition(&stick, 2, d.path());
+    e2fsck_clean(&root);
+    let console = boot_until(&stick, MARKER, &["--snapshot"]);
+    assert!(console.contains(MARKER));
+}

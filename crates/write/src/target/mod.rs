@@ -338,8 +338,12 @@ impl Target {
     /// is not mistaken for a good one. Returns what was done.
     pub fn abandon(self, image_size: u64) -> String {
         match &self {
-            Target::File { tmp, .. } => {
-                format!("removed the partial file {}", tmp.path().display())
+            Target::File { tmp, dest } => {
+                format!(
+                    "{} is INCOMPLETE and was not created; removed the partial file {}",
+                    dest.display(),
+                    tmp.path().display()
+                )
             }
             Target::Device { dev, .. } => {
                 if self.invalidate(Some(image_size)).is_ok() {
