@@ -2,16 +2,19 @@
 # Benchmarks `oneimage write` against the tools users would otherwise use, in the same
 # run, and prints the figures and ratios as Markdown (see docs/benchmarks-writer.md).
 #
-# Image: the demo image when it exists (DEMO_IMAGE, default /work/main/out/debian-demo.img),
-# otherwise a synthetic 1 GiB GPT disk whose ext4 partition holds ~600 MiB of real files
-# from /usr. Targets: a regular file and a loop device. Needs root for the loop device.
-# Each write is timed REPEAT times (default 2) with cold caches and the fastest counts.
+# Image: DEMO_IMAGE (default /work/main/out/debian-demo.img) when it exists, otherwise a
+# synthetic 1 GiB GPT disk whose ext4 partition holds ~600 MiB of real files from /usr
+# (DEMO_IMAGE=synthetic asks for it; a DEMO_IMAGE that is given but missing is an error).
+# Targets: a regular file and a loop device. Needs root for the loop device.
+# The writers are timed in REPEAT rounds (default 2), one run of each per round, with
+# cold caches and a blank target (file removed, loop device discarded to zeros); the
+# fastest run counts, and after every run the target must equal the image.
 # BENCH_DIR=DIR keeps the image and artifacts in DIR and reuses them on the next run.
+# BASELINE=/path/to/an/older/oneimage adds its `write` of the .zst and .xz, timed in the
+# same rounds, and the ratios new / previous.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p oneimage -p oneimage-write --example bench >/dev/null
-O=$PWD/target/release/oneimage
-B=$PWD/target/release/examples/bench
 REPEAT=${REPEAT:-2}
 if [ -n "${BENCH_DIR:-}" ]; then
   W=$BENCH_DIR; mkdir -p "$W"; KEEP=1
@@ -21,16 +24,38 @@ fi
 LOOP=""
 cleanup() {
   [ -n "$LOOP" ] && losetup -d "$LOOP" 2>/dev/null || true
-  rm -f "$W/out.img" "$W/disk" "$W/log"
+  rm -f "$W/out.img" "$W/disk" "$W/log" "$W/oneimage" "$W/oneimage-previous" "$W/bench"
   [ "$KEEP" = 1 ] || rm -rf "$W"
 }
 trap cleanup EXIT
+# Private copies, so that a rebuild in the tree during the run cannot swap them.
+cp target/release/oneimage "$W/oneimage"
+cp target/release/examples/bench "$W/bench"
+O=$W/oneimage
+B=$W/bench
+P=""
+if [ -n "${BASELINE:-}" ]; then
+  cp "$BASELINE" "$W/oneimage-previous"
+  P=$W/oneimage-previous
+fi
+# Every flag this script passes to `oneimage write` must exist in each binary.
+for bin in "$O" $P; do
+  help=$("$bin" write --help)
+  for flag in --yes --force --json; do
+    grep -q -- "$flag" <<<"$help" || { echo "FAILED: $bin write has no $flag" >&2; exit 1; }
+  done
+done
+echo "oneimage: $("$O" --version) ($(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates Cargo.lock || echo ', with uncommitted changes'))" >&2
+[ -z "$P" ] || echo "previous: $("$P" --version) ($BASELINE)" >&2
 IMG=$W/bench.img
 DEMO=${DEMO_IMAGE:-/work/main/out/debian-demo.img}
+if [ -n "${DEMO_IMAGE:-}" ] && [ "$DEMO" != synthetic ] && [ ! -f "$DEMO" ]; then
+  echo "FAILED: DEMO_IMAGE=$DEMO does not exist" >&2; exit 1
+fi
 
 if [ -f "$IMG.xz" ] && [ -f "$IMG.zst" ] && [ -f "$IMG.gz" ]; then
   echo "image: reusing $IMG and its artifacts" >&2
-elif [ -f "$DEMO" ]; then
+elif [ "$DEMO" != synthetic ] && [ -f "$DEMO" ]; then
   echo "image: $DEMO" >&2
   cp --sparse=always "$DEMO" "$IMG"
 else
@@ -67,20 +92,26 @@ SIZE=$(stat -c %s "$IMG")
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
-# timed LABEL CMD...: runs CMD with cold caches, records seconds in T[LABEL].
+# timed LABEL CMD...: runs CMD N times (default 1) with cold caches, each run after the
+# untimed command PREP and followed by the untimed command CHECK (both optional); keeps
+# in T[LABEL] the fastest run, also across calls (so rounds can interleave writers).
 declare -A T SPLIT
 timed() {
   local label=$1; shift
-  local n=${N:-1} best="" i s t
+  local n=${N:-1} best=${T[$label]:-} i s t
   for ((i = 0; i < n; i++)); do
+    [ -z "${PREP:-}" ] || eval "$PREP"
     drop
     s=$(now)
     if ! "$@" >"$W/log" 2>&1; then echo "FAILED: $label" >&2; cat "$W/log" >&2; exit 1; fi
     t=$(secs "$s" "$(now)")
     if [ -z "$best" ] || awk -v a="$t" -v b="$best" 'BEGIN { exit !(a < b) }'; then best=$t; fi
+    if [ -n "${CHECK:-}" ] && ! eval "$CHECK"; then
+      echo "FAILED: $label: the target differs from the image" >&2; exit 1
+    fi
+    echo "  $label: $t s" >&2
   done
   T[$label]=$best
-  echo "  $label: $best s (best of $n)" >&2
 }
 
 if [ ! -f "$IMG.gz" ]; then
@@ -123,29 +154,53 @@ os.fsync(o)
 PY
 }
 
+# The writers, in the order they run in each round and appear in the tables.
+WRITERS=("oneimage zst" "oneimage xz")
+[ -z "$P" ] || WRITERS+=("previous oneimage zst" "previous oneimage xz")
+WRITERS+=("bmaptool zst" "bmaptool xz" "xz -T0 -dc, dd" "zstd -dc, dd" "dd raw" "floor (mapped bytes only)")
+
 run_targets() { # $1 = kind (file|loop), $2 = target path
-  local k=$1 t=$2 direct=""
+  local k=$1 t=$2 direct="" r l
+  declare -A C
   [ "$k" = loop ] && direct="oflag=direct"
-  local pre=":"
-  [ "$k" = file ] && pre="rm -f $t"
-  echo "target: $k" >&2
-  N=$REPEAT
-  timed "$k oneimage zst" sh -c "$pre; '$O' write --yes --force '$IMG.zst' '$t'"
-  timed "$k oneimage xz" sh -c "$pre; '$O' write --yes --force '$IMG.xz' '$t'"
-  timed "$k bmaptool zst" sh -c "$pre; bmaptool copy '$IMG.zst' '$t'"
-  timed "$k bmaptool xz" sh -c "$pre; bmaptool copy '$IMG.xz' '$t'"
-  timed "$k xz -T0 -dc, dd" sh -c "$pre; xz -T0 -dc '$IMG.xz' | dd of='$t' bs=4M iflag=fullblock $direct conv=fsync status=none"
-  timed "$k zstd -dc, dd" sh -c "$pre; zstd -q -dc '$IMG.zst' | dd of='$t' bs=4M iflag=fullblock $direct conv=fsync status=none"
-  timed "$k dd raw" sh -c "$pre; dd if='$IMG' of='$t' bs=4M $direct conv=fsync status=none"
-  timed "$k floor (mapped bytes only)" sh -c "$pre; $(declare -f floor); IMG='$IMG' floor '$t'"
+  C["oneimage zst"]="'$O' write --yes --force '$IMG.zst' '$t'"
+  C["oneimage xz"]="'$O' write --yes --force '$IMG.xz' '$t'"
+  C["previous oneimage zst"]="'$P' write --yes --force '$IMG.zst' '$t'"
+  C["previous oneimage xz"]="'$P' write --yes --force '$IMG.xz' '$t'"
+  C["bmaptool zst"]="bmaptool copy '$IMG.zst' '$t'"
+  C["bmaptool xz"]="bmaptool copy '$IMG.xz' '$t'"
+  C["xz -T0 -dc, dd"]="xz -T0 -dc '$IMG.xz' | dd of='$t' bs=4M iflag=fullblock $direct conv=fsync status=none"
+  C["zstd -dc, dd"]="zstd -q -dc '$IMG.zst' | dd of='$t' bs=4M iflag=fullblock $direct conv=fsync status=none"
+  C["dd raw"]="dd if='$IMG' of='$t' bs=4M $direct conv=fsync status=none"
+  C["floor (mapped bytes only)"]="$(declare -f floor); IMG='$IMG' floor '$t'"
+  # A blank target before every run: no file, or a loop device whose blocks read as zeros.
+  if [ "$k" = file ]; then PREP="rm -f '$t'"; else PREP="blkdiscard '$t'"; fi
+  CHECK="cmp -n '$SIZE' '$IMG' '$t' >/dev/null"
+  echo "target: $k ($(uptime))" >&2
+  LOADS+=("$k start $(uptime | sed 's/.*load average: //')")
   N=1
-  cmp -n "$SIZE" "$IMG" "$t" >/dev/null || { echo "FAILED: $k target differs from the image" >&2; exit 1; }
+  for ((r = 1; r <= REPEAT; r++)); do
+    echo " round $r of $REPEAT" >&2
+    for l in "${WRITERS[@]}"; do
+      timed "$k $l" sh -c "${C[$l]}"
+    done
+  done
+  echo "target: $k done ($(uptime))" >&2
+  LOADS+=("end $(uptime | sed 's/.*load average: //')")
   # Where oneimage's time goes: its own report of the write and the readback.
-  drop
-  sh -c "$pre; '$O' write --yes --force --json '$IMG.zst' '$t'" | tail -1 > "$W/done.json"
-  SPLIT[$k]=$(python3 -c "import json; d = json.load(open('$W/done.json')); print('%.2f s decompressing, checking and writing, %.2f s reading back' % (d['write_seconds'], d['verify_seconds']))")
+  for l in "oneimage" ${P:+"previous oneimage"}; do
+    local bin=$O
+    [ "$l" = oneimage ] || bin=$P
+    eval "$PREP"
+    drop
+    "$bin" write --yes --force --json "$IMG.zst" "$t" | tail -1 > "$W/done.json"
+    eval "$CHECK" || { echo "FAILED: $k $l --json: the target differs from the image" >&2; exit 1; }
+    SPLIT[$k $l]=$(python3 -c "import json; d = json.load(open('$W/done.json')); print('%.2f s decompressing, checking and writing (%s bytes of data, %s of zeros), %.2f s reading back' % (d['write_seconds'], d.get('written', '?'), d.get('zeroed', 'none'), d['verify_seconds']))")
+  done
+  PREP=""; CHECK=""
 }
 
+LOADS=()
 run_targets file "$W/out.img"
 rm -f "$W/out.img"
 if [ -e /dev/loop-control ]; then
@@ -169,7 +224,8 @@ timed "dec gzip -dc" sh -c "gzip -dc '$IMG.gz' > /dev/null"
 mib() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
-echo "Image: $(mib "$SIZE") MiB, $(mib "$MAPPED") MiB mapped; $(nproc) cores; $(date -u +%Y-%m-%d)"
+echo "Image: $(mib "$SIZE") MiB, $(mib "$MAPPED") MiB mapped; $(nproc) cores; $(date -u +%Y-%m-%d); REPEAT=$REPEAT"
+echo "Load average (1, 5, 15 min):"; printf '%s\n' "${LOADS[@]/#/- }"
 echo
 echo "| compressed | size (MiB) | % of image |"
 echo "|---|---|---|"
@@ -184,11 +240,23 @@ for k in file loop; do
   [ -n "${T[$k oneimage zst]:-}" ] || continue
   echo "| write to a $k | seconds | vs oneimage zst |"
   echo "|---|---|---|"
-  for l in "oneimage zst" "oneimage xz" "bmaptool zst" "bmaptool xz" "xz -T0 -dc, dd" "zstd -dc, dd" "dd raw" "floor (mapped bytes only)"; do
+  for l in "${WRITERS[@]}"; do
     echo "| $l | ${T[$k $l]} | $(ratio "${T[$k $l]}" "${T[$k oneimage zst]}")x |"
   done
   echo
-  echo "oneimage zst to a $k: ${SPLIT[$k]}"
+  echo "To a $k, oneimage against the others (time / their time; below 1 is faster):"
+  echo "oneimage zst / bmaptool zst $(ratio "${T[$k oneimage zst]}" "${T[$k bmaptool zst]}")x," \
+    "/ zstd -dc, dd $(ratio "${T[$k oneimage zst]}" "${T[$k zstd -dc, dd]}")x;" \
+    "oneimage xz / bmaptool xz $(ratio "${T[$k oneimage xz]}" "${T[$k bmaptool xz]}")x," \
+    "/ xz -T0 -dc, dd $(ratio "${T[$k oneimage xz]}" "${T[$k xz -T0 -dc, dd]}")x"
+  if [ -n "$P" ]; then
+    echo "new / previous: zst $(ratio "${T[$k oneimage zst]}" "${T[$k previous oneimage zst]}")x," \
+      "xz $(ratio "${T[$k oneimage xz]}" "${T[$k previous oneimage xz]}")x"
+  fi
+  echo
+  for l in "oneimage" ${P:+"previous oneimage"}; do
+    echo "$l zst to a $k (one --json run): ${SPLIT[$k $l]}"
+  done
   echo
 done
 echo "| decompress | seconds | MiB/s of image |"

@@ -265,3 +265,59 @@ fn signify_good_and_bad() {
     assert!(e.contains("BAD SIGNATURE") && e.contains("signify"), "{e}");
     assert_nothing_left(t.path(), "out");
 }
+
+#[test]
+fn the_bmap_is_covered_by_the_signed_sha256sums() {
+    let (t, img, xz) = setup(33);
+    let g = gpg_key(t.path());
+    let bmap = t.path().join("disk.img.bmap");
+    std::fs::write(
+        &bmap,
+        oneimage_artifacts::bmap::create(&img).unwrap().to_xml(),
+    )
+    .unwrap();
+    let sums = t.path().join("SHA256SUMS");
+    let list = |files: &str| {
+        run(
+            "sh",
+            &[
+                "-c",
+                &format!("cd {} && sha256sum {files} > SHA256SUMS", s(t.path())),
+            ],
+        );
+        g.sign(&sums, &t.path().join("SHA256SUMS.asc"), true);
+    };
+    let out = t.path().join("out");
+    let mut o = opts(&xz, &out);
+    o.keyrings = vec![g.keyring.clone()];
+    o.require_signature = true;
+    // 1. Listed: the bmap is used and reported as verified.
+    list("disk.img.xz disk.img.bmap");
+    let r = oneimage_write::write::write(&o).unwrap();
+    assert_eq!(r.bmap.as_deref(), Some(bmap.as_path()));
+    assert!(
+        r.bmap_verified
+            .as_deref()
+            .is_some_and(|v| v.contains("SHA256SUMS")),
+        "{:?}",
+        r.bmap_verified
+    );
+    assert_same(&img, &out, "signed xz and bmap");
+    std::fs::remove_file(&out).unwrap();
+    // 2. The bmap changed after signing (one range's checksum and the file checksum
+    //    redone, as an attacker would): refused before anything is written.
+    let text = std::fs::read_to_string(&bmap).unwrap();
+    std::fs::write(&bmap, text.replacen("<BlockMap>", "<BlockMap> ", 1)).unwrap();
+    let e = write_err(&o);
+    assert!(
+        e.contains("CHECKSUM MISMATCH") && e.contains("block map"),
+        "{e}"
+    );
+    assert!(!out.exists());
+    std::fs::write(&bmap, text).unwrap();
+    // 3. Not listed, signatures required: the bmap is ignored, the write still exact.
+    list("disk.img.xz");
+    let r = oneimage_write::write::write(&o).unwrap();
+    assert_eq!(r.bmap, None, "an unsigned bmap is not used");
+    assert_same(&img, &out, "signed xz, unsigned bmap ignored");
+}
