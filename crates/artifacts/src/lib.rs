@@ -1,8 +1,9 @@
 //! Download artifacts next to a built image: `NAME.img.zst` (zstd seekable format),
 //! `NAME.img.xz` (multi-block, decodable in parallel by xz 5.4+), `NAME.img.bmap`
-//! (bmap 2.0) and `SHA256SUMS`. Each is written under a temporary name and renamed, and
-//! each depends only on the image and the settings, never on time or thread count.
-//! The builder makes them after an image; `oneimage bmap` makes a block map of any image.
+//! (bmap 2.0) and `SHA256SUMS`. All are written under temporary names and renamed
+//! together at the end, and each depends only on the image and the settings, never on
+//! time or thread count. The builder makes them after an image; `oneimage bmap` makes a
+//! block map of any image.
 
 #![warn(missing_docs)]
 
@@ -15,8 +16,10 @@ use anyhow::{bail, Context, Result};
 use oneimage_format::size::parse_size;
 use serde::Deserialize;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use tempfile::TempPath;
 
 /// `[artifacts]` in the image spec (documented in `docs/spec-artifacts.md`).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -114,12 +117,12 @@ fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Writes `out` through a temporary file in the same directory, renamed when `f` succeeds.
-fn atomically(out: &Path, f: impl FnOnce(&mut BufWriter<&File>) -> Result<()>) -> Result<()> {
-    let dir = out
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+/// Writes what `f` produces to a temporary file in `dir`, synced; the caller names it.
+fn staged_file(
+    dir: &Path,
+    out: &Path,
+    f: impl FnOnce(&mut BufWriter<&File>) -> Result<()>,
+) -> Result<(TempPath, PathBuf)> {
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -134,48 +137,108 @@ fn atomically(out: &Path, f: impl FnOnce(&mut BufWriter<&File>) -> Result<()>) -
         w.flush()?;
     }
     tmp.as_file().sync_all()?;
-    tmp.persist(out)
-        .map_err(|e| e.error)
-        .with_context(|| format!("renaming to {}", out.display()))?;
+    Ok((tmp.into_temp_path(), out.to_path_buf()))
+}
+
+/// A reader that fails once `cancel` is set, so a long compression or checksum stops
+/// within one buffer of an interruption.
+struct Watched<'a, R> {
+    inner: R,
+    cancel: Option<&'a AtomicBool>,
+}
+
+impl<R: Read> Read for Watched<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if is_set(self.cancel) {
+            return Err(std::io::Error::other("interrupted"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+fn is_set(cancel: Option<&AtomicBool>) -> bool {
+    cancel.is_some_and(|c| c.load(Ordering::SeqCst))
+}
+
+fn check(cancel: Option<&AtomicBool>) -> Result<()> {
+    if is_set(cancel) {
+        bail!("interrupted");
+    }
     Ok(())
 }
 
-/// Writes the artifacts `spec` asks for next to `image`; returns their paths.
-pub fn emit(image: &Path, spec: &ArtifactsSpec) -> Result<Vec<PathBuf>> {
+/// Artifacts made for an image, each under a temporary name: dropped, they are deleted;
+/// [`Staged::commit`] gives them their final names.
+#[derive(Debug)]
+pub struct Staged {
+    /// (temporary file, final path), `SHA256SUMS` last.
+    files: Vec<(TempPath, PathBuf)>,
+}
+
+impl Staged {
+    /// Renames every artifact to its final name, `SHA256SUMS` last (so it never lists a
+    /// file that is not there yet); returns the final paths.
+    pub fn commit(self) -> Result<Vec<PathBuf>> {
+        let mut done = Vec::new();
+        for (tmp, out) in self.files {
+            tmp.persist(&out)
+                .map_err(|e| e.error)
+                .with_context(|| format!("renaming to {}", out.display()))?;
+            done.push(out);
+        }
+        Ok(done)
+    }
+}
+
+/// Makes the artifacts `spec` asks for from `image`, for an image that will be at
+/// `dest`: they are named after `dest` (and `SHA256SUMS` merged with the one next to
+/// `dest`), but written under temporary names in `scratch`, which must be on the same
+/// filesystem as `dest`. Fails with "interrupted" soon after `cancel` is set.
+pub fn stage(
+    image: &Path,
+    dest: &Path,
+    spec: &ArtifactsSpec,
+    scratch: &Path,
+    cancel: Option<&AtomicBool>,
+) -> Result<Staged> {
     let (frame, block) = spec.check()?;
-    let name = image
+    let name = dest
         .file_name()
         .and_then(|n| n.to_str())
-        .with_context(|| format!("{}: not a file name", image.display()))?
+        .with_context(|| format!("{}: not a file name", dest.display()))?
         .to_string();
-    let open = || -> Result<BufReader<File>> {
-        Ok(BufReader::with_capacity(
-            1 << 20,
-            File::open(image).with_context(|| format!("opening {}", image.display()))?,
-        ))
+    let open = || -> Result<Watched<BufReader<File>>> {
+        Ok(Watched {
+            inner: BufReader::with_capacity(
+                1 << 20,
+                File::open(image).with_context(|| format!("opening {}", image.display()))?,
+            ),
+            cancel,
+        })
     };
-    let mut made = Vec::new();
+    let mut files = Vec::new();
     if spec.zstd {
-        let out = image.with_file_name(format!("{name}.zst"));
+        check(cancel)?;
+        let out = dest.with_file_name(format!("{name}.zst"));
         eprintln!(
             "oneimage: compressing {} (zstd -{} seekable)",
             out.display(),
             spec.zstd_level
         );
-        atomically(&out, |w| {
+        files.push(staged_file(scratch, &out, |w| {
             crate::zstd::compress_seekable(open()?, w, spec.zstd_level, frame, threads())?;
             Ok(())
-        })?;
-        made.push(out);
+        })?);
     }
     if spec.xz {
-        let out = image.with_file_name(format!("{name}.xz"));
+        check(cancel)?;
+        let out = dest.with_file_name(format!("{name}.xz"));
         eprintln!(
             "oneimage: compressing {} (xz -{} multi-block)",
             out.display(),
             spec.xz_level
         );
-        atomically(&out, |w| {
+        files.push(staged_file(scratch, &out, |w| {
             let stream = liblzma::stream::MtStreamBuilder::new()
                 .preset(spec.xz_level)
                 .check(liblzma::stream::Check::Crc64)
@@ -186,32 +249,48 @@ pub fn emit(image: &Path, spec: &ArtifactsSpec) -> Result<Vec<PathBuf>> {
             let mut enc = liblzma::read::XzEncoder::new_stream(open()?, stream);
             std::io::copy(&mut enc, w)?;
             Ok(())
-        })?;
-        made.push(out);
+        })?);
     }
     if spec.bmap {
-        let out = image.with_file_name(format!("{name}.bmap"));
+        check(cancel)?;
+        let out = dest.with_file_name(format!("{name}.bmap"));
         eprintln!("oneimage: writing {}", out.display());
         let map = crate::bmap::create(image)?;
-        atomically(&out, |w| Ok(w.write_all(map.to_xml().as_bytes())?))?;
-        made.push(out);
+        check(cancel)?;
+        files.push(staged_file(scratch, &out, |w| {
+            Ok(w.write_all(map.to_xml().as_bytes())?)
+        })?);
     }
     if spec.sha256sums {
-        let out = image.with_file_name("SHA256SUMS");
-        let mut ours = Vec::new();
-        for f in std::iter::once(image.to_path_buf()).chain(made.iter().cloned()) {
-            let h = sha256(BufReader::with_capacity(1 << 20, File::open(&f)?))?;
-            let n = f
+        let out = dest.with_file_name("SHA256SUMS");
+        let mut ours = vec![(name.clone(), hex(&sha256(open()?)?))];
+        for (tmp, made) in &files {
+            let h = sha256(Watched {
+                inner: BufReader::with_capacity(1 << 20, File::open(tmp)?),
+                cancel,
+            })?;
+            let n = made
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             ours.push((n, hex(&h)));
         }
         let text = merged_sums(&out, &name, ours)?;
-        atomically(&out, |w| Ok(w.write_all(text.as_bytes())?))?;
-        made.push(out);
+        files.push(staged_file(scratch, &out, |w| {
+            Ok(w.write_all(text.as_bytes())?)
+        })?);
     }
-    Ok(made)
+    check(cancel)?;
+    Ok(Staged { files })
+}
+
+/// Writes the artifacts `spec` asks for next to `image`; returns their paths.
+pub fn emit(image: &Path, spec: &ArtifactsSpec) -> Result<Vec<PathBuf>> {
+    let dir = image
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    stage(image, image, spec, dir, None)?.commit()
 }
 
 /// The text of `SHA256SUMS` at `path` with `ours` (file name, hex digest) in it: lines of
@@ -260,6 +339,55 @@ mod tests {
         // a.img kept (it exists), gone.img dropped, b.img replaced by the new digest, and
         // b.img.xz, left over from an earlier build of b.img, no longer listed.
         assert_eq!(text, "11  a.img\n44  b.img\n");
+    }
+
+    #[test]
+    fn staged_artifacts_appear_only_on_commit_and_vanish_when_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let (scratch, out) = (d.path().join("work"), d.path().join("out"));
+        std::fs::create_dir_all(&scratch).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        let image = scratch.join("x.img");
+        std::fs::write(&image, vec![7u8; 3 << 20]).unwrap();
+        let dest = out.join("x.img");
+        let spec = ArtifactsSpec {
+            zstd: true,
+            zstd_level: 1,
+            ..Default::default()
+        };
+        let listing = |dir: &Path| {
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        // Dropped before commit: nothing anywhere but the image.
+        let staged = stage(&image, &dest, &spec, &scratch, None).unwrap();
+        assert_eq!(listing(&out), Vec::<String>::new());
+        drop(staged);
+        assert_eq!(listing(&scratch), ["x.img"]);
+        // Asked to stop: an error, and nothing left either.
+        let stop = AtomicBool::new(true);
+        let e = stage(&image, &dest, &spec, &scratch, Some(&stop)).unwrap_err();
+        assert!(format!("{e:#}").contains("interrupted"), "{e:#}");
+        assert_eq!(listing(&scratch), ["x.img"]);
+        // Committed: every artifact under its final name, named after `dest`.
+        let staged = stage(&image, &dest, &spec, &scratch, None).unwrap();
+        std::fs::rename(&image, &dest).unwrap();
+        let made = staged.commit().unwrap();
+        assert_eq!(made.last().unwrap(), &out.join("SHA256SUMS"));
+        assert_eq!(
+            listing(&out),
+            ["SHA256SUMS", "x.img", "x.img.bmap", "x.img.zst"]
+        );
+        assert_eq!(listing(&scratch), Vec::<String>::new());
+        let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
+        let image_line = sums.lines().find(|l| l.ends_with("  x.img")).unwrap();
+        let digest = hex(&sha256(File::open(&dest).unwrap()).unwrap());
+        assert_eq!(image_line, format!("{digest}  x.img"));
+        assert_eq!(sums.lines().count(), 3, "{sums}");
     }
 
     #[test]

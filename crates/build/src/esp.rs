@@ -3,7 +3,7 @@
 //! `mkfs.vfat --invariant` and filled with mtools (no mounts, no root).
 
 use crate::kernel::Kernel;
-use crate::run::run;
+use crate::run::{run, Cancel};
 use crate::spec::SizePolicy;
 use anyhow::{bail, Context, Result};
 use oneimage_format::size::{align_up, format_size};
@@ -94,7 +94,13 @@ pub fn grub_cfg(p: &EspParams) -> String {
 }
 
 /// Makes the ESP filesystem image at `out`; returns its size in bytes.
-pub fn make_esp(kernel: &Kernel, p: &EspParams, out: &Path, work: &Path) -> Result<u64> {
+pub fn make_esp(
+    kernel: &Kernel,
+    p: &EspParams,
+    out: &Path,
+    work: &Path,
+    cancel: Cancel,
+) -> Result<u64> {
     let stage = work.join("esp");
     let boot = stage.join("EFI/BOOT");
     let ours = stage.join("oneimage");
@@ -115,7 +121,7 @@ pub fn make_esp(kernel: &Kernel, p: &EspParams, out: &Path, work: &Path) -> Resu
             }
         }
         None => {
-            crate::grub::make_efi(p.volume_id, work, &boot.join("BOOTX64.EFI"))?;
+            crate::grub::make_efi(p.volume_id, work, &boot.join("BOOTX64.EFI"), cancel)?;
         }
     }
     std::fs::write(boot.join("grub.cfg"), grub_cfg(p))?;
@@ -165,6 +171,7 @@ pub fn make_esp(kernel: &Kernel, p: &EspParams, out: &Path, work: &Path) -> Resu
             .arg(p.label)
             .arg(out),
         "making the ESP filesystem",
+        cancel,
     )?;
     let mut mcopy = Command::new("mcopy");
     mcopy
@@ -175,10 +182,11 @@ pub fn make_esp(kernel: &Kernel, p: &EspParams, out: &Path, work: &Path) -> Resu
         .arg(stage.join("EFI"))
         .arg(&ours)
         .arg("::/");
-    run(&mut mcopy, "copying boot files to the ESP")?;
+    run(&mut mcopy, "copying boot files to the ESP", cancel)?;
     run(
         Command::new("fsck.fat").arg("-n").arg(out),
         "checking the ESP",
+        cancel,
     )?;
     Ok(size)
 }

@@ -3,7 +3,7 @@
 //! (owners, modes, device nodes, FIFOs, extended attributes) and pins every timestamp.
 
 use crate::rootfs::{Kind, Tree};
-use crate::run::run;
+use crate::run::{run, Cancel};
 use crate::spec::SizePolicy;
 use anyhow::{bail, Context, Result};
 use oneimage_format::size::{align_up, format_size};
@@ -133,6 +133,7 @@ pub fn make_ext4(
     p: &Ext4Params,
     work: &Path,
     mut place: impl FnMut(u64) -> Result<Placement>,
+    cancel: Cancel,
 ) -> Result<u64> {
     let conf = work.join("mke2fs.conf");
     std::fs::write(&conf, MKE2FS_CONF).context("writing mke2fs.conf")?;
@@ -175,9 +176,12 @@ pub fn make_ext4(
             .arg(&tree.staging)
             .arg(&pl.file)
             .arg((size / BLOCK).to_string());
-        match run(&mut cmd, "making the root filesystem") {
+        match run(&mut cmd, "making the root filesystem", cancel) {
             Ok(_) => break pl,
             Err(e) => {
+                if e.is::<crate::run::Interrupted>() {
+                    return Err(e);
+                }
                 let msg = format!("{e:#}");
                 let full = msg.contains("Could not allocate")
                     || msg.contains("No space left")
@@ -203,16 +207,18 @@ pub fn make_ext4(
         }
     };
     let dev = device_name(&placement)?;
-    apply_metadata(tree, p.epoch, &dev, work)?;
-    let check = Command::new("e2fsck").args(["-fn"]).arg(&dev).output();
-    match check {
-        // With -n, e2fsck exits 0 after declining some fixes; any declined fix is a defect.
-        Ok(o) if o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("? no") => {}
-        Ok(o) => bail!(
+    apply_metadata(tree, p.epoch, &dev, work, cancel)?;
+    let o = crate::run::output(
+        Command::new("e2fsck").args(["-fn"]).arg(&dev),
+        "checking the root filesystem",
+        cancel,
+    )?;
+    // With -n, e2fsck exits 0 after declining some fixes; any declined fix is a defect.
+    if !o.status.success() || String::from_utf8_lossy(&o.stdout).contains("? no") {
+        bail!(
             "e2fsck found problems in the root filesystem we made:\n{}",
             crate::run::tail(&o.stdout)
-        ),
-        Err(e) => bail!("running e2fsck: {e}"),
+        );
     }
     Ok(size)
 }
@@ -227,7 +233,7 @@ fn staged_mode(kind: &Kind) -> u32 {
 }
 
 /// Applies owners, modes, special files, extended attributes and times with debugfs.
-fn apply_metadata(tree: &Tree, epoch: i64, img: &str, work: &Path) -> Result<()> {
+fn apply_metadata(tree: &Tree, epoch: i64, img: &str, work: &Path, cancel: Cancel) -> Result<()> {
     let xdir = work.join("xattrs");
     std::fs::create_dir_all(&xdir)?;
     let mut s = String::new();
@@ -309,6 +315,7 @@ fn apply_metadata(tree: &Tree, epoch: i64, img: &str, work: &Path) -> Result<()>
             .arg(&script)
             .arg(img),
         "setting ownership and special files",
+        cancel,
     )?;
     // debugfs exits 0 even when a command fails; its errors go to stderr.
     let errors: Vec<String> = String::from_utf8_lossy(&out.stderr)
@@ -337,6 +344,7 @@ fn apply_metadata(tree: &Tree, epoch: i64, img: &str, work: &Path) -> Result<()>
             .args(["-w", "-R", "ssv kbytes_written 0"])
             .arg(img),
         "resetting the write counter",
+        cancel,
     )?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! same embedded configuration: find the ESP by its FAT volume id, wherever the firmware
 //! started us, and read `/EFI/BOOT/grub.cfg` from it.
 
-use crate::run::run;
+use crate::run::{run, Cancel};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -85,7 +85,14 @@ fn modules_dir(platform: &str, package: &str) -> Result<PathBuf> {
     Ok(d)
 }
 
-fn mkimage(format: &str, dir: &Path, early: &Path, extra: &[&str], out: &Path) -> Result<()> {
+fn mkimage(
+    format: &str,
+    dir: &Path,
+    early: &Path,
+    extra: &[&str],
+    out: &Path,
+    cancel: Cancel,
+) -> Result<()> {
     let mut cmd = Command::new("grub-mkimage");
     cmd.arg("-O")
         .arg(format)
@@ -97,15 +104,19 @@ fn mkimage(format: &str, dir: &Path, early: &Path, extra: &[&str], out: &Path) -
         .arg(out)
         .args(MODULES)
         .args(extra);
-    run(&mut cmd, &format!("making the GRUB image for {format}"))?;
+    run(
+        &mut cmd,
+        &format!("making the GRUB image for {format}"),
+        cancel,
+    )?;
     Ok(())
 }
 
 /// Makes GRUB's EFI application (`BOOTX64.EFI`) at `out`.
-pub fn make_efi(esp_volume_id: u32, work: &Path, out: &Path) -> Result<()> {
+pub fn make_efi(esp_volume_id: u32, work: &Path, out: &Path, cancel: Cancel) -> Result<()> {
     let early = early_config_file(esp_volume_id, work)?;
     let dir = modules_dir("x86_64-efi", "grub-efi-amd64-bin")?;
-    mkimage("x86_64-efi", &dir, &early, EFI_MODULES, out)
+    mkimage("x86_64-efi", &dir, &early, EFI_MODULES, out, cancel)
 }
 
 /// GRUB for BIOS: `core` is core.img for a disk (its first sector is diskboot), `cdrom`
@@ -120,13 +131,20 @@ pub struct BiosImages {
 }
 
 /// Makes GRUB's BIOS images in `work`.
-pub fn make_bios(esp_volume_id: u32, work: &Path) -> Result<BiosImages> {
+pub fn make_bios(esp_volume_id: u32, work: &Path, cancel: Cancel) -> Result<BiosImages> {
     let early = early_config_file(esp_volume_id, work)?;
     let dir = modules_dir("i386-pc", "grub-pc-bin")?;
     let core = work.join("core.img");
     let cdrom = work.join("eltorito.img");
-    mkimage("i386-pc", &dir, &early, BIOS_MODULES, &core)?;
-    mkimage("i386-pc-eltorito", &dir, &early, BIOS_MODULES, &cdrom)?;
+    mkimage("i386-pc", &dir, &early, BIOS_MODULES, &core, cancel)?;
+    mkimage(
+        "i386-pc-eltorito",
+        &dir,
+        &early,
+        BIOS_MODULES,
+        &cdrom,
+        cancel,
+    )?;
     let read =
         |p: &Path| std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()));
     Ok(BiosImages {

@@ -1,7 +1,9 @@
 //! The oneimage builder: spec -> root filesystem tree -> plan -> filesystems -> image.
 //!
-//! Every step works in a private directory inside the output directory; the image
-//! appears under its final name only when it is complete.
+//! Every step works in a private directory inside the output directory; the image and
+//! its artifacts appear under their final names only when all of them are complete. A
+//! build that fails or is interrupted (see [`BuildOptions::cancel`]) leaves nothing
+//! behind.
 
 pub mod assemble;
 pub mod esp;
@@ -18,6 +20,8 @@ use anyhow::{bail, Context, Result};
 use oneimage_format::size::format_size;
 use spec::{RootfsSource, Spec};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// Options that are not part of the spec.
 #[derive(Debug, Clone)]
@@ -27,6 +31,9 @@ pub struct BuildOptions {
     /// Keep root filesystems made by mmdebstrap here and reuse them when the
     /// `[rootfs.mmdebstrap]` settings and the epoch are the same.
     pub rootfs_cache: Option<PathBuf>,
+    /// Set (by a signal handler, say) to stop the build: the tool running is stopped,
+    /// everything made so far removed, and `build` fails with [`run::Interrupted`].
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 /// What a build produced.
@@ -52,7 +59,23 @@ fn epoch_from_env() -> Result<Option<i64>> {
 }
 
 /// Builds the image described by the spec at `spec_path`.
+///
+/// When `opts.cancel` is set meanwhile, the error is (or has as context)
+/// [`run::Interrupted`].
 pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
+    let cancel = run::Cancel::new(opts.cancel.as_deref());
+    build_steps(spec_path, opts, cancel).map_err(|e| {
+        // Whatever failed after the request (a tool killed, a read cut short) failed
+        // because of it.
+        if cancel.requested() && !e.is::<run::Interrupted>() {
+            e.context(run::Interrupted)
+        } else {
+            e
+        }
+    })
+}
+
+fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Result<BuildReport> {
     let checked = Spec::load(spec_path)?;
     let spec = &checked.spec;
     std::fs::create_dir_all(&opts.outdir)
@@ -80,17 +103,18 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
         }
         RootfsSource::Mmdebstrap(m) => match &opts.rootfs_cache {
             Some(cache) => {
-                let tar = rootfs::cached_mmdebstrap(m, epoch, cache)?;
+                let tar = rootfs::cached_mmdebstrap(m, epoch, cache, cancel)?;
                 rootfs::add_tarball(&mut tree, &tar)?;
             }
             None => {
                 let tar = w.join("mmdebstrap.tar");
-                rootfs::run_mmdebstrap(m, epoch, &tar)?;
+                rootfs::run_mmdebstrap(m, epoch, &tar, cancel)?;
                 rootfs::add_tarball(&mut tree, &tar)?;
                 std::fs::remove_file(&tar)?;
             }
         },
     }
+    cancel.check()?;
     if let Some(o) = &checked.overlay {
         eprintln!("oneimage: applying overlay {}", o.display());
         rootfs::add_overlay(&mut tree, o)?;
@@ -98,6 +122,7 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
     // Without a given epoch, the newest file time is the only one the inputs fix.
     let epoch =
         *epoch.get_or_insert_with(|| tree.entries.values().map(|e| e.mtime).max().unwrap_or(0));
+    cancel.check()?;
     tree.pin_times(epoch)?;
     let mut kernel = kernel::find_kernel(&tree)
         .with_context(|| format!("{}: root filesystem", spec_path.display()))?;
@@ -117,6 +142,7 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
                 eprintln!("oneimage: modules not in this kernel: {}", sum.missing.join(" "));
             }
             kernel.initrd = Some(initrd);
+            cancel.check()?;
         }
         _ if kernel.initrd.is_none() => bail!(
             "{}: boot.initramfs = \"rootfs\", but kernel {} has no initramfs in the root filesystem (looked for /boot/initrd.img-{v}, /boot/initramfs-{v}.img, /usr/lib/modules/{v}/initrd)",
@@ -157,13 +183,14 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
         },
         &esp_img,
         w,
+        cancel,
     )
     .with_context(|| format!("{}: ESP", spec_path.display()))?;
     eprintln!("oneimage: ESP {} ready", format_size(esp_bytes));
     // x86_64 PCs without UEFI (or with it switched off) boot through GRUB for BIOS.
     let bios = spec.boot.bios && spec.architecture == "x86_64";
     let bios_images = bios
-        .then(|| grub::make_bios(ids.esp_volume_id, w))
+        .then(|| grub::make_bios(ids.esp_volume_id, w, cancel))
         .transpose()
         .with_context(|| format!("{}: GRUB for BIOS", spec_path.display()))?;
 
@@ -174,6 +201,7 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
     let partial = w.join(format!("{}.img", spec.name));
     // The root filesystem is made in place inside the image, laid out for its size.
     let place = |root_bytes: u64| -> Result<ext4::Placement> {
+        cancel.check()?;
         let plan = plan::Plan::new(&ids, esp_bytes, root_bytes, bios);
         assemble::create_image(&partial, plan.total_bytes)?;
         Ok(ext4::Placement {
@@ -191,6 +219,7 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
         },
         w,
         place,
+        cancel,
     )
     .with_context(|| format!("{}: root filesystem", spec_path.display()))?;
     eprintln!(
@@ -204,6 +233,7 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
 
     let plan = plan::Plan::new(&ids, esp_bytes, root_bytes, bios);
     eprint!("oneimage: layout\n{plan}");
+    cancel.check()?;
     let cdrom = assemble::finish(&plan, &esp_img, bios_images.as_ref(), &partial)?;
     assemble::write_iso_view(
         &plan,
@@ -213,11 +243,19 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
         cdrom,
         &partial,
     )?;
+    cancel.check()?;
+    // The artifacts are made from the image where it is, under temporary names, so
+    // that nothing appears in the output directory before everything is complete.
+    let artifacts = oneimage_artifacts::stage(&partial, &image, &spec.artifacts, w, cancel.flag())
+        .with_context(|| format!("{}: [artifacts]", spec_path.display()))?;
+    // The last look at the request: from here on, only renames remain.
+    cancel.check()?;
     std::fs::rename(&partial, &image)
         .with_context(|| format!("moving the finished image to {}", image.display()))?;
-    eprintln!("oneimage: wrote {}", image.display());
-    oneimage_artifacts::emit(&image, &spec.artifacts)
+    artifacts
+        .commit()
         .with_context(|| format!("{}: [artifacts]", spec_path.display()))?;
+    eprintln!("oneimage: wrote {}", image.display());
     Ok(BuildReport {
         image,
         plan,

@@ -2,12 +2,15 @@
 
 mod bmap_cmd;
 mod inspect;
+mod interrupt;
 mod write_cmd;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use oneimage_vm::{FirmwareKind, Media};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Build, inspect and boot one generic Linux OS image.
@@ -106,13 +109,31 @@ fn media_names() -> impl clap::builder::TypedValueParser<Value = Media> {
 
 fn main() {
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
+    // Only the commands that make files catch signals, to remove what they made; the
+    // others are ended by them as usual (QEMU gets a terminal's Ctrl-C itself).
+    let cancel = matches!(cli.command, Cmd::Build { .. } | Cmd::Write(_)).then(interrupt::install);
+    let is_write = matches!(cli.command, Cmd::Write(_));
+    if let Err(e) = run(cli, cancel.clone()) {
+        let asked = cancel.is_some_and(|c| c.load(Ordering::SeqCst));
+        if asked
+            || e.chain()
+                .any(|c| c.is::<oneimage_build::run::Interrupted>())
+        {
+            // A build removed everything it made: there is nothing more to say. A write
+            // says what it left (INCOMPLETE, and what it erased).
+            if is_write {
+                eprintln!("oneimage: error: {e:#}");
+            }
+            eprintln!("oneimage: interrupted");
+            std::process::exit(interrupt::EXIT_INTERRUPTED);
+        }
         eprintln!("oneimage: error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Runs the command; `cancel` is the flag [`interrupt::install`] made for it, if any.
+fn run(cli: Cli, cancel: Option<Arc<AtomicBool>>) -> Result<()> {
     match cli.command {
         Cmd::Build {
             spec,
@@ -122,13 +143,14 @@ fn run(cli: Cli) -> Result<()> {
             let opts = oneimage_build::BuildOptions {
                 outdir: output,
                 rootfs_cache,
+                cancel,
             };
             let report = oneimage_build::build(&spec, &opts)?;
             println!("{}", report.image.display());
             Ok(())
         }
         Cmd::Inspect { image, json } => inspect::run(&image, json),
-        Cmd::Write(a) => write_cmd::run(a),
+        Cmd::Write(a) => write_cmd::run(a, cancel),
         Cmd::Bmap(a) => bmap_cmd::run(a),
         Cmd::Qemu {
             image,

@@ -6,6 +6,8 @@ use oneimage_write::progress::Mode;
 use oneimage_write::target::Checks;
 use oneimage_write::write::{write, WriteOptions};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// Arguments of `oneimage write`.
 #[derive(Args, Debug)]
@@ -52,9 +54,10 @@ pub struct WriteArgs {
     pub threads: Option<usize>,
 }
 
-/// Runs `oneimage write`.
-pub fn run(a: WriteArgs) -> Result<()> {
+/// Runs `oneimage write`; `cancel` is set when the user interrupts it.
+pub fn run(a: WriteArgs, cancel: Option<Arc<AtomicBool>>) -> Result<()> {
     let mut o = WriteOptions::new(a.source, a.target);
+    o.cancel = cancel;
     o.bmap = a.bmap;
     o.no_bmap = a.no_bmap;
     o.keyrings = a.keyring;

@@ -297,7 +297,7 @@ fn an_interrupted_write_says_incomplete_and_leaves_no_disk() {
             continue;
         }
         interrupted += 1;
-        assert_eq!(code, Some(1), "{phase}+{delay}ms: {log}");
+        assert_eq!(code, Some(130), "{phase}+{delay}ms: {log}");
         assert!(
             log.contains("INCOMPLETE") && log.contains("interrupted"),
             "{phase}+{delay}ms: {log}"
@@ -322,7 +322,7 @@ fn an_interrupted_write_says_incomplete_and_leaves_no_disk() {
     let out = t.path().join("out").join("copy.img");
     std::fs::create_dir(out.parent().unwrap()).unwrap();
     let (code, log, _) = interrupt_write(&zst, out.to_str().unwrap(), "writing", 100, 2);
-    assert_eq!(code, Some(1), "{log}");
+    assert_eq!(code, Some(130), "{log}");
     assert!(
         log.contains("INCOMPLETE") && log.contains("interrupted"),
         "{log}"

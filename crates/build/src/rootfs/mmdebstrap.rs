@@ -1,5 +1,6 @@
 //! Making a Debian root filesystem tarball with mmdebstrap.
 
+use crate::run::Cancel;
 use crate::spec::MmdebstrapSpec;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -7,7 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Runs mmdebstrap for `m`, writing a tarball to `out`; `epoch` pins its timestamps.
-pub fn run_mmdebstrap(m: &MmdebstrapSpec, epoch: Option<i64>, out: &Path) -> Result<()> {
+pub fn run_mmdebstrap(
+    m: &MmdebstrapSpec,
+    epoch: Option<i64>,
+    out: &Path,
+    cancel: Cancel,
+) -> Result<()> {
     let mut cmd = Command::new("mmdebstrap");
     cmd.arg(format!("--variant={}", m.variant))
         .arg("--format=tar")
@@ -29,9 +35,11 @@ pub fn run_mmdebstrap(m: &MmdebstrapSpec, epoch: Option<i64>, out: &Path) -> Res
         cmd.arg(mirror);
     }
     eprintln!("oneimage: running {cmd:?}");
-    let status = cmd
-        .status()
-        .context("running mmdebstrap (is it installed? apt-get install mmdebstrap)")?;
+    let status = crate::run::status(
+        &mut cmd,
+        "running mmdebstrap (is it installed? apt-get install mmdebstrap)",
+        cancel,
+    )?;
     if !status.success() {
         bail!("mmdebstrap for suite {} failed ({status})", m.suite);
     }
@@ -43,7 +51,12 @@ pub fn run_mmdebstrap(m: &MmdebstrapSpec, epoch: Option<i64>, out: &Path) -> Res
 /// The key covers every setting that changes what mmdebstrap makes, so a changed spec
 /// never reuses a stale root filesystem; the archive moving on does not invalidate it
 /// (delete the cache to pick up updates).
-pub fn cached_mmdebstrap(m: &MmdebstrapSpec, epoch: Option<i64>, cache: &Path) -> Result<PathBuf> {
+pub fn cached_mmdebstrap(
+    m: &MmdebstrapSpec,
+    epoch: Option<i64>,
+    cache: &Path,
+    cancel: Cancel,
+) -> Result<PathBuf> {
     let mut h = Sha256::new();
     h.update(format!(
         "{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}",
@@ -61,7 +74,7 @@ pub fn cached_mmdebstrap(m: &MmdebstrapSpec, epoch: Option<i64>, cache: &Path) -
     std::fs::create_dir_all(cache)
         .with_context(|| format!("creating cache directory {}", cache.display()))?;
     let partial = cache.join(format!(".partial-{key}-{}.tar", std::process::id()));
-    let result = run_mmdebstrap(m, epoch, &partial);
+    let result = run_mmdebstrap(m, epoch, &partial, cancel);
     if let Err(e) = result {
         let _ = std::fs::remove_file(&partial);
         return Err(e);
