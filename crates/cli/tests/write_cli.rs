@@ -30,6 +30,23 @@ fn text(o: &Output) -> String {
 }
 
 struct Loop(String);
+
+impl Loop {
+    /// Attaches `file`; a machine without loop devices fails the test.
+    fn attach(file: &Path) -> Loop {
+        assert!(
+            Path::new("/dev/loop-control").exists(),
+            "/dev/loop-control is absent: this test cannot run here"
+        );
+        let out = Command::new("losetup")
+            .args(["-f", "--show", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "losetup: {}", text(&out));
+        Loop(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
 impl Drop for Loop {
     fn drop(&mut self) {
         let _ = Command::new("losetup").args(["-d", &self.0]).status();
@@ -38,10 +55,6 @@ impl Drop for Loop {
 
 #[test]
 fn without_yes_and_without_a_terminal_it_refuses() {
-    assert!(
-        Path::new("/dev/loop-control").exists(),
-        "/dev/loop-control is absent: this test cannot run here"
-    );
     let t = tempfile::tempdir().unwrap();
     let img = image(t.path());
     let back = t.path().join("disk");
@@ -49,12 +62,7 @@ fn without_yes_and_without_a_terminal_it_refuses() {
         .unwrap()
         .set_len(32 << 20)
         .unwrap();
-    let out = Command::new("losetup")
-        .args(["-f", "--show", back.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let lo = Loop(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    let lo = Loop::attach(&back);
     let o = oneimage(&["write", "--force", img.to_str().unwrap(), &lo.0]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
@@ -258,10 +266,6 @@ fn interrupt_write(
 
 #[test]
 fn an_interrupted_write_says_incomplete_and_leaves_no_disk() {
-    assert!(
-        Path::new("/dev/loop-control").exists(),
-        "/dev/loop-control is absent: this test cannot run here"
-    );
     let t = tempfile::tempdir().unwrap();
     let (img, zst) = big_zst(t.path());
     let size = std::fs::metadata(&img).unwrap().len();
@@ -281,12 +285,7 @@ fn an_interrupted_write_says_incomplete_and_leaves_no_disk() {
         .unwrap()
         .set_len(size + (32 << 20))
         .unwrap();
-    let out = Command::new("losetup")
-        .args(["-f", "--show", back.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let lo = Loop(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    let lo = Loop::attach(&back);
     let mut interrupted = 0;
     for (phase, delay, sig) in points {
         let (code, log, sent) = interrupt_write(&zst, &lo.0, phase, delay, sig);

@@ -122,34 +122,13 @@ impl PipeReader {
 
 impl Read for PipeReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len() {
-            if self.done {
-                return Ok(0);
-            }
-            match self.rx.recv() {
-                Ok(Ok(b)) => {
+        if self.pos == self.cur.len() {
+            match self.next_chunk()? {
+                Some(b) => {
                     self.cur = b;
                     self.pos = 0;
                 }
-                Ok(Err(e)) => {
-                    self.done = true;
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("decompressing {}: {e}", self.name),
-                    ));
-                }
-                Err(_) => {
-                    self.done = true;
-                    if let Some(h) = self.handle.take() {
-                        if h.join().is_err() {
-                            return Err(io::Error::other(format!(
-                                "decompressing {}: the decoder thread panicked",
-                                self.name
-                            )));
-                        }
-                    }
-                    return Ok(0);
-                }
+                None => return Ok(0),
             }
         }
         let n = buf.len().min(self.cur.len() - self.pos);

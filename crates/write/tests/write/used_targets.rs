@@ -113,6 +113,21 @@ fn used(path: &Path, len: u64, seed: u64) {
     }
 }
 
+/// Runs a checker (C locale) and asserts it found nothing wrong.
+fn checker_accepts(prog: &str, args: &[&str], what: &str) {
+    let out = std::process::Command::new(prog)
+        .env("LC_ALL", "C")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {prog}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {prog} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// sgdisk, fsck.fat and e2fsck on what `target` holds.
 fn independent_checks(target: &Path, dir: &Path, what: &str) {
     let out = std::process::Command::new("sgdisk")
@@ -136,29 +151,9 @@ fn independent_checks(target: &Path, dir: &Path, what: &str) {
         p
     };
     let esp = part(ESP, "esp.part");
-    let out = std::process::Command::new("fsck.fat")
-        .env("LC_ALL", "C")
-        .args(["-n", s(&esp)])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{what}: fsck.fat -n: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    checker_accepts("fsck.fat", &["-n", s(&esp)], what);
     let root = part(ROOT, "root.part");
-    let out = std::process::Command::new("e2fsck")
-        .env("LC_ALL", "C")
-        .args(["-fn", s(&root)])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{what}: e2fsck -fn: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    checker_accepts("e2fsck", &["-fn", s(&root)], what);
     std::fs::remove_file(esp).unwrap();
     std::fs::remove_file(root).unwrap();
 }
