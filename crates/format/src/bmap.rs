@@ -126,73 +126,101 @@ impl Bmap {
         s
     }
 
-    /// Parses bmap XML; `name` is used in error messages. Checks the version, the
-    /// checksum type, the whole-file checksum and that the ranges fit the image.
+    /// Parses bmap XML (with a real XML parser, DTDs refused, nodes and size bounded);
+    /// `name` is used in error messages. Checks the version, the checksum type, the
+    /// whole-file checksum and that the ranges fit the image, in order and apart.
     pub fn parse(text: &str, name: &str) -> Result<Bmap> {
         let err = |what: String| BmapError(format!("{name}: {what}"));
-        let body = strip_comments(text);
-        let open = body
-            .find("<bmap")
-            .ok_or_else(|| err("no <bmap> element; this is not a bmap file".into()))?;
-        let tag_end = body[open..]
-            .find('>')
-            .ok_or_else(|| err("unterminated <bmap> tag".into()))?
-            + open;
-        let version = attr(&body[open..tag_end], "version")
+        if text.len() > MAX_TEXT {
+            bail!(
+                "{name}: {} bytes; a bmap is at most {MAX_TEXT} bytes",
+                text.len()
+            );
+        }
+        let opts = roxmltree::ParsingOptions {
+            allow_dtd: false,
+            nodes_limit: MAX_NODES,
+            ..Default::default()
+        };
+        let doc = roxmltree::Document::parse_with_options(text, opts)
+            .map_err(|e| err(format!("not well-formed XML: {e}")))?;
+        let root = doc.root_element();
+        if root.tag_name().name() != "bmap" {
+            bail!(
+                "{name}: the root element is <{}>, expected <bmap>; this is not a bmap file",
+                root.tag_name().name()
+            );
+        }
+        let version = root
+            .attribute("version")
             .ok_or_else(|| err("<bmap> has no version attribute".into()))?;
         let major: u32 = version
             .split('.')
             .next()
-            .and_then(|m| m.parse().ok())
+            .and_then(|m| m.trim().parse().ok())
             .ok_or_else(|| err(format!("version {version:?}: expected MAJOR.MINOR")))?;
         if !(1..=2).contains(&major) {
             bail!("{name}: bmap version {version} is not supported, expected 1.x or 2.x");
         }
+        let child = |tag: &str| root.children().find(|n| n.has_tag_name(tag));
         let num = |tag: &str| -> Result<u64> {
-            let v = leaf(&body, tag).ok_or_else(|| err(format!("missing <{tag}>")))?;
+            let v = child(tag)
+                .ok_or_else(|| err(format!("missing <{tag}>")))?
+                .text()
+                .unwrap_or("");
             v.trim()
                 .parse()
                 .map_err(|_| err(format!("<{tag}> is {v:?}, expected a whole number")))
         };
         let image_size = num("ImageSize")?;
         let block_size = num("BlockSize")?;
-        if block_size == 0 || block_size % 512 != 0 {
-            bail!("{name}: <BlockSize> is {block_size}, expected a multiple of 512");
+        if block_size == 0 || block_size % 512 != 0 || block_size > 1 << 30 {
+            bail!("{name}: <BlockSize> is {block_size}, expected a multiple of 512 up to 1 GiB");
+        }
+        if image_size > MAX_IMAGE {
+            bail!("{name}: <ImageSize> is {image_size}, more than the {MAX_IMAGE} bytes a disk can have");
         }
         let blocks = num("BlocksCount")?;
         if blocks != image_size.div_ceil(block_size) {
             bail!("{name}: <BlocksCount> is {blocks}, but <ImageSize> {image_size} / <BlockSize> {block_size} needs {}", image_size.div_ceil(block_size));
         }
-        let ctype = leaf(&body, "ChecksumType").map(|s| s.trim().to_ascii_lowercase());
+        let ctype =
+            child("ChecksumType").map(|n| n.text().unwrap_or("").trim().to_ascii_lowercase());
         match ctype.as_deref() {
             Some("sha256") => {}
             Some(other) => bail!("{name}: <ChecksumType> is {other:?}; only sha256 is supported"),
             None => bail!("{name}: no <ChecksumType>: a bmap {version} file uses SHA-1, which is not supported; recreate it with `bmaptool create` 3.0 or later or `oneimage bmap`"),
         }
-        if let Some(sum) = leaf(&body, "BmapFileChecksum") {
-            let sum = sum.trim().to_ascii_lowercase();
-            let pos = text
-                .find(&sum)
-                .ok_or_else(|| err("<BmapFileChecksum> value not found in the file".into()))?;
+        if let Some(node) = child("BmapFileChecksum") {
+            let sum = node.text().unwrap_or("").trim().to_ascii_lowercase();
+            if unhex32(&sum).is_none() {
+                bail!("{name}: <BmapFileChecksum> is {sum:?}, expected 64 hex digits");
+            }
+            // The checksum is over the file with this value set to zeros, at the place
+            // the parser found it.
+            let range = node
+                .first_child()
+                .map(|t| t.range())
+                .ok_or_else(|| err("<BmapFileChecksum> is empty".into()))?;
+            let raw = &text[range.clone()];
+            let at = range.start + raw.find(|c: char| !c.is_whitespace()).unwrap_or(0);
             let mut zeroed = text.as_bytes().to_vec();
-            zeroed[pos..pos + sum.len()].fill(b'0');
+            zeroed[at..at + 64].fill(b'0');
             let actual = hex(&Sha256::digest(&zeroed));
             if actual != sum {
                 bail!("{name}: <BmapFileChecksum> is {sum} but the file hashes to {actual}: the bmap file is damaged or was edited");
             }
         }
-        let mut ranges = Vec::new();
-        let mut rest = body.as_str();
-        while let Some(p) = rest.find("<Range") {
-            rest = &rest[p..];
-            let gt = rest
-                .find('>')
-                .ok_or_else(|| err("unterminated <Range>".into()))?;
-            let tag = &rest[..gt];
-            let close = rest
-                .find("</Range>")
-                .ok_or_else(|| err("<Range> without </Range>".into()))?;
-            let content = rest[gt + 1..close].trim();
+        let map = child("BlockMap").ok_or_else(|| err("missing <BlockMap>".into()))?;
+        let mut ranges: Vec<Range> = Vec::new();
+        for r in map.children().filter(|n| n.is_element()) {
+            if !r.has_tag_name("Range") {
+                bail!(
+                    "{name}: <{}> inside <BlockMap>, expected only <Range>",
+                    r.tag_name().name()
+                );
+            }
+            let content = r.text().unwrap_or("").trim();
             let (a, b) = match content.split_once('-') {
                 Some((a, b)) => (a.trim(), b.trim()),
                 None => (content, content),
@@ -205,7 +233,7 @@ impl Bmap {
                 })
             };
             let (first, last) = (parse(a)?, parse(b)?);
-            let sha256 = match attr(tag, "chksum") {
+            let sha256 = match r.attribute("chksum") {
                 Some(h) => Some(unhex32(h).ok_or_else(|| {
                     err(format!(
                         "<Range> {content}: chksum {h:?} is not a SHA-256 in hex"
@@ -216,7 +244,7 @@ impl Bmap {
             if last < first || last >= blocks {
                 bail!("{name}: <Range> {content} is outside the image's {blocks} blocks");
             }
-            if let Some(prev) = ranges.last().map(|r: &Range| r.last) {
+            if let Some(prev) = ranges.last().map(|r| r.last) {
                 if first <= prev {
                     bail!("{name}: <Range> {content} overlaps or precedes the range before it");
                 }
@@ -226,7 +254,6 @@ impl Bmap {
                 last,
                 sha256,
             });
-            rest = &rest[close + 8..];
         }
         let bm = Bmap {
             image_size,
@@ -244,47 +271,12 @@ impl Bmap {
     }
 }
 
-fn strip_comments(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    loop {
-        let c = rest.find("<!--");
-        let q = rest.find("<?");
-        let (p, end) = match (c, q) {
-            (Some(c), Some(q)) if q < c => (q, "?>"),
-            (Some(c), _) => (c, "-->"),
-            (None, Some(q)) => (q, "?>"),
-            (None, None) => {
-                out.push_str(rest);
-                return out;
-            }
-        };
-        out.push_str(&rest[..p]);
-        match rest[p..].find(end) {
-            Some(e) => rest = &rest[p + e + end.len()..],
-            None => return out,
-        }
-    }
-}
-
-fn leaf<'a>(body: &'a str, tag: &str) -> Option<&'a str> {
-    let open = format!("<{tag}>");
-    let close = format!("</{tag}>");
-    let a = body.find(&open)? + open.len();
-    let b = body[a..].find(&close)? + a;
-    Some(&body[a..b])
-}
-
-fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
-    let key = format!("{name}=");
-    let p = tag.find(&key)? + key.len();
-    let q = tag[p..].chars().next()?;
-    if q != '"' && q != '\'' {
-        return None;
-    }
-    let v = &tag[p + 1..];
-    Some(&v[..v.find(q)?])
-}
+/// The largest bmap text read.
+const MAX_TEXT: usize = 256 << 20;
+/// The most XML nodes in a bmap (two per range).
+const MAX_NODES: u32 = 16 << 20;
+/// The largest image size (2^62 bytes), so block arithmetic cannot overflow.
+const MAX_IMAGE: u64 = 1 << 62;
 
 #[cfg(test)]
 mod tests {
@@ -333,5 +325,95 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("outside"));
+    }
+
+    /// Seeded mutations of a valid map (bytes flipped, cut, repeated, numbers replaced
+    /// by extremes) never panic; whatever parses keeps its ranges inside the image.
+    #[test]
+    fn mutated_maps_never_panic() {
+        let bm = Bmap {
+            image_size: 1 << 30,
+            block_size: 4096,
+            ranges: (0..40)
+                .map(|i| Range {
+                    first: i * 100,
+                    last: i * 100 + 7,
+                    sha256: Some([i as u8; 32]),
+                })
+                .collect(),
+        };
+        let base = bm.to_xml().into_bytes();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let extremes = [
+            "18446744073709551615",
+            "0",
+            "-1",
+            "4611686018427387904",
+            "",
+            "1e9",
+        ];
+        let mut parsed = 0;
+        for _ in 0..10_000 {
+            let mut m = base.clone();
+            for _ in 0..1 + next() % 4 {
+                if m.is_empty() {
+                    break;
+                }
+                let at = (next() % m.len() as u64) as usize;
+                match next() % 5 {
+                    0 => m[at] ^= 1 << (next() % 8),
+                    1 => m.truncate(at),
+                    2 => {
+                        let piece = m[at..(at + 40).min(m.len())].to_vec();
+                        m.splice(at..at, piece);
+                    }
+                    3 => {
+                        // A number somewhere becomes an extreme.
+                        if let Some(d) = m[at..].iter().position(|c| c.is_ascii_digit()) {
+                            let start = at + d;
+                            let end = start
+                                + m[start..].iter().take_while(|c| c.is_ascii_digit()).count();
+                            let e = extremes[(next() % extremes.len() as u64) as usize];
+                            m.splice(start..end, e.bytes());
+                        }
+                    }
+                    _ => m.insert(at, b"<>&\"\0-"[(next() % 6) as usize]),
+                }
+            }
+            let Ok(text) = std::str::from_utf8(&m) else {
+                continue;
+            };
+            // Half the time the file checksum is made right again, so the mutation
+            // reaches the checks behind it.
+            let fresh = (next() % 2 == 0).then(|| refresh_checksum(text)).flatten();
+            let text = fresh.as_deref().unwrap_or(text);
+            if let Ok(p) = Bmap::parse(text, "fuzz") {
+                parsed += 1;
+                for r in &p.ranges {
+                    let (a, b) = p.byte_range(r);
+                    assert!(a < b && b <= p.image_size, "{a}..{b} of {}", p.image_size);
+                }
+            }
+        }
+        assert!(parsed > 100 && parsed < 10_000, "{parsed}");
+    }
+
+    /// `text` with its `BmapFileChecksum` recomputed, if it has a 64-digit one.
+    fn refresh_checksum(text: &str) -> Option<String> {
+        let tag = "<BmapFileChecksum> ";
+        let at = text.find(tag)? + tag.len();
+        let old = text.get(at..at + 64)?;
+        if !old.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        let zeroed = format!("{}{}{}", &text[..at], "0".repeat(64), &text[at + 64..]);
+        let sum = hex(&Sha256::digest(zeroed.as_bytes()));
+        Some(format!("{}{}{}", &text[..at], sum, &text[at + 64..]))
     }
 }
