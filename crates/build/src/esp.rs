@@ -53,8 +53,8 @@ const SIGNED_GRUB: &str = "/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed";
 /// Finds the signed boot loaders in the root filesystem, or else on the build host.
 pub fn find_signed_loaders(tree: &crate::rootfs::Tree) -> Result<SignedLoaders> {
     let find = |path: &str, package: &str| -> Result<PathBuf> {
-        if let Some(real) = tree.resolve_path(path) {
-            return Ok(tree.staged(&real));
+        if let Some(file) = tree.file(path) {
+            return Ok(file);
         }
         let host = PathBuf::from(path);
         if host.exists() {

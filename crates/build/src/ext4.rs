@@ -8,7 +8,6 @@ use crate::spec::SizePolicy;
 use anyhow::{bail, Context, Result};
 use oneimage_format::size::{align_up, format_size};
 use oneimage_format::Guid;
-use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
@@ -156,7 +155,9 @@ pub fn make_ext4(
         let pl = place(size)?;
         let uuid = p.uuid.to_string();
         let mut cmd = Command::new("mkfs.ext4");
-        cmd.env("MKE2FS_CONFIG", &conf)
+        // Its messages are parsed below (a full filesystem is retried larger).
+        cmd.env("LC_ALL", "C")
+            .env("MKE2FS_CONFIG", &conf)
             .env("E2FSPROGS_FAKE_TIME", p.epoch.to_string())
             .env("SOURCE_DATE_EPOCH", p.epoch.to_string())
             .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256"])
@@ -209,7 +210,10 @@ pub fn make_ext4(
     let dev = device_name(&placement)?;
     apply_metadata(tree, p.epoch, &dev, work, cancel)?;
     let o = crate::run::output(
-        Command::new("e2fsck").args(["-fn"]).arg(&dev),
+        Command::new("e2fsck")
+            .env("LC_ALL", "C")
+            .args(["-fn"])
+            .arg(&dev),
         "checking the root filesystem",
         cancel,
     )?;
@@ -232,83 +236,114 @@ fn staged_mode(kind: &Kind) -> u32 {
     }
 }
 
+/// The longest line written to a debugfs command file, in bytes.
+///
+/// debugfs reads its command file with `fgets` into an 8192-byte buffer: a longer line
+/// is cut, and its rest runs as a command of its own (with e2fsprogs 1.47, 8190 bytes and
+/// the newline are read whole, 8191 are not; `debugfs_reads_script_lines_this_long_whole`
+/// checks the host's debugfs). Kept well below that.
+pub const MAX_SCRIPT_LINE: usize = 8000;
+
+/// The longest quoted path used as one word; longer ones are reached one directory at a
+/// time (see [`Script::address`]), so every path [`crate::rootfs::check_tree_path`]
+/// accepts fits.
+const MAX_PATH_WORD: usize = 4000;
+
+/// A debugfs command file.
+///
+/// libss, which reads it, splits a line into words at blanks, takes a word in double
+/// quotes as it is (a quote inside doubled), and hands a line that starts with `!` to the
+/// shell. Every word that comes from the root filesystem (paths, names, attribute
+/// names) goes through [`quote`], every line starts with one of our commands, and no
+/// line is longer than [`MAX_SCRIPT_LINE`], so nothing from the root filesystem can
+/// start a command.
+#[derive(Default)]
+pub struct Script {
+    text: String,
+}
+
+impl Script {
+    /// Appends one command line, refusing one that debugfs would not read whole.
+    pub fn line(&mut self, line: &str) -> Result<()> {
+        if line.len() > MAX_SCRIPT_LINE {
+            bail!(
+                "a debugfs command would be {} bytes long; debugfs cuts lines of more than {MAX_SCRIPT_LINE}",
+                line.len()
+            );
+        }
+        if line.bytes().any(|b| b == b'\n' || b == b'\r' || b == 0) {
+            bail!("a debugfs command would contain a line break");
+        }
+        self.text.push_str(line);
+        self.text.push('\n');
+        Ok(())
+    }
+
+    /// The word that names `path` (absolute, normalised) in the next command. A path
+    /// too long for one word is reached with one `cd` per directory first and then named
+    /// relative to it (the caller goes back with `cd /`).
+    pub fn address(&mut self, path: &str) -> Result<String> {
+        let word = quote(path)?;
+        if word.len() <= MAX_PATH_WORD {
+            return Ok(word);
+        }
+        self.line("cd /")?;
+        let (dirs, name) = path.rsplit_once('/').unwrap_or(("", path));
+        for comp in dirs.split('/').filter(|c| !c.is_empty()) {
+            self.line(&format!("cd {}", relative(comp)?))?;
+        }
+        relative(name)
+    }
+
+    /// The command file as written so far.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+/// `s` as one debugfs word: in double quotes, a quote inside doubled (libss reads `""`
+/// inside quotes as one `"`). Refuses what no quoting carries: line breaks and the
+/// other control characters (see [`crate::rootfs::check_name`]).
+pub fn quote(s: &str) -> Result<String> {
+    if let Some(b) = s.bytes().find(|&b| b < 0x20 || b == 0x7f) {
+        bail!(
+            "{} contains the control character 0x{b:02x}, which cannot be passed to debugfs",
+            crate::rootfs::show(s)
+        );
+    }
+    Ok(format!("\"{}\"", s.replace('"', "\"\"")))
+}
+
+/// A name relative to debugfs's current directory as one word. debugfs reads a word
+/// of the form `<N>` as inode number N, so the name is written as `./NAME`.
+fn relative(name: &str) -> Result<String> {
+    quote(&format!("./{name}"))
+}
+
 /// Applies owners, modes, special files, extended attributes and times with debugfs.
 fn apply_metadata(tree: &Tree, epoch: i64, img: &str, work: &Path, cancel: Cancel) -> Result<()> {
     let xdir = work.join("xattrs");
     std::fs::create_dir_all(&xdir)?;
-    let mut s = String::new();
+    let mut s = Script::default();
     let mut nx = 0usize;
     let builder = (
         rustix::process::geteuid().as_raw(),
         rustix::process::getegid().as_raw(),
     );
     for (path, e) in &tree.entries {
-        // debugfs's mknod links the new node into the current directory under the name
-        // given, so it has to be run from the parent.
-        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
-        let parent = if parent.is_empty() { "/" } else { parent };
-        match e.kind {
-            Kind::Hardlink(_) => continue, // same inode as its first name
-            // mkfs.ext4 -d made the special files of a borrowed source directory itself.
-            Kind::Char(..) | Kind::Block(..) | Kind::Fifo if tree.borrowed => {}
-            Kind::Char(ma, mi) => {
-                writeln!(s, "cd \"{parent}\"\nmknod \"{name}\" c {ma} {mi}\ncd /")?
-            }
-            Kind::Block(ma, mi) => {
-                writeln!(s, "cd \"{parent}\"\nmknod \"{name}\" b {ma} {mi}\ncd /")?
-            }
-            Kind::Fifo => writeln!(s, "cd \"{parent}\"\nmknod \"{name}\" p\ncd /")?,
-            _ => {}
-        }
-        // Only what mkfs.ext4 -d did not already get right is set, which keeps the
-        // script short: mkfs copies owner, mode and times from the staged file, takes the
-        // creation time from the fake clock, and copies a borrowed directory's xattrs.
-        let special = matches!(e.kind, Kind::Char(..) | Kind::Block(..) | Kind::Fifo);
-        let made_by_debugfs = special && !tree.borrowed;
-        let (staged_mode, staged_uid, staged_gid) = if tree.borrowed {
-            (e.mode, e.uid, e.gid)
-        } else {
-            (staged_mode(&e.kind), builder.0, builder.1)
-        };
-        // debugfs reads a bare number as a date (YYYYMMDD...) when it can; "@N" is seconds.
-        let mtime = e.mtime.min(epoch);
-        if made_by_debugfs || staged_mode != e.mode {
-            writeln!(s, "sif \"{path}\" mode 0{:o}", e.type_bits() | e.mode)?;
-        }
-        if made_by_debugfs || staged_uid != e.uid {
-            writeln!(s, "sif \"{path}\" uid {}", e.uid)?;
-        }
-        if made_by_debugfs || staged_gid != e.gid {
-            writeln!(s, "sif \"{path}\" gid {}", e.gid)?;
-        }
-        // Staged files carry their final mtimes (see Tree::pin_times); a borrowed
-        // directory's files may carry newer ones.
-        if made_by_debugfs || (tree.borrowed && e.mtime > epoch) {
-            writeln!(s, "sif \"{path}\" mtime @{mtime}")?;
-        }
-        // mkfs.ext4 -d reading a file or directory may update its access time first.
-        writeln!(s, "sif \"{path}\" atime @{mtime}")?;
-        writeln!(s, "sif \"{path}\" ctime @{epoch}")?;
-        if made_by_debugfs {
-            writeln!(s, "sif \"{path}\" crtime @{epoch}")?;
-        }
-        if !tree.borrowed {
-            for (name, value) in &e.xattrs {
-                let f = xdir.join(nx.to_string());
-                nx += 1;
-                std::fs::write(&f, value)?;
-                writeln!(s, "ea_set -f \"{}\" \"{path}\" \"{name}\"", f.display())?;
-            }
-        }
+        entry_commands(&mut s, tree, path, e, epoch, builder, &xdir, &mut nx)
+            .with_context(|| format!("root filesystem entry {}", crate::rootfs::show(path)))?;
     }
     for field in ["mtime", "atime", "ctime", "crtime"] {
-        writeln!(s, "sif /lost+found {field} @{epoch}")?;
+        s.line(&format!("sif /lost+found {field} @{epoch}"))?;
     }
     let script = work.join("metadata.debugfs");
-    std::fs::write(&script, s)?;
+    std::fs::write(&script, s.text())?;
     let out = run(
-        // Without the fake time debugfs stamps the superblock with the wall clock.
+        // Without the fake time debugfs stamps the superblock with the wall clock; its
+        // messages are parsed below, hence the C locale.
         Command::new("debugfs")
+            .env("LC_ALL", "C")
             .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
             .arg("-w")
             .arg("-f")
@@ -347,4 +382,126 @@ fn apply_metadata(tree: &Tree, epoch: i64, img: &str, work: &Path, cancel: Cance
         cancel,
     )?;
     Ok(())
+}
+
+/// Appends the commands for one entry of the tree to `s`.
+#[allow(clippy::too_many_arguments)]
+fn entry_commands(
+    s: &mut Script,
+    tree: &Tree,
+    path: &str,
+    e: &crate::rootfs::Entry,
+    epoch: i64,
+    builder: (u32, u32),
+    xdir: &Path,
+    nx: &mut usize,
+) -> Result<()> {
+    let special = matches!(e.kind, Kind::Char(..) | Kind::Block(..) | Kind::Fifo);
+    match e.kind {
+        Kind::Hardlink(_) => return Ok(()), // same inode as its first name
+        // mkfs.ext4 -d made the special files of a borrowed source directory itself.
+        _ if !special || tree.borrowed => {}
+        _ => {
+            // debugfs's mknod links the new node into the current directory under the
+            // name given (taken as it is, never as `<N>`), so it runs from the parent.
+            let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+            let parent = if parent.is_empty() { "/" } else { parent };
+            let dir = s.address(parent)?;
+            s.line(&format!("cd {dir}"))?;
+            let how = match e.kind {
+                Kind::Char(ma, mi) => format!("c {ma} {mi}"),
+                Kind::Block(ma, mi) => format!("b {ma} {mi}"),
+                _ => "p".to_string(),
+            };
+            s.line(&format!("mknod {} {how}", quote(name)?))?;
+            s.line("cd /")?;
+        }
+    }
+    // Only what mkfs.ext4 -d did not already get right is set, which keeps the
+    // script short: mkfs copies owner, mode and times from the staged file, takes the
+    // creation time from the fake clock, and copies a borrowed directory's xattrs.
+    let made_by_debugfs = special && !tree.borrowed;
+    let (staged_mode, staged_uid, staged_gid) = if tree.borrowed {
+        (e.mode, e.uid, e.gid)
+    } else {
+        (staged_mode(&e.kind), builder.0, builder.1)
+    };
+    let target = s.address(path)?;
+    let mut sif = |field: &str, value: String| s.line(&format!("sif {target} {field} {value}"));
+    // debugfs reads a bare number as a date (YYYYMMDD...) when it can; "@N" is seconds.
+    let mtime = e.mtime.min(epoch);
+    if made_by_debugfs || staged_mode != e.mode {
+        sif("mode", format!("0{:o}", e.type_bits() | e.mode))?;
+    }
+    if made_by_debugfs || staged_uid != e.uid {
+        sif("uid", e.uid.to_string())?;
+    }
+    if made_by_debugfs || staged_gid != e.gid {
+        sif("gid", e.gid.to_string())?;
+    }
+    // Staged files carry their final mtimes (see Tree::pin_times); a borrowed
+    // directory's files may carry newer ones.
+    if made_by_debugfs || (tree.borrowed && e.mtime > epoch) {
+        sif("mtime", format!("@{mtime}"))?;
+    }
+    // mkfs.ext4 -d reading a file or directory may update its access time first.
+    sif("atime", format!("@{mtime}"))?;
+    sif("ctime", format!("@{epoch}"))?;
+    if made_by_debugfs {
+        sif("crtime", format!("@{epoch}"))?;
+    }
+    if !tree.borrowed {
+        for (name, value) in &e.xattrs {
+            crate::rootfs::check_xattr_name(name)?;
+            let f = xdir.join(nx.to_string());
+            *nx += 1;
+            std::fs::write(&f, value)?;
+            let f = f
+                .to_str()
+                .context("the work directory's path is not UTF-8")?;
+            // `--`: debugfs parses ea_set's arguments with getopt, which would take a
+            // later word starting with `-` for an option.
+            s.line(&format!(
+                "ea_set -f {} -- {target} {}",
+                quote(f)?,
+                quote(name)?
+            ))?;
+        }
+    }
+    if target.starts_with("\"./") {
+        s.line("cd /")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_doubles_quotes_and_refuses_control_characters() {
+        assert_eq!(quote("/a b").unwrap(), "\"/a b\"");
+        assert_eq!(quote("/q\"x\"").unwrap(), "\"/q\"\"x\"\"\"");
+        assert_eq!(quote("!x").unwrap(), "\"!x\"");
+        for bad in ["a\nb", "a\rb", "a\0b", "a\x1bb", "a\x7f"] {
+            assert!(quote(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn lines_are_bounded_and_long_paths_reached_by_parts() {
+        let mut s = Script::default();
+        assert!(s.line(&"x".repeat(MAX_SCRIPT_LINE + 1)).is_err());
+        assert!(s.line("sif a\nb").is_err());
+        assert_eq!(s.address("/etc/<12>").unwrap(), "\"/etc/<12>\"");
+        assert!(s.text().is_empty());
+        let comp = "\"".repeat(250);
+        let path = format!("/{}", vec![comp.as_str(); 16].join("/"));
+        let word = s.address(&path).unwrap();
+        assert_eq!(word, quote(&format!("./{comp}")).unwrap());
+        let lines: Vec<&str> = s.text().lines().collect();
+        assert_eq!(lines.len(), 16, "cd / and one cd per directory");
+        assert_eq!(lines[0], "cd /");
+        assert!(lines.iter().all(|l| l.len() < 600));
+    }
 }

@@ -116,10 +116,10 @@ impl Contents {
 
 /// Adds `program` (a path in the tree) as `dest`, with its interpreter and libraries.
 fn add_program(tree: &Tree, c: &mut Contents, program: &str, dest: &str) -> Result<bool> {
-    let Some(real) = tree.resolve_path(program) else {
+    let Some(file) = tree.file(program) else {
         return Ok(false);
     };
-    let data = std::fs::read(tree.staged(&real)).with_context(|| format!("reading {program}"))?;
+    let data = std::fs::read(file).with_context(|| format!("reading {program}"))?;
     let mut queue = vec![data.clone()];
     c.add_file(dest, 0o755, data);
     while let Some(bin) = queue.pop() {
@@ -134,7 +134,7 @@ fn add_program(tree: &Tree, c: &mut Contents, program: &str, dest: &str) -> Resu
             let found = LIB_DIRS
                 .iter()
                 .map(|d| format!("{d}/{lib}"))
-                .find(|p| tree.resolve_path(p).is_some());
+                .find(|p| tree.file(p).is_some());
             match found {
                 Some(p) => wanted.push((p.clone(), format!("/usr/lib/x86_64-linux-gnu/{lib}"))),
                 None => bail!("{program} needs {lib}, which the root filesystem does not have"),
@@ -144,11 +144,10 @@ fn add_program(tree: &Tree, c: &mut Contents, program: &str, dest: &str) -> Resu
             if c.files.contains_key(&dst) {
                 continue;
             }
-            let real = tree
-                .resolve_path(&src)
-                .with_context(|| format!("{program} needs {src}"))?;
-            let lib =
-                std::fs::read(tree.staged(&real)).with_context(|| format!("reading {src}"))?;
+            let file = tree
+                .file(&src)
+                .with_context(|| format!("{program} needs {src}, which is not a file there"))?;
+            let lib = std::fs::read(file).with_context(|| format!("reading {src}"))?;
             queue.push(lib.clone());
             c.add_file(&dst, 0o755, lib);
         }
@@ -166,7 +165,9 @@ fn add_modules(
     moddir: &str,
 ) -> Result<(String, Vec<String>, Vec<String>)> {
     let read_text = |name: &str| {
-        std::fs::read_to_string(tree.staged(&format!("{moddir}/{name}"))).unwrap_or_default()
+        tree.file(&format!("{moddir}/{name}"))
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .unwrap_or_default()
     };
     let dep_text = read_text("modules.dep");
     if dep_text.is_empty() {
@@ -212,10 +213,10 @@ fn add_modules(
     let mut modules = Vec::new();
     for rel in &order {
         let src = format!("{moddir}/{rel}");
-        let real = tree
-            .resolve_path(&src)
-            .with_context(|| format!("modules.dep names {src}, which is missing"))?;
-        let data = read_module(&tree.staged(&real))?;
+        let file = tree
+            .file(&src)
+            .with_context(|| format!("modules.dep names {src}, which is not a file there"))?;
+        let data = read_module(&file)?;
         let dest_rel = rel
             .trim_end_matches(".xz")
             .trim_end_matches(".zst")

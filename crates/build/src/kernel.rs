@@ -31,6 +31,12 @@ fn version_cmp(a: &str, b: &str) -> Ordering {
 /// `/boot/initrd.img-V`, or `/usr/lib/modules/V/vmlinuz` + `initrd`.
 pub fn find_kernel(tree: &Tree) -> Result<Kernel> {
     let mut found: Vec<(String, String, Option<String>)> = Vec::new();
+    // Only a regular file is copied: a device node of a borrowed directory, say, would
+    // copy host data into the image.
+    let file = |p: &str| {
+        tree.resolve(p)
+            .filter(|(_, e)| matches!(e.kind, Kind::File(_) | Kind::Hardlink(_)))
+    };
     for (path, e) in &tree.entries {
         if !matches!(e.kind, Kind::File(_) | Kind::Hardlink(_)) {
             continue;
@@ -41,12 +47,12 @@ pub fn find_kernel(tree: &Tree) -> Result<Kernel> {
                 format!("/boot/initramfs-{v}.img"),
             ]
             .into_iter()
-            .find(|p| tree.resolve(p).is_some());
+            .find(|p| file(p).is_some());
             found.push((v.to_string(), path.clone(), initrd));
         } else if let Some(rest) = path.strip_prefix("/usr/lib/modules/") {
             if let Some(v) = rest.strip_suffix("/vmlinuz") {
-                let initrd = Some(format!("/usr/lib/modules/{v}/initrd"))
-                    .filter(|p| tree.resolve(p).is_some());
+                let initrd =
+                    Some(format!("/usr/lib/modules/{v}/initrd")).filter(|p| file(p).is_some());
                 found.push((v.to_string(), path.clone(), initrd));
             }
         }
@@ -56,9 +62,7 @@ pub fn find_kernel(tree: &Tree) -> Result<Kernel> {
         bail!("the root filesystem has no kernel: looked for /boot/vmlinuz-VERSION and /usr/lib/modules/VERSION/vmlinuz (install a kernel package, e.g. linux-image-amd64)");
     };
     let (image, _) = tree.resolve(&image).expect("listed above");
-    let initrd = initrd
-        .and_then(|i| tree.resolve(&i))
-        .map(|(p, _)| tree.staged(&p));
+    let initrd = initrd.and_then(|i| file(&i)).map(|(p, _)| tree.staged(&p));
     Ok(Kernel {
         version,
         image: tree.staged(&image),

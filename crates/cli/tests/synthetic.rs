@@ -569,3 +569,121 @@ fn uefi_only_image_has_no_bios_boot_code() {
     assert_eq!(boots.len(), 1, "{report}");
     assert!(boots[0].contains("UEFI"), "{report}");
 }
+
+/// Names that only look dangerous (quotes, `!`, `-`, debugfs's `<N>` inode syntax) are
+/// built as they are by an ordinary user, and a symlink to a host directory stays a
+/// symlink: nothing outside the output is touched.
+#[test]
+fn hostile_but_valid_names_are_built_as_they_are() {
+    use tar::EntryType as T;
+    let d = shared_tempdir();
+    let host = tempfile::tempdir().unwrap();
+    let target = host.path().to_str().unwrap().to_string();
+    let mut items = base_items();
+    items.extend([
+        Item {
+            mode: 0o755,
+            ..item("./etc/", T::Directory)
+        },
+        Item {
+            mode: 0o600,
+            uid: 1234,
+            gid: 5678,
+            data: b"q",
+            ..item("./etc/q\"uote !touch PWNED", T::Regular)
+        },
+        Item {
+            uid: 12,
+            ..item("./etc/<12>", T::Regular)
+        },
+        Item {
+            uid: 13,
+            ..item("./etc/-r", T::Regular)
+        },
+        Item {
+            mode: 0o620,
+            gid: 5,
+            dev: (1, 3),
+            ..item("./etc/n\"ode", T::Char)
+        },
+        Item {
+            link: Some(&target),
+            ..item("./etc/out", T::Symlink)
+        },
+    ]);
+    write_tarball(&d.path().join("root.tar"), &items);
+    let s = spec(
+        d.path(),
+        "name = \"h\"\nsource-date-epoch = 1767225600\n[rootfs]\ntarball = \"root.tar\"\n",
+    );
+    let out = d.path().join("out");
+    ok(unprivileged_oneimage(d.path())
+        .current_dir(d.path())
+        .arg("build")
+        .arg(&s)
+        .arg("-o")
+        .arg(&out));
+    let root = extract_partition(&out.join("h.img"), 2, d.path());
+    e2fsck_clean(&root);
+    let q = debugfs(&root, "stat \"/etc/q\"\"uote !touch PWNED\"");
+    assert!(
+        q.contains("User:  1234   Group:  5678") && q.contains("Mode:  0600"),
+        "{q}"
+    );
+    assert!(debugfs(&root, "stat /etc/./<12>").contains("User:    12"));
+    assert!(debugfs(&root, "stat /etc/-r").contains("User:    13"));
+    let n = debugfs(&root, "stat \"/etc/n\"\"ode\"");
+    assert!(
+        n.contains("character special") && n.contains("01:03") && n.contains("Mode:  0620"),
+        "{n}"
+    );
+    assert!(debugfs(&root, "stat /etc/out").contains(&format!("Fast link dest: \"{target}\"")));
+    assert_eq!(std::fs::read_dir(host.path()).unwrap().count(), 0);
+    assert!(!d.path().join("PWNED").exists());
+}
+
+/// A tarball that writes through a symlink to a host directory, or whose names hold a
+/// line break followed by a shell command, is refused by entry; nothing runs and
+/// nothing outside the output is written.
+#[test]
+fn hostile_tarballs_are_refused_by_entry_and_touch_nothing() {
+    use tar::EntryType as T;
+    let host = tempfile::tempdir().unwrap();
+    let target = host.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    let marker = host.path().join("PWNED");
+    let target_s = target.to_str().unwrap().to_string();
+    let newline = format!("./etc/x\n!touch {}", marker.display());
+    let cases: [(Vec<Item>, &str); 2] = [
+        (
+            vec![
+                Item {
+                    link: Some(&target_s),
+                    ..item("./a", T::Symlink)
+                },
+                Item {
+                    data: b"pwned",
+                    ..item("./a/x", T::Regular)
+                },
+            ],
+            "\"/a/x\": its parent \"/a\" is a symlink in the root filesystem, not a directory",
+        ),
+        (
+            vec![Item {
+                data: b"x",
+                ..item(&newline, T::Regular)
+            }],
+            "the name \"x\\n!touch",
+        ),
+    ];
+    for (extra, want) in cases {
+        let d = tempfile::tempdir().unwrap();
+        let mut items = base_items();
+        items.extend(extra);
+        write_tarball(&d.path().join("root.tar"), &items);
+        let err = failing_build(d.path(), "name = \"x\"\n[rootfs]\ntarball = \"root.tar\"\n");
+        assert!(err.contains(want) && err.contains("root.tar"), "{err}");
+        assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
+        assert!(!marker.exists());
+    }
+}

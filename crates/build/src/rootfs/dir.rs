@@ -1,9 +1,9 @@
 //! Reading a root filesystem, or an overlay, from a directory.
 
-use super::{make_owner_accessible, normalize, Entry, Kind, Tree};
+use super::{normalize, show, Entry, Kind, Tree};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 /// How ownership of the files read is decided.
@@ -80,7 +80,17 @@ fn walk(tree: &mut Tree, dir: &Path, owner: Owner) -> Result<()> {
             let names = xattr::list(src)
                 .with_context(|| format!("listing extended attributes of {}", src.display()))?;
             for name in names {
-                let name_str = name.to_string_lossy().into_owned();
+                let name_str = match name.to_str() {
+                    Some(n) => n.to_string(),
+                    // mkfs.ext4 copies a borrowed directory's attributes itself, bytes as
+                    // they are; the name here only counts toward the size estimate.
+                    None if tree.borrowed => name.to_string_lossy().into_owned(),
+                    None => bail!(
+                        "{}: the extended attribute name {} is not valid UTF-8; oneimage refuses such names",
+                        src.display(),
+                        show(name.as_encoded_bytes())
+                    ),
+                };
                 if let Some(v) = xattr::get(src, &name)
                     .with_context(|| format!("reading attribute {name_str} of {}", src.display()))?
                 {
@@ -101,14 +111,18 @@ fn walk(tree: &mut Tree, dir: &Path, owner: Owner) -> Result<()> {
             mtime: md.mtime(),
             xattrs,
         };
-        let is_dir = entry.kind == Kind::Dir;
         tree.insert(&p, entry, |dest| {
-            std::fs::copy(src, dest).with_context(|| format!("copying {}", src.display()))?;
-            make_owner_accessible(dest, false)
-        })?;
-        if is_dir && !tree.borrowed {
-            make_owner_accessible(&tree.staged(&p), true)?;
-        }
+            // O_NOFOLLOW: the walk saw a regular file here; if it has been swapped for a
+            // symlink since, its target is not copied.
+            let mut from = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(src)
+                .with_context(|| format!("opening {}", src.display()))?;
+            std::io::copy(&mut from, dest).with_context(|| format!("copying {}", src.display()))?;
+            Ok(())
+        })
+        .with_context(|| format!("in {}", dir.display()))?;
     }
     Ok(())
 }

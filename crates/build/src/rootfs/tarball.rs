@@ -1,6 +1,6 @@
 //! Reading a root filesystem from a tarball (plain, gzip, xz or zstd), without privileges.
 
-use super::{make_owner_accessible, normalize, Entry, Kind, Tree};
+use super::{normalize, show, Entry, Kind, Tree};
 use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -47,9 +47,22 @@ pub fn add_tarball(tree: &mut Tree, path: &Path) -> Result<()> {
         };
         if let Some(exts) = entry.pax_extensions().with_context(ctx)? {
             for ext in exts {
-                let ext = ext.with_context(ctx)?;
+                // The tar crate splits PAX records at newlines, so a key or value that
+                // holds one (an attribute value can) is unreadable: refused, by name.
+                let ext = ext.with_context(|| {
+                    format!(
+                        "{}: {}: a PAX extended header record could not be read (the tar reader does not support a newline byte in a PAX key or value)",
+                        path.display(),
+                        show(&p)
+                    )
+                })?;
                 let key = ext.key().map_err(|_| {
-                    anyhow::anyhow!("{}: non-UTF-8 PAX key in {}", path.display(), p)
+                    anyhow::anyhow!(
+                        "{}: {}: the PAX key {} is not valid UTF-8",
+                        path.display(),
+                        show(&p),
+                        show(ext.key_bytes())
+                    )
                 })?;
                 let value = ext.value_bytes();
                 let num = || -> Option<i64> {
@@ -81,7 +94,11 @@ pub fn add_tarball(tree: &mut Tree, path: &Path) -> Result<()> {
             T::Directory => Kind::Dir,
             T::Regular | T::Continuous => Kind::File(h.size().with_context(ctx)?),
             T::Symlink => Kind::Symlink(link()?),
-            T::Link => Kind::Hardlink(normalize(&link()?).with_context(ctx)?),
+            T::Link => Kind::Hardlink(
+                normalize(&link()?)
+                    .with_context(|| format!("hardlink {}", show(&p)))
+                    .with_context(ctx)?,
+            ),
             T::Char | T::Block => {
                 let major = h.device_major().with_context(ctx)?.unwrap_or(0);
                 let minor = h.device_minor().with_context(ctx)?.unwrap_or(0);
@@ -98,17 +115,11 @@ pub fn add_tarball(tree: &mut Tree, path: &Path) -> Result<()> {
                 path.display()
             ),
         };
-        let is_dir = meta.kind == Kind::Dir;
-        tree.insert(&p, meta, |dest| {
-            let mut out =
-                File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
-            std::io::copy(&mut entry, &mut out)
-                .with_context(|| format!("{}: extracting {p}", path.display()))?;
+        tree.insert(&p, meta, |out| {
+            std::io::copy(&mut entry, out).with_context(|| format!("extracting {}", show(&p)))?;
             Ok(())
-        })?;
-        if is_dir {
-            make_owner_accessible(&tree.staged(&p), true)?;
-        }
+        })
+        .with_context(ctx)?;
         count += 1;
     }
     if count == 0 {
