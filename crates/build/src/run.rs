@@ -245,12 +245,32 @@ mod tests {
     #[test]
     fn a_group_that_ignores_sigterm_is_killed_after_the_grace_period() {
         // SIGTERM stays ignored across exec, so neither the shell nor its sleeps stop.
-        let (mut child, group) = spawn_group("trap '' TERM; sleep 30 & sleep 30; wait");
-        let flag = AtomicBool::new(true);
-        let t = Instant::now();
-        let err = wait(&mut child, Cancel::new(Some(&flag))).unwrap_err();
+        // The stop is asked for only once the trap is in place (the shell says so), or
+        // a loaded machine could deliver SIGTERM before the shell ignores it.
+        let d = tempfile::tempdir().unwrap();
+        let ready = d.path().join("ready");
+        let (mut child, group) = spawn_group(&format!(
+            "trap '' TERM; : > {}; sleep 30 & sleep 30; wait",
+            ready.display()
+        ));
+        let flag = AtomicBool::new(false);
+        let asked = std::sync::Mutex::new(None);
+        let err = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !ready.exists() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                *asked.lock().unwrap() = Some(Instant::now());
+                flag.store(true, Ordering::SeqCst);
+            });
+            wait(&mut child, Cancel::new(Some(&flag))).unwrap_err()
+        });
         assert!(err.is::<Interrupted>(), "{err:#}");
-        let took = t.elapsed();
+        let took = asked
+            .lock()
+            .unwrap()
+            .expect("the stop was asked for")
+            .elapsed();
         assert!(
             took >= GRACE && took < GRACE + Duration::from_secs(3),
             "took {took:?}"
