@@ -92,26 +92,34 @@ SIZE=$(stat -c %s "$IMG")
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
+# CPU seconds (user + system) used so far by this shell's finished children.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($16 + $17) / hz }' "/proc/$$/stat"; }
 # timed LABEL CMD...: runs CMD N times (default 1) with cold caches, each run after the
 # untimed command PREP and followed by the untimed command CHECK (both optional); keeps
-# in T[LABEL] the fastest run, also across calls (so rounds can interleave writers).
-declare -A T SPLIT
+# in T[LABEL] the fastest run, also across calls (so rounds can interleave writers), and
+# in CPU[LABEL] the least CPU time a run used (kernel threads' work, such as writeback of
+# the page cache or a loop device's I/O, not counted).
+declare -A T CPU SPLIT
 timed() {
   local label=$1; shift
-  local n=${N:-1} best=${T[$label]:-} i s t
+  local n=${N:-1} best=${T[$label]:-} least=${CPU[$label]:-} i s t c
   for ((i = 0; i < n; i++)); do
     [ -z "${PREP:-}" ] || eval "$PREP"
     drop
+    c=$(cpu)
     s=$(now)
     if ! "$@" >"$W/log" 2>&1; then echo "FAILED: $label" >&2; cat "$W/log" >&2; exit 1; fi
     t=$(secs "$s" "$(now)")
+    c=$(secs "$c" "$(cpu)")
     if [ -z "$best" ] || awk -v a="$t" -v b="$best" 'BEGIN { exit !(a < b) }'; then best=$t; fi
+    if [ -z "$least" ] || awk -v a="$c" -v b="$least" 'BEGIN { exit !(a < b) }'; then least=$c; fi
     if [ -n "${CHECK:-}" ] && ! eval "$CHECK"; then
       echo "FAILED: $label: the target differs from the image" >&2; exit 1
     fi
-    echo "  $label: $t s" >&2
+    echo "  $label: $t s, CPU $c s" >&2
   done
   T[$label]=$best
+  CPU[$label]=$least
 }
 
 if [ ! -f "$IMG.gz" ]; then
@@ -174,7 +182,7 @@ run_targets() { # $1 = kind (file|loop), $2 = target path
   C["dd raw"]="dd if='$IMG' of='$t' bs=4M $direct conv=fsync status=none"
   C["floor (mapped bytes only)"]="$(declare -f floor); IMG='$IMG' floor '$t'"
   # A blank target before every run: no file, or a loop device whose blocks read as zeros.
-  if [ "$k" = file ]; then PREP="rm -f '$t'"; else PREP="blkdiscard '$t'"; fi
+  if [ "$k" = file ]; then PREP="rm -f '$t'"; else PREP="blkdiscard -f '$t' 2>/dev/null"; fi
   CHECK="cmp -n '$SIZE' '$IMG' '$t' >/dev/null"
   echo "target: $k ($(uptime))" >&2
   LOADS+=("$k start $(uptime | sed 's/.*load average: //')")
@@ -238,10 +246,10 @@ echo "Artifacts (zst + xz + bmap + SHA256SUMS): ${T[emit]} s; gzip -6 alone: ${T
 echo
 for k in file loop; do
   [ -n "${T[$k oneimage zst]:-}" ] || continue
-  echo "| write to a $k | seconds | vs oneimage zst |"
-  echo "|---|---|---|"
+  echo "| write to a $k | seconds | vs oneimage zst | CPU seconds |"
+  echo "|---|---|---|---|"
   for l in "${WRITERS[@]}"; do
-    echo "| $l | ${T[$k $l]} | $(ratio "${T[$k $l]}" "${T[$k oneimage zst]}")x |"
+    echo "| $l | ${T[$k $l]} | $(ratio "${T[$k $l]}" "${T[$k oneimage zst]}")x | ${CPU[$k $l]} |"
   done
   echo
   echo "To a $k, oneimage against the others (time / their time; below 1 is faster):"
@@ -251,7 +259,9 @@ for k in file loop; do
     "/ xz -T0 -dc, dd $(ratio "${T[$k oneimage xz]}" "${T[$k xz -T0 -dc, dd]}")x"
   if [ -n "$P" ]; then
     echo "new / previous: zst $(ratio "${T[$k oneimage zst]}" "${T[$k previous oneimage zst]}")x," \
-      "xz $(ratio "${T[$k oneimage xz]}" "${T[$k previous oneimage xz]}")x"
+      "xz $(ratio "${T[$k oneimage xz]}" "${T[$k previous oneimage xz]}")x;" \
+      "CPU time: zst $(ratio "${CPU[$k oneimage zst]}" "${CPU[$k previous oneimage zst]}")x," \
+      "xz $(ratio "${CPU[$k oneimage xz]}" "${CPU[$k previous oneimage xz]}")x"
   fi
   echo
   for l in "oneimage" ${P:+"previous oneimage"}; do
@@ -259,8 +269,8 @@ for k in file loop; do
   done
   echo
 done
-echo "| decompress | seconds | MiB/s of image |"
-echo "|---|---|---|"
+echo "| decompress | seconds | MiB/s of image | CPU seconds |"
+echo "|---|---|---|---|"
 for l in "oneimage zst" "zstd -dc" "oneimage xz" "xz -T0 -dc" "xz -T1 -dc" "oneimage gz" "gzip -dc"; do
-  echo "| $l | ${T[dec $l]} | $(awk -v b="$SIZE" -v t="${T[dec $l]}" 'BEGIN { printf "%.0f", b / 1048576 / t }') |"
+  echo "| $l | ${T[dec $l]} | $(awk -v b="$SIZE" -v t="${T[dec $l]}" 'BEGIN { printf "%.0f", b / 1048576 / t }') | ${CPU[dec $l]} |"
 done
