@@ -15,6 +15,28 @@ pub struct Cmdline {
     pub live: bool,
     /// `oneimage.grow=fill|off|BYTES`: how far first-boot growth may take the root.
     pub grow: Grow,
+    /// `oneimage.test-panic=1`: a test hook that makes the agent panic on purpose right
+    /// after reading the command line, to show that a panic ends on the emergency path
+    /// (a message, a shell offered, a restart), never in a kernel panic. Harmless in
+    /// production: it only leads where any failure leads.
+    pub test_panic: bool,
+}
+
+/// How long the emergency path waits for someone to take the shell before it restarts
+/// the machine, unless `oneimage.emergency-timeout=SECONDS` says otherwise.
+pub const EMERGENCY_TIMEOUT_SECS: u64 = 600;
+
+/// The emergency path's wait from `oneimage.emergency-timeout=SECONDS` in `text` (0: no
+/// limit, `None`); 10 minutes when absent or not a number. Apart from [`parse`], which
+/// may be what failed.
+pub fn emergency_timeout(text: &str) -> Option<std::time::Duration> {
+    let secs = text
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("oneimage.emergency-timeout="))
+        .filter_map(|v| v.parse::<u64>().ok())
+        .next_back()
+        .unwrap_or(EMERGENCY_TIMEOUT_SECS);
+    (secs > 0).then(|| std::time::Duration::from_secs(secs))
 }
 
 /// How far the root partition may grow on a larger disk.
@@ -57,6 +79,7 @@ pub fn parse(text: &str) -> Result<Cmdline, String> {
         root_wait_secs: 30,
         live: false,
         grow: Grow::Fill,
+        test_panic: false,
     };
     for word in text.split_whitespace() {
         let (k, v) = word.split_once('=').unwrap_or((word, ""));
@@ -82,6 +105,7 @@ pub fn parse(text: &str) -> Result<Cmdline, String> {
                     })?),
                 }
             }
+            "oneimage.test-panic" => c.test_panic = v == "1",
             "oneimage.wait" => {
                 c.root_wait_secs = v
                     .parse()
@@ -122,5 +146,36 @@ mod tests {
         );
         assert!(parse("root=PARTUUID=x oneimage.grow=lots").is_err());
         assert!(parse("root=/dev/sda1").is_err());
+        assert!(!parse("root=PARTUUID=x").unwrap().test_panic);
+        assert!(
+            parse("root=PARTUUID=x oneimage.test-panic=1")
+                .unwrap()
+                .test_panic
+        );
+        assert!(
+            !parse("root=PARTUUID=x oneimage.test-panic=0")
+                .unwrap()
+                .test_panic
+        );
+    }
+
+    #[test]
+    fn emergency_timeout_is_read_even_from_a_bad_line() {
+        use std::time::Duration;
+        assert_eq!(emergency_timeout(""), Some(Duration::from_secs(600)));
+        assert_eq!(
+            emergency_timeout("ro oneimage.emergency-timeout=5 root=/dev/bogus"),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(emergency_timeout("oneimage.emergency-timeout=0"), None);
+        assert_eq!(
+            emergency_timeout("oneimage.emergency-timeout=soon"),
+            Some(Duration::from_secs(600))
+        );
+        // Huge values are kept; the wait copes with them.
+        assert_eq!(
+            emergency_timeout("oneimage.emergency-timeout=18446744073709551615"),
+            Some(Duration::from_secs(u64::MAX))
+        );
     }
 }

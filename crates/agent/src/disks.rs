@@ -31,10 +31,13 @@ fn whole_disks() -> Vec<String> {
     v
 }
 
-fn read_disk(disk: &str) -> Option<Seen> {
-    let mut f = std::fs::File::open(format!("/dev/{disk}")).ok()?;
-    let table = oneimage_format::gpt::read_table(&mut f).ok()?;
-    Some(Seen {
+/// Reads the partition table of `disk`. A disk plugged in at boot may carry anything:
+/// read_table checks every field, and a table it refuses is a reason, not a panic.
+fn read_disk(disk: &str) -> Result<Seen, String> {
+    let dev = format!("/dev/{disk}");
+    let mut f = std::fs::File::open(&dev).map_err(|e| format!("opening it: {e}"))?;
+    let table = oneimage_format::gpt::read_table(&mut f).map_err(|e| e.to_string())?;
+    Ok(Seen {
         disk: disk.to_string(),
         partitions: table
             .partitions
@@ -120,6 +123,7 @@ pub fn wait_for_partition(guid: &str, timeout: Duration) -> Result<Found, String
     let start = Instant::now();
     let mut announced = false;
     let mut discs: Vec<(String, String)> = Vec::new(); // (disc, loop device over it)
+    let mut skipped: std::collections::BTreeMap<String, String> = Default::default();
     loop {
         for d in whole_disks().iter().filter(|d| is_disc(d)) {
             if !discs.iter().any(|(disc, _)| disc == d) {
@@ -133,7 +137,19 @@ pub fn wait_for_partition(guid: &str, timeout: Duration) -> Result<Found, String
                 }
             }
         }
-        let seen: Vec<Seen> = whole_disks().iter().filter_map(|d| read_disk(d)).collect();
+        let mut seen: Vec<Seen> = Vec::new();
+        for d in whole_disks() {
+            match read_disk(&d) {
+                Ok(s) => seen.push(s),
+                Err(why) => {
+                    // Said once per disk, although the wait reads every disk again.
+                    if !skipped.contains_key(&d) {
+                        say(&format!("skipping /dev/{d}: {why}"));
+                    }
+                    skipped.insert(d, why);
+                }
+            }
+        }
         for s in &seen {
             if let Some((n, _)) = s.partitions.iter().find(|(_, g)| g == guid) {
                 if let Some(node) = partition_node(&s.disk, *n) {
@@ -165,7 +181,10 @@ pub fn wait_for_partition(guid: &str, timeout: Duration) -> Result<Found, String
                             .collect();
                         msg.push_str(&format!(" {d} (GPT: {})", parts.join(", ")));
                     }
-                    None => msg.push_str(&format!(" {d} (no GPT)")),
+                    None => match skipped.get(&d) {
+                        Some(why) => msg.push_str(&format!(" {d} ({why})")),
+                        None => msg.push_str(&format!(" {d} (no GPT)")),
+                    },
                 }
             }
             return Err(msg);

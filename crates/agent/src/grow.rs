@@ -14,10 +14,15 @@ use std::path::Path;
 
 const MIB: u64 = 1 << 20;
 
+/// The size of a block device in bytes, from sysfs (which counts 512-byte units
+/// whatever the sector size).
 fn sysfs_bytes(name: &str) -> Result<u64, String> {
     let p = format!("/sys/class/block/{name}/size");
     let s = std::fs::read_to_string(&p).map_err(|e| format!("reading {p}: {e}"))?;
-    Ok(s.trim().parse::<u64>().map_err(|e| format!("{p}: {e}"))? * 512)
+    let units = s.trim().parse::<u64>().map_err(|e| format!("{p}: {e}"))?;
+    units
+        .checked_mul(512)
+        .ok_or_else(|| format!("{p}: {units} sectors do not fit in 64 bits of bytes"))
 }
 
 /// Extends the root partition to the end of its disk (and the GPT with it) when the disk
@@ -35,9 +40,13 @@ pub fn grow_partition(found: &Found, grow: Grow) -> Result<(), String> {
         .map_err(|e| format!("opening {dev}: {e}"))?;
     let table =
         read_table(&mut disk).map_err(|e| format!("reading the partition table of {dev}: {e}"))?;
+    // read_table checked the table against the disk's size: the partitions lie inside
+    // it and the sector size is 512 or 4096.
     let ss = table.sector_size;
     let disk_bytes = sysfs_bytes(&found.disk)?;
-    let last_lba = disk_bytes / ss - 1;
+    let last_lba = (disk_bytes / ss)
+        .checked_sub(1)
+        .ok_or_else(|| format!("{dev} is empty"))?;
     let root = table
         .partitions
         .iter()
@@ -58,9 +67,14 @@ pub fn grow_partition(found: &Found, grow: Grow) -> Result<(), String> {
     say(&format!(
         "growing: {dev} is {}, the image {}; moving the backup partition table to the end and the root partition from {} to {}",
         format_size(disk_bytes),
-        format_size((table.backup_lba + 1) * ss),
+        format_size(table.backup_lba.saturating_add(1).saturating_mul(ss)),
         format_size(root.len(ss)),
-        format_size((target_end + 1 - root.first_lba) * ss)
+        format_size(
+            target_end
+                .saturating_add(1)
+                .saturating_sub(root.first_lba)
+                .saturating_mul(ss)
+        )
     ));
     let mut parts = table.partitions.clone();
     for p in parts.iter_mut().filter(|p| p.number == found.number) {
@@ -135,15 +149,36 @@ fn ext4_block_size(node: &Path) -> Result<u64, String> {
     f.seek(SeekFrom::Start(1024 + 24))
         .and_then(|_| f.read_exact(&mut sb))
         .map_err(|e| format!("reading {}: {e}", node.display()))?;
-    Ok(1024u64 << u32::from_le_bytes(sb))
+    block_size(u32::from_le_bytes(sb)).ok_or_else(|| {
+        format!(
+            "{}: the superblock's block size field is {}, not 0 to 6 (1 to 64 KiB)",
+            node.display(),
+            u32::from_le_bytes(sb)
+        )
+    })
+}
+
+/// The block size an ext4 superblock's `s_log_block_size` means: 1 KiB to 64 KiB, or
+/// nothing for a larger shift.
+fn block_size(log: u32) -> Option<u64> {
+    (log <= 6).then(|| 1024u64 << log)
 }
 
 /// The last LBA the root partition should end at: the last whole MiB before the backup
 /// table (33 sectors at the end of the disk), at most `grow` bytes long, never shrinking.
+/// A disk too small for that leaves the partition as it is.
 pub fn target_end(first: u64, current_last: u64, disk_last_lba: u64, ss: u64, grow: Grow) -> u64 {
-    let aligned = ((disk_last_lba - 33 + 1) * ss / MIB * MIB) / ss - 1;
+    let per_mib = (MIB / ss.max(1)).max(1);
+    // Sectors before the backup table, rounded down to whole MiB.
+    let Some(aligned) = disk_last_lba
+        .checked_sub(32)
+        .map(|sectors| sectors / per_mib * per_mib)
+        .and_then(|s| s.checked_sub(1))
+    else {
+        return current_last;
+    };
     let capped = match grow {
-        Grow::UpTo(bytes) => aligned.min(first + bytes / ss - 1),
+        Grow::UpTo(bytes) => aligned.min(first.saturating_add(bytes / ss.max(1)).saturating_sub(1)),
         Grow::Fill | Grow::Off => aligned,
     };
     capped.max(current_last)
@@ -166,5 +201,42 @@ mod tests {
             target_end(first, last, disk_last, 512, Grow::UpTo(1 << 20)),
             last
         );
+        // 4096-byte sectors: 256 to the MiB.
+        let (first4, last4, disk_last4) = (65 * 256, 1024 * 256 - 1, 3 * 1024 * 256 - 1);
+        let fill4 = target_end(first4, last4, disk_last4, 4096, Grow::Fill);
+        assert_eq!((fill4 + 1) % 256, 0);
+        assert!(fill4 <= disk_last4 - 33 && fill4 > disk_last4 - 33 - 256);
+    }
+
+    #[test]
+    fn target_never_underflows_or_overflows() {
+        // Disks smaller than the backup table, zero-byte growth, limits at u64::MAX.
+        for disk_last in [0, 1, 31, 32, 33, 2047] {
+            assert_eq!(
+                target_end(34, 40, disk_last, 512, Grow::Fill),
+                40,
+                "{disk_last}"
+            );
+        }
+        assert_eq!(target_end(34, 40, 1 << 30, 512, Grow::UpTo(0)), 40);
+        assert_eq!(target_end(34, 40, 1 << 30, 512, Grow::UpTo(100)), 40);
+        let huge = target_end(
+            u64::MAX - 5,
+            u64::MAX - 1,
+            u64::MAX,
+            512,
+            Grow::UpTo(u64::MAX),
+        );
+        assert_eq!(huge, u64::MAX - 1);
+        assert!(target_end(2048, 4095, u64::MAX, 512, Grow::Fill) < u64::MAX - 32);
+    }
+
+    #[test]
+    fn block_size_shifts_are_bounded() {
+        assert_eq!(block_size(0), Some(1024));
+        assert_eq!(block_size(2), Some(4096));
+        assert_eq!(block_size(6), Some(65536));
+        assert_eq!(block_size(7), None);
+        assert_eq!(block_size(u32::MAX), None);
     }
 }

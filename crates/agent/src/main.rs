@@ -3,34 +3,60 @@
 //! It mounts the kernel filesystems, loads the modules the builder listed, waits for the
 //! disk holding the root partition named on the kernel command line, checks and mounts
 //! it, and hands over to the real init. Every decision is logged to the console with a
-//! `oneimage-init:` prefix; on failure it says why and starts an emergency shell if the
-//! initramfs has one, instead of letting the kernel panic without a word.
+//! `oneimage-init:` prefix. As PID 1 it must never exit (the kernel would panic without
+//! a word): an error or a panic ends on the emergency path, which offers a shell and
+//! restarts the machine when nobody takes it.
+//!
+//! The same program is the initramfs's `reboot` and `poweroff` (links to `/init`), for
+//! the emergency shell.
 
 mod cmdline;
 mod disks;
+mod emergency;
 mod grow;
 mod log;
 mod modules;
 mod mounts;
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 fn main() {
-    mounts::kernel_filesystems();
-    log::say("starting");
-    if let Err(e) = run() {
-        log::say(&format!("error: {e}"));
-        emergency();
+    if let Some(action) = emergency::power_action_from_argv0() {
+        emergency::power_command(action);
     }
+    std::panic::set_hook(Box::new(emergency::panic_hook));
+    // The agent's profile unwinds (panic = "unwind", the default): a panic anywhere below
+    // comes back here, after the hook has logged it. Under panic = "abort" the hook
+    // itself takes the emergency path.
+    let reason = match std::panic::catch_unwind(|| {
+        mounts::kernel_filesystems();
+        log::say("starting");
+        run()
+    }) {
+        Ok(Ok(never)) => match never {},
+        Ok(Err(e)) => {
+            log::say(&format!("error: {e}"));
+            e
+        }
+        Err(_) => "the agent panicked (see the message above)".to_string(),
+    };
+    emergency::enter(&reason)
 }
 
-fn run() -> Result<(), String> {
+/// Finds, checks and mounts the root, then becomes its init; returns only on failure.
+fn run() -> Result<Infallible, String> {
     let cmd = cmdline::read()?;
     log::say(&format!(
         "command line: root={} mode={}",
         cmd.root_partuuid,
         cmd.mode_name()
     ));
+    if cmd.test_panic {
+        // A test hook (see cmdline::Cmdline::test_panic): harmless in production, since
+        // a panic only leads to the emergency path.
+        panic!("oneimage.test-panic=1 is on the kernel command line: panicking on purpose");
+    }
     modules::load_listed();
     let found =
         disks::wait_for_partition(&cmd.root_partuuid, Duration::from_secs(cmd.root_wait_secs))?;
@@ -48,30 +74,31 @@ fn run() -> Result<(), String> {
         // Live: nothing may be written, not even by a filesystem check or journal replay.
         mounts::mount_live(&root)?;
     } else {
-        // A failed growth is reported but does not stop the boot: the system still works.
-        if let Err(e) = grow::grow_partition(&found, cmd.grow) {
-            log::say(&format!("could not grow the root partition: {e}"));
-        }
-        mounts::check_root(&root);
-        mounts::mount_root(&root, cmd.read_only)?;
-        if !cmd.read_only {
-            if let Err(e) = grow::grow_filesystem(&found, "/sysroot") {
-                log::say(&format!("could not grow the root filesystem: {e}"));
+        // The check comes first: a filesystem e2fsck could not repair is never mounted
+        // read-write, and neither its partition nor itself is grown (a growth writes the
+        // table and then resizes a filesystem that may be inconsistent).
+        match mounts::check_root(&root) {
+            mounts::Check::Usable => {
+                // A failed growth is reported but does not stop the boot: the system
+                // still works.
+                if let Err(e) = grow::grow_partition(&found, cmd.grow) {
+                    log::say(&format!("could not grow the root partition: {e}"));
+                }
+                mounts::mount_root(&root, cmd.read_only)?;
+                if !cmd.read_only {
+                    if let Err(e) = grow::grow_filesystem(&found, "/sysroot") {
+                        log::say(&format!("could not grow the root filesystem: {e}"));
+                    }
+                }
+            }
+            mounts::Check::Damaged(why) => {
+                log::say(&format!(
+                    "{why}; booting live instead: {} read-only under a RAM overlay, nothing written or grown (repair it with e2fsck -f from another system)",
+                    root.display()
+                ));
+                mounts::mount_live(&root)?;
             }
         }
     }
     mounts::switch_root(&cmd.init)
-}
-
-/// Starts `/bin/sh` if the initramfs has one; otherwise waits forever (PID 1 must not exit).
-fn emergency() -> ! {
-    if std::path::Path::new("/bin/sh").exists() {
-        log::say("starting an emergency shell (/bin/sh); the boot cannot continue");
-        let _ = std::process::Command::new("/bin/sh").status();
-    } else {
-        log::say("no emergency shell in the initramfs; the boot cannot continue");
-    }
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
 }

@@ -29,24 +29,78 @@ pub fn kernel_filesystems() {
     );
 }
 
+/// What the check of the root says about using it read-write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// Clean, repaired, or not checked (no e2fsck in the initramfs): mount it as asked.
+    Usable,
+    /// e2fsck left errors, failed or could not run: never mount it read-write or grow
+    /// it. Says why.
+    Damaged(String),
+}
+
 /// Runs `e2fsck -p` on the root when the initramfs has it, and logs the verdict.
-pub fn check_root(dev: &Path) {
+pub fn check_root(dev: &Path) -> Check {
     let fsck = "/sbin/e2fsck";
     if !Path::new(fsck).exists() {
         say("no e2fsck in the initramfs; mounting without a check");
-        return;
+        return Check::Usable;
     }
-    match std::process::Command::new(fsck).arg("-p").arg(dev).status() {
-        Ok(s) => match s.code() {
-            Some(0) => say(&format!("{} is clean", dev.display())),
-            Some(1) => say(&format!("e2fsck repaired {}", dev.display())),
-            Some(c) => say(&format!(
-                "e2fsck exit code {c} for {}: mounting anyway",
-                dev.display()
-            )),
-            None => say("e2fsck was killed"),
-        },
-        Err(e) => say(&format!("running {fsck}: {e}")),
+    let status = std::process::Command::new(fsck)
+        .arg("-p")
+        .arg(dev)
+        // e2fsck's messages are for the user; only its exit status is read.
+        .env("LC_ALL", "C")
+        .status();
+    let check = match status {
+        Ok(s) => verdict(
+            dev,
+            s.code(),
+            std::os::unix::process::ExitStatusExt::signal(&s),
+        ),
+        Err(e) => Check::Damaged(format!("running {fsck} on {}: {e}", dev.display())),
+    };
+    check
+}
+
+/// Reads `e2fsck -p`'s exit status (see e2fsck(8)): 0 clean, 1 errors corrected, 2
+/// corrected and the system should be rebooted (the root is not mounted yet, so there is
+/// nothing to reboot), 4 and up errors left, an operational or usage error, cancelled, a
+/// library error.
+pub fn verdict(dev: &Path, code: Option<i32>, signal: Option<i32>) -> Check {
+    let dev = dev.display();
+    match code {
+        Some(0) => {
+            say(&format!("{dev} is clean"));
+            Check::Usable
+        }
+        Some(c @ (1..=3)) => {
+            say(&format!("e2fsck repaired {dev} (exit code {c})"));
+            Check::Usable
+        }
+        Some(c) => {
+            let meanings: Vec<&str> = [
+                (4, "errors left uncorrected"),
+                (8, "operational error"),
+                (16, "usage or syntax error"),
+                (32, "cancelled"),
+                (128, "shared library error"),
+            ]
+            .iter()
+            .filter(|(bit, _)| c & bit != 0)
+            .map(|(_, m)| *m)
+            .collect();
+            let meaning = if meanings.is_empty() {
+                "unknown failure".to_string()
+            } else {
+                meanings.join(", ")
+            };
+            Check::Damaged(format!("e2fsck exit code {c} for {dev} ({meaning})"))
+        }
+        None => Check::Damaged(format!(
+            "e2fsck was killed by signal {} while checking {dev}",
+            signal.unwrap_or(0)
+        )),
     }
 }
 
@@ -68,8 +122,9 @@ pub fn mount_root(dev: &Path, read_only: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Moves the kernel filesystems into the new root, makes it `/` and executes `init`.
-pub fn switch_root(init: &str) -> Result<(), String> {
+/// Moves the kernel filesystems into the new root, makes it `/` and executes `init`;
+/// returns only on failure.
+pub fn switch_root(init: &str) -> Result<std::convert::Infallible, String> {
     let target = format!("{NEW_ROOT}{init}");
     if std::fs::symlink_metadata(&target).is_err() {
         return Err(format!("the root filesystem has no {init}"));
@@ -141,4 +196,31 @@ pub fn mount_live(dev: &Path) -> Result<(), String> {
         dev.display()
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_clean_or_repaired_root_is_usable() {
+        let dev = Path::new("/dev/vda2");
+        for code in [0, 1, 2, 3] {
+            assert_eq!(verdict(dev, Some(code), None), Check::Usable, "{code}");
+        }
+        for code in [4, 5, 8, 12, 16, 32, 128, 255] {
+            assert!(
+                matches!(verdict(dev, Some(code), None), Check::Damaged(_)),
+                "{code}"
+            );
+        }
+        let Check::Damaged(why) = verdict(dev, Some(12), None) else {
+            panic!("12 is a failure")
+        };
+        assert_eq!(
+            why,
+            "e2fsck exit code 12 for /dev/vda2 (errors left uncorrected, operational error)"
+        );
+        assert!(matches!(verdict(dev, None, Some(9)), Check::Damaged(w) if w.contains("signal 9")));
+    }
 }

@@ -30,6 +30,22 @@ pub const WANTED_MODULES: &[&str] = &[
     "uhci_hcd",
     "usb_storage",
     "uas",
+    // A keyboard for the emergency shell: USB HID (Debian builds hid, usbhid and the host
+    // controllers above as modules; the PS/2 keyboard, atkbd and i8042, is built in, but
+    // not in every kernel), with the drivers of common keyboards that hid_generic does
+    // not drive (Logitech receivers, Apple, Microsoft, Lenovo, Cherry, Chicony).
+    "hid",
+    "usbhid",
+    "hid_generic",
+    "hid_logitech_dj",
+    "hid_logitech_hidpp",
+    "hid_apple",
+    "hid_microsoft",
+    "hid_lenovo",
+    "hid_cherry",
+    "hid_chicony",
+    "i8042",
+    "atkbd",
     "mmc_block",
     "sdhci_pci",
     "sdhci_acpi",
@@ -49,6 +65,10 @@ pub const WANTED_MODULES: &[&str] = &[
 /// Programs copied from the root filesystem when present: (path in the root, path in the
 /// initramfs).
 const TOOLS: &[(&str, &str)] = &[("/sbin/e2fsck", "/sbin/e2fsck"), ("/bin/sh", "/bin/sh")];
+
+/// Names under which the emergency shell finds the agent again: it restarts or powers
+/// off the machine when started as one of them.
+const AGENT_LINKS: &[&str] = &["/bin/reboot", "/bin/poweroff"];
 
 /// Directories searched for shared libraries, as the dynamic loader does.
 const LIB_DIRS: &[&str] = &[
@@ -280,7 +300,7 @@ pub fn make_initramfs(
     let f = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let enc = zstd::stream::write::Encoder::new(f, 9)?;
     let mut w = CpioWriter::new(enc, epoch.clamp(0, u32::MAX as i64) as u32);
-    for d in ["/dev", "/proc", "/sys", "/run", "/sysroot", "/tmp"] {
+    for d in ["/bin", "/dev", "/proc", "/sys", "/run", "/sysroot", "/tmp"] {
         c.dirs.insert(d.to_string());
     }
     for d in &c.dirs {
@@ -290,6 +310,9 @@ pub fn make_initramfs(
     w.add("/dev/console", CpioKind::Char(5, 1), 0o600, &[])?;
     for (path, (perm, data)) in &c.files {
         w.add(path, CpioKind::File, *perm, data)?;
+    }
+    for link in AGENT_LINKS {
+        w.add(link, CpioKind::Symlink, 0o777, b"/init")?;
     }
     w.finish()?.finish()?.sync_all()?;
     Ok(Summary {

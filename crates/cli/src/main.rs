@@ -86,6 +86,11 @@ enum Cmd {
         /// DVD in a SCSI drive.
         #[arg(long, default_value = "disk", value_parser = media_names())]
         media: Media,
+        /// Also attach FILE (a raw disk image) as an internal disk that is not booted
+        /// from, like a second disk or a stick left plugged in; repeat for more. Changed
+        /// in place unless --snapshot.
+        #[arg(long, value_name = "FILE")]
+        extra_disk: Vec<PathBuf>,
     },
     /// Write an image (raw or compressed) to a USB stick, disk or file, safely and verified.
     Write(write_cmd::WriteArgs),
@@ -166,6 +171,7 @@ fn run(cli: Cli, cancel: Option<Arc<AtomicBool>>) -> Result<()> {
             poweroff,
             firmware,
             media,
+            extra_disk,
         } => {
             let disk_size = disk_size
                 .map(|s| oneimage_format::size::parse_size(&s).context("--disk-size"))
@@ -184,6 +190,7 @@ fn run(cli: Cli, cancel: Option<Arc<AtomicBool>>) -> Result<()> {
                 poweroff,
                 firmware,
                 media,
+                extra_disks: extra_disk,
             };
             use oneimage_vm::Outcome;
             match oneimage_vm::run(&opts)? {

@@ -137,9 +137,60 @@ fn demo_image_passes_independent_checks() {
         .as_u64()
         .unwrap();
     assert!(initrd < 10 << 20, "initramfs is {initrd} bytes");
+    // It has a keyboard for the emergency shell (USB HID and its host controllers; the
+    // PS/2 keyboard is built into Debian's kernel) and a way out of it.
+    let cpio = d.path().join("initrd.img");
+    ok(Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(&esp)
+        .arg("::/oneimage/initrd.img")
+        .arg(&cpio));
+    let unpacked = output(Command::new("zstd").arg("-dc").arg(&cpio));
+    assert!(unpacked.status.success(), "zstd -dc {}", cpio.display());
+    let entries = cpio_entries(&unpacked.stdout);
+    for module in [
+        "/hid.ko",
+        "/usbhid.ko",
+        "/hid-generic.ko",
+        "/xhci-pci.ko",
+        "/ehci-pci.ko",
+    ] {
+        assert!(
+            entries.iter().any(|(name, _, _)| name.ends_with(module)),
+            "{module} not in the initramfs"
+        );
+    }
+    for link in ["bin/reboot", "bin/poweroff"] {
+        assert!(
+            entries.iter().any(|(name, mode, data)| name == link
+                && mode & 0o170000 == 0o120000
+                && data == b"/init"),
+            "{link} is not a link to /init"
+        );
+    }
     let used = parts[1]["filesystem"]["used_bytes"].as_u64().unwrap();
     let total = parts[1]["filesystem"]["total_bytes"].as_u64().unwrap();
     assert!(used > 300 << 20 && used < total, "used {used} of {total}");
+}
+
+/// The entries of a newc cpio archive: name, mode and data.
+fn cpio_entries(mut b: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
+    let hex = |f: &[u8]| u32::from_str_radix(std::str::from_utf8(f).unwrap(), 16).unwrap() as usize;
+    let pad = |n: usize| n.div_ceil(4) * 4;
+    let mut out = Vec::new();
+    while b.len() >= 110 {
+        assert_eq!(&b[..6], b"070701", "not a newc cpio header");
+        let (mode, size, namesize) = (hex(&b[14..22]), hex(&b[54..62]), hex(&b[94..102]));
+        let name = String::from_utf8_lossy(&b[110..110 + namesize - 1]).into_owned();
+        let data_at = pad(110 + namesize);
+        if name == "TRAILER!!!" {
+            break;
+        }
+        out.push((name, mode as u32, b[data_at..data_at + size].to_vec()));
+        b = &b[pad(data_at + size)..];
+    }
+    out
 }
 
 #[test]
@@ -377,6 +428,9 @@ fn qemu_reports_a_missing_marker_with_the_console_tail() {
     );
 }
 
+/// What the agent says on every console when the boot cannot continue.
+const EMERGENCY: &str = "oneimage-init: the boot cannot continue: ";
+
 /// Boots a copy of the demo changed by `damage`, until the agent reports an error; returns
 /// the console.
 fn boot_broken(damage: impl FnOnce(&Path), expect: &str) -> String {
@@ -388,6 +442,234 @@ fn boot_broken(damage: impl FnOnce(&Path), expect: &str) -> String {
     console
 }
 
+/// Adds `args` to every kernel command line in the boot menu of `image` (its ESP's
+/// grub.cfg), as someone would in GRUB's editor.
+fn append_kernel_args(image: &Path, args: &str) {
+    let (first, _) = partition_sectors(image, 1);
+    let esp = format!("{}@@{}", image.display(), first * 512);
+    let mtools = |cmd: &str| {
+        let mut c = Command::new(cmd);
+        c.env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(&esp);
+        c
+    };
+    let cfg = ok(mtools("mtype").arg("::/EFI/BOOT/grub.cfg"));
+    let patched: String = cfg
+        .lines()
+        .map(|l| match l.trim_start().starts_with("linux ") {
+            true => format!("{l} {args}\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    assert_eq!(patched.matches(args).count(), 2, "{patched}");
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("grub.cfg");
+    std::fs::write(&file, patched).unwrap();
+    ok(mtools("mcopy")
+        .arg("-o")
+        .arg(&file)
+        .arg("::/EFI/BOOT/grub.cfg"));
+}
+
+/// Recomputes the entry array checksum (when the array is small enough to lie on the
+/// disk) and the header checksum of the GPT header in sector `lba` of `disk`, so that
+/// only its fields are wrong.
+fn reseal_gpt_header(disk: &mut [u8], lba: usize) {
+    let h = lba * 512;
+    let field = |d: &[u8], at: usize, n: usize| {
+        d[h + at..h + at + n]
+            .iter()
+            .rev()
+            .fold(0u64, |v, &b| v << 8 | u64::from(b))
+    };
+    let entries = field(disk, 72, 8) as usize;
+    let bytes = field(disk, 80, 4) * field(disk, 84, 4);
+    if bytes <= 1 << 20 {
+        let crc = crc32fast::hash(&disk[entries * 512..entries * 512 + bytes as usize]);
+        disk[h + 88..h + 92].copy_from_slice(&crc.to_le_bytes());
+    }
+    disk[h + 16..h + 20].fill(0);
+    let crc = crc32fast::hash(&disk[h..h + 92]);
+    disk[h + 16..h + 20].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Three 4 MiB disks with the GPTs of a crafted stick, checksums right so that only
+/// their fields are wrong: an entry count of 0xFFFFFFFF, a partition that runs past the
+/// end of the disk, and two overlapping partitions; both copies of each table alike. The
+/// kernel refuses the first, drops the second's partition and makes both of the third's;
+/// the agent must skip all three and say why.
+fn crafted_disks(dir: &Path) -> Vec<(PathBuf, &'static str)> {
+    use oneimage_format::gpt::{write_table, Partition, TYPE_ROOT_X86_64};
+    use oneimage_format::Guid;
+    const LBAS: u64 = 8192;
+    let part = |n: u32, first: u64, last: u64| Partition {
+        number: n,
+        type_guid: TYPE_ROOT_X86_64.parse().unwrap(),
+        guid: Guid::derive("crafted", &format!("{first}")),
+        name: format!("crafted{n}"),
+        first_lba: first,
+        last_lba: last,
+        attributes: 0,
+    };
+    // Sets the first and last LBA of entry `n` in both entry arrays.
+    let set_entry = |disk: &mut [u8], n: usize, first: u64, last: u64| {
+        for array_lba in [2, LBAS as usize - 33] {
+            let e = array_lba * 512 + (n - 1) * 128;
+            disk[e + 32..e + 40].copy_from_slice(&first.to_le_bytes());
+            disk[e + 40..e + 48].copy_from_slice(&last.to_le_bytes());
+        }
+    };
+    type Edit = Box<dyn Fn(&mut [u8])>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "huge-count.img",
+            Box::new(|d: &mut [u8]| {
+                for h in [512, (LBAS as usize - 1) * 512] {
+                    d[h + 80..h + 84].copy_from_slice(&u32::MAX.to_le_bytes());
+                }
+            }),
+            "4294967295 partition entries of 128 bytes",
+        ),
+        (
+            "past-the-end.img",
+            Box::new(move |d: &mut [u8]| set_entry(d, 2, 4096, 1 << 40)),
+            "partition 2 spans LBA 4096..=1099511627776, reversed or outside the usable LBAs",
+        ),
+        (
+            "overlapping.img",
+            Box::new(move |d: &mut [u8]| set_entry(d, 2, 3000, 5000)),
+            "partitions 1 (LBA 2048..=4095) and 2 (LBA 3000..=5000) overlap",
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(name, edit, why)| {
+            let mut disk = std::io::Cursor::new(vec![0u8; (LBAS * 512) as usize]);
+            write_table(
+                &mut disk,
+                512,
+                Guid::derive("crafted", name),
+                &[part(1, 2048, 4095), part(2, 4096, 6143)],
+            )
+            .unwrap();
+            let mut disk = disk.into_inner();
+            edit(&mut disk);
+            reseal_gpt_header(&mut disk, 1);
+            reseal_gpt_header(&mut disk, LBAS as usize - 1);
+            let path = dir.join(name);
+            std::fs::write(&path, disk).unwrap();
+            (path, why)
+        })
+        .collect()
+}
+
+/// The bytes of `image` that hold its partition tables: the MBR and primary GPT, and the
+/// backup GPT that ends at byte `end`.
+fn table_bytes(image: &Path, end: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(image).unwrap();
+    let mut b = vec![0u8; 2 * 34 * 512];
+    f.read_exact_at(&mut b[..34 * 512], 0).unwrap();
+    f.read_exact_at(&mut b[34 * 512..], end - 34 * 512).unwrap();
+    b
+}
+
+#[test]
+fn crafted_disks_are_skipped_and_a_root_e2fsck_cannot_repair_boots_live_ungrown() {
+    let d = tempfile::tempdir().unwrap();
+    let image = demo_copy(d.path(), "stick.img");
+    let len = std::fs::metadata(&image).unwrap().len();
+    let root_guid = inspect(&image)["partitions"][1]["guid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Two files claiming one block, in a filesystem marked not cleanly unmounted:
+    // `e2fsck -p` stops with "UNEXPECTED INCONSISTENCY" (exit code 4), while the kernel
+    // still mounts it read-only.
+    let (first, _) = partition_sectors(&image, 2);
+    let fs = format!("{}?offset={}", image.display(), first * 512);
+    for request in ["copy_inode /etc/issue /etc/motd", "ssv state 0"] {
+        ok(Command::new("debugfs").args(["-w", "-R", request]).arg(&fs));
+    }
+    let check = output(
+        Command::new("e2fsck")
+            .env("LC_ALL", "C")
+            .arg("-fn")
+            .arg(&fs),
+    );
+    assert_eq!(
+        check.status.code(),
+        Some(4),
+        "the damage is not what e2fsck -p cannot repair:\n{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let tables = table_bytes(&image, len);
+    let extras = crafted_disks(d.path());
+    let size = (2 * len).to_string();
+    let mut args = vec!["--disk-size", size.as_str()];
+    for (path, _) in &extras {
+        args.extend(["--extra-disk", path.to_str().unwrap()]);
+    }
+    let console = boot_until(&image, MARKER, &args);
+    for (_, why) in &extras {
+        assert!(
+            console
+                .lines()
+                .any(|l| l.contains("oneimage-init: skipping /dev/vd") && l.contains(why)),
+            "no skipping line with {why:?}:\n{console}"
+        );
+    }
+    assert_steps(
+        &console,
+        "crafted disks and a damaged root",
+        &[
+            &format!("oneimage-init: root partition {root_guid} is /dev/vda2"),
+            "oneimage-init: e2fsck exit code 4 for /dev/vda2 (errors left uncorrected); booting live instead",
+            "oneimage-init: live: /dev/vda2 read-only under a RAM overlay",
+        ],
+    );
+    for never in [
+        "oneimage-init: growing",
+        "on /sysroot read-write",
+        "Kernel panic",
+    ] {
+        assert!(!console.contains(never), "{never:?} in:\n{console}");
+    }
+    // Nothing was grown: the tables are as they were and what --disk-size added is zeros.
+    assert!(
+        table_bytes(&image, len) == tables,
+        "the partition tables changed"
+    );
+    assert_zeros_after(&image, len);
+}
+
+#[test]
+fn a_panic_in_the_agent_ends_on_the_emergency_path_which_restarts_the_machine() {
+    let d = tempfile::tempdir().unwrap();
+    let image = demo_copy(d.path(), "panic.img");
+    append_kernel_args(&image, "oneimage.test-panic=1 oneimage.emergency-timeout=5");
+    // The kernel says this when the agent restarts the machine (QEMU then exits).
+    let console = boot_until(&image, "reboot: Restarting system", &["--snapshot"]);
+    assert_steps(
+        &console,
+        "test panic",
+        &[
+            "oneimage-init: panic at crates/agent/src/main.rs:",
+            "oneimage.test-panic=1 is on the kernel command line: panicking on purpose",
+            "oneimage-init: the boot cannot continue: the agent panicked",
+            "oneimage-init: press Enter within 5 s for an emergency shell",
+            "oneimage-init: no answer within 5 s",
+            "oneimage-init: restarting the machine",
+        ],
+    );
+    for never in [
+        "Kernel panic",
+        "Attempted to kill init",
+        "oneimage-init: loaded ",
+    ] {
+        assert!(!console.contains(never), "{never:?} in:\n{console}");
+    }
+}
+
 #[test]
 fn missing_root_partition_is_reported_by_the_agent() {
     // Give the root partition another GUID: root=PARTUUID= now names nothing.
@@ -397,7 +679,7 @@ fn missing_root_partition_is_reported_by_the_agent() {
                 .arg("--partition-guid=2:0fc63daf-8483-4772-8e79-3d69d8477de4")
                 .arg(img));
         },
-        "oneimage-init: starting an emergency shell",
+        EMERGENCY,
     );
     assert!(
         console.contains("oneimage-init: error: no partition"),
@@ -418,7 +700,7 @@ fn damaged_root_filesystem_is_reported_by_the_agent() {
             f.seek(SeekFrom::Start(first * 512)).unwrap();
             f.write_all(&[0u8; 4096]).unwrap();
         },
-        "oneimage-init: starting an emergency shell",
+        EMERGENCY,
     );
     assert!(
         console.contains("oneimage-init: error: mounting /dev/vda2"),
@@ -451,16 +733,7 @@ fn live_boot_writes_nothing_to_the_disk() {
     );
     assert!(!console.contains("oneimage-init: growing"), "{console}");
     // What --disk-size added is still all zeros; the image's own bytes are unchanged.
-    let mut f = std::fs::File::open(&image).unwrap();
-    use std::io::{Read, Seek, SeekFrom};
-    f.seek(SeekFrom::Start(len)).unwrap();
-    let mut tail = Vec::new();
-    f.read_to_end(&mut tail).unwrap();
-    assert_eq!(tail.len() as u64, len);
-    assert!(
-        tail.iter().all(|&b| b == 0),
-        "a live boot wrote past the image"
-    );
+    assert_zeros_after(&image, len);
     std::fs::OpenOptions::new()
         .write(true)
         .open(&image)
@@ -468,6 +741,21 @@ fn live_boot_writes_nothing_to_the_disk() {
         .set_len(len)
         .unwrap();
     assert_eq!(sha256(&image), before, "a live boot changed the disk image");
+}
+
+/// Everything in `image` from byte `len` on is zeros: nothing was written past the
+/// original image on the disk `--disk-size` made larger.
+fn assert_zeros_after(image: &Path, len: u64) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(image).unwrap();
+    f.seek(SeekFrom::Start(len)).unwrap();
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).unwrap();
+    assert!(!tail.is_empty(), "{} did not grow", image.display());
+    assert!(
+        tail.iter().all(|&b| b == 0),
+        "the boot wrote past the image"
+    );
 }
 
 /// The demo spec with secure-boot = true, sharing the cached root filesystem; built once.

@@ -69,7 +69,12 @@ fn probe_ext(head: &[u8]) -> Option<FsInfo> {
     if le16(sb, 56) != 0xEF53 {
         return None;
     }
-    let block = 1024u64 << le32(sb, 24);
+    // ext4 blocks are 1 KiB to 64 KiB (log 0 to 6); a larger shift is no ext4 superblock.
+    let log_block = le32(sb, 24);
+    if log_block > 6 {
+        return None;
+    }
+    let block = 1024u64 << log_block;
     let incompat = le32(sb, 96);
     let is64 = incompat & 0x80 != 0;
     let hi = |o: usize| if is64 { le32(sb, o) << 32 } else { 0 };
@@ -90,8 +95,9 @@ fn probe_ext(head: &[u8]) -> Option<FsInfo> {
         kind: kind.into(),
         label: text(&sb[120..136]),
         uuid,
-        total_bytes: blocks * block,
-        used_bytes: Some(blocks.saturating_sub(free) * block),
+        // At most 2^64 blocks of 64 KiB: bytes saturate rather than wrap.
+        total_bytes: blocks.saturating_mul(block),
+        used_bytes: Some(blocks.saturating_sub(free).saturating_mul(block)),
     })
 }
 
@@ -152,5 +158,28 @@ mod tests {
         assert_eq!(i.total_bytes, 4096000);
         assert_eq!(i.used_bytes, Some(600 * 4096));
         assert_eq!(i.uuid, "11111111-1111-1111-1111-111111111111");
+        // A block size shift past 64 KiB, or a block count past 2^64 bytes: no panic.
+        let mut bad = vec![0u8; 8192];
+        bad[1024..2048].copy_from_slice(&img_sb(u32::MAX, u32::MAX, 2));
+        assert_eq!(
+            probe(&mut Cursor::new(bad.clone()))
+                .unwrap()
+                .unwrap()
+                .total_bytes,
+            u64::MAX
+        );
+        bad[1024 + 24..1024 + 28].copy_from_slice(&40u32.to_le_bytes());
+        assert_eq!(probe(&mut Cursor::new(bad)).unwrap(), None);
+    }
+
+    /// An ext4 superblock with `blocks` (low and high 32 bits) of 1024 << `log` bytes.
+    fn img_sb(blocks_lo: u32, blocks_hi: u32, log: u32) -> [u8; 1024] {
+        let mut sb = [0u8; 1024];
+        sb[4..8].copy_from_slice(&blocks_lo.to_le_bytes());
+        sb[24..28].copy_from_slice(&log.to_le_bytes());
+        sb[56..58].copy_from_slice(&0xEF53u16.to_le_bytes());
+        sb[96..100].copy_from_slice(&0x2c0u32.to_le_bytes()); // extents, 64bit, flex_bg
+        sb[0x150..0x154].copy_from_slice(&blocks_hi.to_le_bytes());
+        sb
     }
 }

@@ -53,6 +53,10 @@ pub struct QemuOptions {
     pub firmware: FirmwareKind,
     /// How the image is attached.
     pub media: Media,
+    /// More disks (raw files) attached as internal disks after the image, never booted
+    /// from: a second disk or a stick left plugged in. Written in place, like the image,
+    /// unless `snapshot`.
+    pub extra_disks: Vec<PathBuf>,
 }
 
 /// The machine's firmware.
@@ -278,6 +282,22 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
         .arg(drive)
         .args(opts.media.devices())
         .args(["-nic", "none", "-no-reboot"]);
+    for (i, disk) in opts.extra_disks.iter().enumerate() {
+        let meta =
+            std::fs::metadata(disk).with_context(|| format!("extra disk {}", disk.display()))?;
+        if !meta.is_file() {
+            bail!("extra disk {} is not a regular file", disk.display());
+        }
+        // QEMU splits -drive options at commas; a comma in the path is doubled.
+        let path = disk.display().to_string().replace(',', ",,");
+        let snapshot = if opts.snapshot { ",snapshot=on" } else { "" };
+        cmd.arg("-drive")
+            .arg(format!(
+                "file={path},format=raw,if=none,id=extra{i}{snapshot}"
+            ))
+            .arg("-device")
+            .arg(format!("virtio-blk-pci,drive=extra{i}"));
+    }
     let graphical = !opts.headless && std::env::var_os("DISPLAY").is_some();
     if opts.headless {
         cmd.args(["-display", "none", "-monitor", "none", "-qmp"])

@@ -15,6 +15,11 @@ pub fn move_backup_to_end(file: &File, dev: &Path, image_size: u64) -> Result<bo
     if disk_size <= image_size {
         return Ok(false);
     }
+    // gptman trusts a header's entry count and size (it allocates and loops by them): a
+    // crafted image's table reaches it only once read_table has checked every field.
+    if oneimage_format::gpt::read_table(&mut f).is_err() {
+        return Ok(false); // no valid GPT in the image: nothing to move
+    }
     f.seek(SeekFrom::Start(0))?;
     let mut gpt = match gptman::GPT::find_from(&mut f) {
         Ok(g) => g,
