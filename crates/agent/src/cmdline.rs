@@ -81,13 +81,13 @@ pub fn parse(text: &str) -> Result<Cmdline, String> {
         grow: Grow::Fill,
         test_panic: false,
     };
+    // As for the kernel, the last root= counts: one given earlier (a distribution's
+    // default before ours) is not an error.
+    let mut root = None;
     for word in text.split_whitespace() {
         let (k, v) = word.split_once('=').unwrap_or((word, ""));
         match k {
-            "root" => match v.strip_prefix("PARTUUID=") {
-                Some(u) => c.root_partuuid = u.to_ascii_lowercase(),
-                None => return Err(format!("root={v}: only root=PARTUUID=... is supported")),
-            },
+            "root" => root = Some(v),
             "ro" => c.read_only = true,
             "rw" => c.read_only = false,
             "init" => c.init = v.to_string(),
@@ -114,8 +114,10 @@ pub fn parse(text: &str) -> Result<Cmdline, String> {
             _ => {}
         }
     }
-    if c.root_partuuid.is_empty() {
-        return Err("the kernel command line has no root=PARTUUID=...".into());
+    match root.map(|v| (v, v.strip_prefix("PARTUUID="))) {
+        Some((_, Some(u))) if !u.is_empty() => c.root_partuuid = u.to_ascii_lowercase(),
+        Some((v, None)) => return Err(format!("root={v}: only root=PARTUUID=... is supported")),
+        _ => return Err("the kernel command line has no root=PARTUUID=...".into()),
     }
     Ok(c)
 }
@@ -176,6 +178,134 @@ mod tests {
         assert_eq!(
             emergency_timeout("oneimage.emergency-timeout=18446744073709551615"),
             Some(Duration::from_secs(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn the_last_root_counts() {
+        // Found by `fuzz_cmdline`: an earlier root= (which the kernel ignores) made the
+        // whole line an error.
+        assert_eq!(
+            parse("root=/dev/sda1 root=PARTUUID=Ab")
+                .unwrap()
+                .root_partuuid,
+            "ab"
+        );
+        assert!(parse("root=PARTUUID=ab root=/dev/sda1").is_err());
+        assert!(parse("root=PARTUUID=").is_err());
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use oneimage_format::testing::Fuzz;
+
+    /// Marks the inputs rendered from settings (mutations do not make it by chance).
+    const RENDERED: &str = "\u{1}rendered\u{2}";
+
+    /// Property: a command line rendered from any settings, among other parameters
+    /// (the kernel's, GRUB's, repeated ones before ours), parses back to those settings;
+    /// generated and mutated lines (odd characters, huge numbers, missing values) parse
+    /// or fail without a panic.
+    #[test]
+    fn fuzz_cmdline() {
+        let tokens: &[&str] = &[
+            " ",
+            "=",
+            "root=",
+            "PARTUUID=",
+            "ro",
+            "rw",
+            "init=",
+            "oneimage.mode=",
+            "oneimage.grow=",
+            "oneimage.wait=",
+            "live",
+            "persistent",
+            "fill",
+            "off",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-1",
+            "\"",
+            "\t",
+            "\n",
+            "\0",
+            "é",
+            "==",
+        ];
+        let report = Fuzz::new("fuzz_cmdline").run(
+            |m, case| {
+                m.tokens(tokens);
+                if case % 3 != 0 {
+                    let base = "BOOT_IMAGE=/vmlinuz root=PARTUUID=0A-b1 ro quiet oneimage.mode=live oneimage.grow=4096 oneimage.wait=7 init=/bin/sh";
+                    return m.mutate(base.as_bytes());
+                }
+                // A rendering of random settings, checked in full below.
+                let mut line = String::from(RENDERED);
+                let noise = ["quiet", "console=ttyS0,115200", "root=/dev/sda1", "splash", "rw", "ro", "x=y=z"];
+                for _ in 0..m.rng.below(4) {
+                    line += &format!(" {}", m.rng.pick(&noise));
+                }
+                let uuid: String = (0..1 + m.rng.index(36)).map(|_| *m.rng.pick(&['a', 'B', '0', '9', '-'])).collect();
+                line += &format!(" root=PARTUUID={uuid}");
+                line += if m.rng.one_in(2) { " ro" } else { " rw" };
+                if m.rng.one_in(2) {
+                    line += &format!(" init=/sbin/x{}", m.rng.below(100));
+                }
+                line += match m.rng.below(3) {
+                    0 => " oneimage.mode=live",
+                    1 => " oneimage.mode=persistent",
+                    _ => "",
+                };
+                match m.rng.below(4) {
+                    0 => line += " oneimage.grow=fill",
+                    1 => line += " oneimage.grow=off",
+                    2 => line += &format!(" oneimage.grow={}", m.rng.extreme(8)),
+                    _ => {}
+                }
+                if m.rng.one_in(2) {
+                    line += &format!(" oneimage.wait={}", m.rng.extreme(8));
+                }
+                line.into_bytes()
+            },
+            |input| {
+                let text = String::from_utf8_lossy(input);
+                let parsed = parse(&text);
+                if let Some(line) = text.strip_prefix(RENDERED) {
+                    let c = parsed.expect("a rendered line parses");
+                    let last = |key: &str| {
+                        line.split(' ')
+                            .filter_map(|w| w.strip_prefix(key))
+                            .next_back()
+                            .map(str::to_string)
+                    };
+                    assert_eq!(Some(c.root_partuuid.clone()), last("root=PARTUUID=").map(|u| u.to_ascii_lowercase()));
+                    let ro = line.split(' ').rfind(|w| *w == "ro" || *w == "rw");
+                    assert_eq!(c.read_only, ro == Some("ro"));
+                    assert_eq!(c.init, last("init=").unwrap_or("/sbin/init".into()));
+                    assert_eq!(c.live, last("oneimage.mode=").as_deref() == Some("live"));
+                    let grow = match last("oneimage.grow=").as_deref() {
+                        None | Some("fill") => Grow::Fill,
+                        Some("off") => Grow::Off,
+                        Some(n) => Grow::UpTo(n.parse().unwrap()),
+                    };
+                    assert_eq!(c.grow, grow);
+                    let wait = last("oneimage.wait=").map_or(30, |n| n.parse().unwrap());
+                    assert_eq!(c.root_wait_secs, wait);
+                    return true;
+                }
+                if let Ok(c) = &parsed {
+                    assert!(!c.root_partuuid.is_empty());
+                    assert!(c.root_partuuid.len() < text.len());
+                }
+                parsed.is_ok()
+            },
+        );
+        assert!(
+            report.accepted > 3333 && report.accepted < report.cases,
+            "{report:?}"
         );
     }
 }

@@ -95,9 +95,12 @@ impl ArtifactsSpec {
         }
         let frame = parse_size(&self.zstd_frame_size)
             .with_context(|| format!("[artifacts] zstd-frame-size = {:?}", self.zstd_frame_size))?;
-        if !(64 << 10..=256 << 20).contains(&frame) {
+        // The writer refuses frames over 64 MiB (each decoder thread holds a few), so
+        // no larger ones are made.
+        let max = u64::from(oneimage_format::zstd_seekable::MAX_FRAME);
+        if !(64 << 10..=max).contains(&frame) {
             bail!(
-                "[artifacts] zstd-frame-size = {:?}: expected 64K to 256M",
+                "[artifacts] zstd-frame-size = {:?}: expected 64K to 64M",
                 self.zstd_frame_size
             );
         }

@@ -112,7 +112,8 @@ pub fn installed(core_sector: u64, core_first: &[u8; 512]) -> InstalledGrub {
     let len = u16::from_le_bytes([core_first[BLOCKLIST + 8], core_first[BLOCKLIST + 9]]);
     InstalledGrub {
         core_sector,
-        core_sectors: if start == core_sector + 1 {
+        // Both numbers come from the disk: the last sector has no sector after it.
+        core_sectors: if core_sector.checked_add(1) == Some(start) {
             1 + u64::from(len)
         } else {
             0
@@ -158,5 +159,49 @@ mod tests {
         let first: [u8; 512] = core[..512].try_into().unwrap();
         assert_eq!(installed(128, &first).core_sectors, 2);
         assert_eq!(installed(64, &first).core_sectors, 0);
+        // Found by `fuzz_grub_pc_reading`: the MBR's sector number plus one overflowed.
+        assert_eq!(installed(u64::MAX, &first).core_sectors, 0);
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::testing::Fuzz;
+
+    /// Any MBR and any first sector of core.img, with any sector number: the GRUB
+    /// reader never panics, and a blocklist it accepts spans 1 to 65536 sectors.
+    #[test]
+    fn fuzz_grub_pc_reading() {
+        let mut boot = vec![0xCCu8; 512];
+        boot[0x180..0x185].copy_from_slice(b"GRUB ");
+        boot[510..512].copy_from_slice(&[0x55, 0xAA]);
+        let mbr = boot_sector(&boot, &[0u8; 512], 2048).unwrap();
+        let mut core = vec![0u8; 40 * 512];
+        core[510..512].copy_from_slice(&0x820u16.to_le_bytes());
+        place_core(&mut core, 2048).unwrap();
+        let base = [mbr.to_vec(), core[..512].to_vec()].concat();
+        let report = Fuzz::new("fuzz_grub_pc_reading").run(
+            |m, _| {
+                let mut input = m.hot(&[0x5c..0x64, 1012..1024, 0x180..0x185]).mutate(&base);
+                input.resize(1024, 0);
+                input
+            },
+            |input| {
+                let mbr: [u8; 512] = input[..512].try_into().unwrap();
+                let first: [u8; 512] = input[512..].try_into().unwrap();
+                let Some(at) = core_sector(&mbr) else {
+                    return false;
+                };
+                // The sector number is whatever the disk says; the blocklist must be read
+                // against it without overflowing, including at the extremes.
+                for at in [at, u64::MAX, u64::MAX - 1, 0] {
+                    let g = installed(at, &first);
+                    assert!(g.core_sectors <= 1 << 16, "{g:?}");
+                }
+                true
+            },
+        );
+        assert!(report.accepted > 1000, "{report:?}");
     }
 }

@@ -78,11 +78,15 @@ pub fn inspect<R: Read + Seek>(disk: &mut R) -> Result<Report, InspectError> {
             boot_entries: Vec::new(),
             error: None,
         };
-        if offset + len > size {
-            rep.error = Some(format!(
-                "partition ends at byte {}, beyond the image ({size} bytes)",
-                offset + len
-            ));
+        // The table comes from the image: its end may lie beyond the image or 2^64.
+        let end = offset.checked_add(len);
+        if end.is_none_or(|end| end > size) {
+            rep.error = Some(match end {
+                Some(end) => {
+                    format!("partition ends at byte {end}, beyond the image ({size} bytes)")
+                }
+                None => format!("partition at byte {offset}, {len} bytes long, ends beyond 2^64"),
+            });
             partitions.push(rep);
             continue;
         }
@@ -141,4 +145,128 @@ fn read_bios_boot<R: Read + Seek>(
     disk.seek(SeekFrom::Start(start))?;
     disk.read_exact(&mut first)?;
     Ok(Some(crate::grub_pc::installed(at, &first)))
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::gpt::{write_table, Partition, TYPE_BIOS_BOOT, TYPE_ESP, TYPE_ROOT_X86_64};
+    use crate::iso9660::{write_view, FileData, IsoFile, IsoView};
+    use crate::testing::Fuzz;
+    use crate::Guid;
+    use std::io::Cursor;
+
+    const SECTORS: u64 = 1024; // a 512 KiB image
+
+    /// A whole small image as the builder lays one out: GRUB's boot code in the MBR and
+    /// its core image in a BIOS boot partition, a FAT ESP with a grub.cfg, an ext4
+    /// superblock for the root, and the ISO 9660 view with its El Torito catalog.
+    fn image() -> Vec<u8> {
+        let mut img = Cursor::new(vec![0u8; (SECTORS * 512) as usize]);
+        let part = |n: u32, ty: &str, first: u64, last: u64| Partition {
+            number: n,
+            type_guid: ty.parse().unwrap(),
+            guid: Guid::derive("fuzz", &n.to_string()),
+            name: format!("p{n}"),
+            first_lba: first,
+            last_lba: last,
+            attributes: 0,
+        };
+        let parts = [
+            part(1, TYPE_BIOS_BOOT, 128, 191),
+            part(2, TYPE_ESP, 256, 767),
+            part(3, TYPE_ROOT_X86_64, 768, 959),
+        ];
+        write_table(&mut img, 512, Guid::derive("fuzz", "disk"), &parts).unwrap();
+        let mut img = img.into_inner();
+        let mut boot = vec![0xCCu8; 512];
+        boot[0x180..0x185].copy_from_slice(b"GRUB ");
+        boot[510..].copy_from_slice(&[0x55, 0xAA]);
+        let mbr: [u8; 512] = img[..512].try_into().unwrap();
+        img[..512].copy_from_slice(&crate::grub_pc::boot_sector(&boot, &mbr, 128).unwrap());
+        let mut core = vec![0u8; 8 * 512];
+        core[510..512].copy_from_slice(&0x820u16.to_le_bytes());
+        crate::grub_pc::place_core(&mut core, 128).unwrap();
+        img[128 * 512..136 * 512].copy_from_slice(&core);
+        let esp = &mut img[256 * 512..768 * 512];
+        fatfs::format_volume(Cursor::new(&mut *esp), fatfs::FormatVolumeOptions::new()).unwrap();
+        {
+            let fs =
+                fatfs::FileSystem::new(Cursor::new(&mut *esp), fatfs::FsOptions::new()).unwrap();
+            fs.root_dir().create_dir("EFI").unwrap();
+            fs.root_dir().create_dir("EFI/BOOT").unwrap();
+            let mut f = fs.root_dir().create_file("EFI/BOOT/grub.cfg").unwrap();
+            std::io::Write::write_all(&mut f, b"menuentry 'Demo' {\n linux /vmlinuz\n}\n").unwrap();
+        }
+        let sb = &mut img[768 * 512 + 1024..768 * 512 + 2048];
+        sb[4..8].copy_from_slice(&96u32.to_le_bytes());
+        sb[24..28].copy_from_slice(&0u32.to_le_bytes());
+        sb[56..58].copy_from_slice(&0xEF53u16.to_le_bytes());
+        sb[96..100].copy_from_slice(&0x2c0u32.to_le_bytes());
+        let v = IsoView {
+            volume_id: "DEMO".into(),
+            epoch: 0,
+            image_bytes: SECTORS * 512,
+            files: vec![IsoFile {
+                path: "ESP.IMG".into(),
+                data: FileData::Extent {
+                    offset: 256 * 512,
+                    len: 512 * 512,
+                },
+            }],
+            bios_boot: Some((128 * 512, 4096)),
+            efi_boot: Some((256 * 512, 512 * 512)),
+        };
+        let mut c = Cursor::new(img);
+        write_view(&mut c, &v).unwrap();
+        c.into_inner()
+    }
+
+    /// Everything `inspect` reads besides the partition table (the MBR's boot code,
+    /// core.img's blocklist, the ESP's FAT, the root's superblock, the ISO view) mutated
+    /// together: it never panics or fails on the in-memory image, and the table it
+    /// reports is the one written (the GPT has its own tests, in `gpt`).
+    #[test]
+    fn fuzz_inspect() {
+        let base = image();
+        let clean = inspect(&mut Cursor::new(&base)).unwrap();
+        assert_eq!(clean.partitions[1].boot_entries.len(), 1);
+        assert!(clean.bios_boot.is_some() && clean.iso.is_some());
+        let table = |r: &Report| {
+            r.partitions
+                .iter()
+                .map(|p| p.entry.clone())
+                .collect::<Vec<_>>()
+        };
+        let s = |n: usize| n * 512;
+        let hot = [
+            0..446,
+            s(128)..s(129),
+            s(256)..s(262),
+            s(300)..s(310),
+            s(768) + 1024..s(768) + 1200,
+            s(64)..s(96),
+        ];
+        // Each case reads a whole image through every reader: a quarter of the count.
+        let report = Fuzz::new("fuzz_inspect").cost(4).run(
+            |m, _| {
+                let mut img = m.hot(&hot).mutate(&base);
+                // Keep the partition table (the MBR's entries, both GPTs) and the size.
+                img.resize(base.len(), 0);
+                img[446..s(34)].copy_from_slice(&base[446..s(34)]);
+                let end = base.len() - s(33);
+                img[end..].copy_from_slice(&base[end..]);
+                img
+            },
+            |input| {
+                let r = inspect(&mut Cursor::new(input)).expect("an in-memory image");
+                assert_eq!(table(&r), table(&clean));
+                r.partitions.iter().all(|p| p.error.is_none())
+            },
+        );
+        assert!(
+            report.accepted > 1000 && report.accepted < report.cases,
+            "{report:?}"
+        );
+    }
 }

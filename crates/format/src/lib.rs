@@ -19,6 +19,8 @@ pub mod iso9660;
 pub mod probe;
 pub mod size;
 pub mod slice;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod zstd_seekable;
 
 pub use guid::Guid;

@@ -3,9 +3,13 @@
 use std::io::{self, Read, Seek, SeekFrom};
 
 /// What a partition holds, as far as its superblock tells.
+///
+/// Superblocks come from any disk (an image being inspected, a stick about to be
+/// overwritten, a disk the boot agent grows): every field is checked before arithmetic
+/// uses it, and a field out of range means "not recognised".
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FsInfo {
-    /// `ext4`, `ext2/3`, `vfat`, `iso9660` or `squashfs`.
+    /// `ext4`, `ext2/3`, `vfat` or `squashfs`.
     pub kind: String,
     /// Volume label (may be empty).
     pub label: String,
@@ -69,12 +73,13 @@ fn probe_ext(head: &[u8]) -> Option<FsInfo> {
     if le16(sb, 56) != 0xEF53 {
         return None;
     }
-    // ext4 blocks are 1 KiB to 64 KiB (log 0 to 6); a larger shift is no ext4 superblock.
-    let log_block = le32(sb, 24);
-    if log_block > 6 {
+    // ext4 blocks are 1 KiB to 64 KiB (a shift of 0 to 6); any other shift is not ext4,
+    // and shifting by it would overflow.
+    let log = le32(sb, 24);
+    if log > 6 {
         return None;
     }
-    let block = 1024u64 << log_block;
+    let block = 1024u64 << log;
     let incompat = le32(sb, 96);
     let is64 = incompat & 0x80 != 0;
     let hi = |o: usize| if is64 { le32(sb, o) << 32 } else { 0 };
@@ -141,6 +146,29 @@ mod tests {
         assert_eq!(probe(&mut Cursor::new(vec![0u8; 8192])).unwrap(), None);
     }
 
+    /// Found by `fuzz_probe`: a 64-bit block count whose bytes exceed 2^64 overflowed a
+    /// multiplication (now saturated), and a block size shift of 64 or more overflowed
+    /// the shift (now not ext4).
+    #[test]
+    fn out_of_range_ext_fields_are_handled() {
+        let mut img = vec![0u8; 4096];
+        let sb = &mut img[1024..2048];
+        sb[56..58].copy_from_slice(&0xEF53u16.to_le_bytes());
+        sb[96..100].copy_from_slice(&0x80u32.to_le_bytes()); // 64-bit block counts
+        sb[0x150..0x154].copy_from_slice(&0xffff_ffffu32.to_le_bytes());
+        let i = probe(&mut Cursor::new(&img)).unwrap().unwrap();
+        assert_eq!(i.total_bytes, u64::MAX, "saturates rather than wraps");
+        let sb = &mut img[1024..2048];
+        sb[0x150..0x154].copy_from_slice(&0u32.to_le_bytes());
+        sb[24..28].copy_from_slice(&64u32.to_le_bytes());
+        assert_eq!(probe(&mut Cursor::new(&img)).unwrap(), None);
+        let sb = &mut img[1024..2048];
+        sb[24..28].copy_from_slice(&6u32.to_le_bytes());
+        sb[4..8].copy_from_slice(&3u32.to_le_bytes());
+        let i = probe(&mut Cursor::new(&img)).unwrap().unwrap();
+        assert_eq!(i.total_bytes, 3 << 16, "64 KiB blocks are the largest");
+    }
+
     #[test]
     fn reads_ext4_superblock_fields() {
         let mut img = vec![0u8; 8192];
@@ -181,5 +209,70 @@ mod tests {
         sb[96..100].copy_from_slice(&0x2c0u32.to_le_bytes()); // extents, 64bit, flex_bg
         sb[0x150..0x154].copy_from_slice(&blocks_hi.to_le_bytes());
         sb
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::testing::Fuzz;
+    use std::io::Cursor;
+
+    /// Superblocks and boot sectors the probe knows: ext4, FAT16, FAT32, squashfs.
+    fn bases() -> Vec<Vec<u8>> {
+        let mut ext = vec![0u8; 4096];
+        let sb = &mut ext[1024..2048];
+        sb[4..8].copy_from_slice(&1000u32.to_le_bytes());
+        sb[12..16].copy_from_slice(&400u32.to_le_bytes());
+        sb[24..28].copy_from_slice(&2u32.to_le_bytes());
+        sb[56..58].copy_from_slice(&0xEF53u16.to_le_bytes());
+        sb[96..100].copy_from_slice(&0x2c0u32.to_le_bytes());
+        sb[0x150..0x154].copy_from_slice(&7u32.to_le_bytes());
+        sb[120..124].copy_from_slice(b"root");
+        let mut fat = Vec::new();
+        for (total, fat_type) in [
+            (8192u32, fatfs::FatType::Fat16),
+            (70_000, fatfs::FatType::Fat32),
+        ] {
+            let mut disk = Cursor::new(vec![0u8; total as usize * 512]);
+            fatfs::format_volume(
+                &mut disk,
+                fatfs::FormatVolumeOptions::new()
+                    .fat_type(fat_type)
+                    .volume_label(*b"ESP        "),
+            )
+            .unwrap();
+            fat.push(disk.into_inner()[..4096].to_vec());
+        }
+        let mut sq = vec![0u8; 4096];
+        sq[0..4].copy_from_slice(b"hsqs");
+        sq[40..48].copy_from_slice(&(1u64 << 30).to_le_bytes());
+        [vec![ext], fat, vec![sq]].concat()
+    }
+
+    /// Any first 4 KiB (mutated superblocks, boot sectors, cut short) probes without a
+    /// panic or an I/O error, and what it reports is consistent.
+    #[test]
+    fn fuzz_probe() {
+        let bases = bases();
+        let report = Fuzz::new("fuzz_probe").run(
+            |m, case| {
+                let base = &bases[case as usize % bases.len()];
+                m.hot(&[0..96, 1024..1124, 1024 + 0x150..1024 + 0x160])
+                    .mutate(base)
+            },
+            |input| {
+                let info = probe(&mut Cursor::new(input)).expect("an in-memory read cannot fail");
+                if let Some(i) = &info {
+                    assert!(i.used_bytes.is_none_or(|u| u <= i.total_bytes), "{i:?}");
+                    assert!(i.label.len() <= 16 * 3, "{i:?}");
+                }
+                info.is_some()
+            },
+        );
+        assert!(
+            report.accepted > 1000 && report.accepted < report.cases,
+            "{report:?}"
+        );
     }
 }

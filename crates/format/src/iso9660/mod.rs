@@ -111,6 +111,9 @@ pub enum IsoError {
         /// Sectors free for them.
         free: u64,
     },
+    /// The image has more sectors than ISO 9660's 32-bit sector numbers can name.
+    #[error("the image is {0} bytes: an ISO 9660 view covers at most 2^32 sectors of 2048 bytes (8 TiB)")]
+    TooLarge(u64),
     /// Writing failed.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -189,11 +192,231 @@ fn civil(epoch: i64) -> (i64, u32, u32, u32, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{Fuzz, Rng};
+    use std::collections::BTreeMap;
+    use std::io::Cursor;
 
     #[test]
     fn civil_dates_known_answers() {
         assert_eq!(civil(0), (1970, 1, 1, 0, 0, 0));
         assert_eq!(civil(1_767_225_600), (2026, 1, 1, 0, 0, 0));
         assert_eq!(civil(951_782_400 + 3661), (2000, 2, 29, 1, 1, 1));
+    }
+
+    /// A d-character name of 1 to `max` characters.
+    fn name(rng: &mut Rng, max: usize) -> String {
+        const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_";
+        (0..1 + rng.index(max))
+            .map(|_| *rng.pick(CHARS) as char)
+            .collect()
+    }
+
+    /// A random view the writer should take: nested directories, files anywhere in a
+    /// volume of up to 32 TiB (beyond ISO 9660's 8 TiB of sectors now and then), files
+    /// larger than one extent, inline files, and any mix of boot images. The BIOS
+    /// image lies in the first 128 KiB, the part of the image the tests hold.
+    fn random_view(rng: &mut Rng) -> IsoView {
+        let image_bytes = match rng.below(3) {
+            0 => 128 << 10,
+            1 => (128 << 10) + rng.below(1 << 40),
+            _ => (128 << 10) + rng.below(1 << 45),
+        };
+        let extent = |rng: &mut Rng| {
+            let sectors = (image_bytes - END) / SECTOR;
+            let offset = END + rng.below(sectors) * SECTOR;
+            let len = match rng.below(3) {
+                0 => rng.below(4096),
+                1 => rng.below(image_bytes - offset + 1),
+                _ => (image_bytes - offset).min(MAX_EXTENT + rng.below(1 << 33)),
+            };
+            (offset, len)
+        };
+        let dirs: Vec<String> = (0..rng.below(4)).map(|_| name(rng, 8)).collect();
+        let files = (0..rng.below(10))
+            .map(|_| {
+                let mut path = String::new();
+                for _ in 0..rng.below(3) {
+                    if let Some(d) = dirs.get(rng.index(dirs.len().max(1))) {
+                        path.push_str(d);
+                        path.push('/');
+                    }
+                }
+                path.push_str(&name(rng, 8));
+                path.push('.');
+                if rng.one_in(4) {
+                    path.push_str(&name(rng, 3));
+                }
+                let data = if rng.one_in(4) {
+                    let n = rng.index(3000);
+                    FileData::Inline(rng.bytes(n))
+                } else {
+                    let (offset, len) = extent(rng);
+                    FileData::Extent { offset, len }
+                };
+                IsoFile { path, data }
+            })
+            .collect();
+        IsoView {
+            volume_id: name(rng, 32),
+            epoch: rng.below(1 << 33) as i64 - (1 << 31),
+            image_bytes,
+            files,
+            bios_boot: rng.one_in(2).then(|| (64 << 10, 512 + rng.below(32 << 10))),
+            efi_boot: rng.one_in(2).then(|| extent(rng)),
+        }
+    }
+
+    /// Property: whatever view the writer takes reads back as written (files, their
+    /// extents, inline bytes, volume size and boot entries); what it refuses, it refuses
+    /// with an error, not a panic, and without writing.
+    #[test]
+    fn fuzz_iso_round_trip() {
+        let mut written = 0u64;
+        let blank = vec![0u8; 128 << 10];
+        let report = Fuzz::new("fuzz_iso_round_trip").run(
+            |m, _| {
+                // The view is rebuilt from these bytes (the case's seed) in the check.
+                m.rng.bytes(8)
+            },
+            |seed| {
+                let mut rng = Rng::new(u64::from_le_bytes(seed.try_into().unwrap()));
+                let v = random_view(&mut rng);
+                let mut img = Cursor::new(blank.clone());
+                if let Err(e) = write_view(&mut img, &v) {
+                    assert!(!matches!(e, IsoError::Io(_)), "{e}");
+                    assert!(*img.get_ref() == blank, "refused after writing");
+                    return false;
+                }
+                written += 1;
+                let s = read_view(&mut img).unwrap().expect("a view");
+                assert_eq!(s.volume_id, v.volume_id);
+                assert_eq!(s.volume_bytes, v.image_bytes.div_ceil(SECTOR) * SECTOR);
+                let mut want = BTreeMap::new();
+                for f in &v.files {
+                    let ext = match &f.data {
+                        FileData::Extent { offset, len } => {
+                            let mut parts = vec![];
+                            let (mut o, mut left) = (*offset, *len);
+                            loop {
+                                let part = left.min(MAX_EXTENT);
+                                parts.push((o, part));
+                                if part == left {
+                                    break parts;
+                                }
+                                o += part;
+                                left -= part;
+                            }
+                        }
+                        FileData::Inline(b) => {
+                            let got = s.files.iter().find(|g| g.path == f.path).unwrap();
+                            let (o, l) = got.extents[0];
+                            assert_eq!(&img.get_ref()[o as usize..][..l as usize], &b[..]);
+                            vec![(o, b.len() as u64)]
+                        }
+                    };
+                    want.insert(f.path.clone(), ext);
+                }
+                let got: BTreeMap<String, Vec<(u64, u64)>> = s
+                    .files
+                    .iter()
+                    .map(|f| (f.path.clone(), f.extents.clone()))
+                    .collect();
+                assert_eq!(got, want);
+                assert_eq!(got.len(), s.files.len(), "a file listed twice");
+                let mut boot = vec![];
+                if let Some((o, _)) = v.bios_boot {
+                    boot.push(("x86", o, 4));
+                }
+                if let Some((o, l)) = v.efi_boot {
+                    boot.push(("UEFI", o, u16::try_from(l / 512).unwrap_or(0)));
+                }
+                let got: Vec<(&str, u64, u16)> = s
+                    .boot_entries
+                    .iter()
+                    .map(|e| (e.platform.as_str(), e.offset, e.sectors))
+                    .collect();
+                assert_eq!(got, boot);
+                true
+            },
+        );
+        assert!(written > 2000 && report.accepted == written, "{report:?}");
+    }
+
+    /// A view of every kind of entry, as the builder writes one, in a 128 KiB image.
+    fn sample_image() -> Vec<u8> {
+        let mut img = Cursor::new(vec![0u8; 128 << 10]);
+        let v = IsoView {
+            volume_id: "ONEIMAGE_DEMO".into(),
+            epoch: 1_767_225_600,
+            image_bytes: 128 << 10,
+            files: vec![
+                IsoFile {
+                    path: "ESP.IMG".into(),
+                    data: FileData::Extent {
+                        offset: 96 << 10,
+                        len: 32 << 10,
+                    },
+                },
+                IsoFile {
+                    path: "ROOT.IMG".into(),
+                    data: FileData::Extent {
+                        offset: 72 << 10,
+                        len: 24 << 10,
+                    },
+                },
+                IsoFile {
+                    path: "EFI/BOOT/GRUB.CFG".into(),
+                    data: FileData::Inline(b"search --set=root --file /ONEIMAGE\n".to_vec()),
+                },
+                IsoFile {
+                    path: "EFI/BOOT/BOOTX64.EFI".into(),
+                    data: FileData::Extent {
+                        offset: 100 << 10,
+                        len: 4 << 10,
+                    },
+                },
+                IsoFile {
+                    path: "BOOT/GRUB/I386_PC/CORE.IMG".into(),
+                    data: FileData::Extent {
+                        offset: 64 << 10,
+                        len: 4 << 10,
+                    },
+                },
+            ],
+            bios_boot: Some((64 << 10, 4 << 10)),
+            efi_boot: Some((96 << 10, 32 << 10)),
+        };
+        write_view(&mut img, &v).unwrap();
+        img.into_inner()
+    }
+
+    /// Mutated views (descriptors, directory records, the boot record and catalog, the
+    /// image cut short) read without a panic or a read outside the image, in bounded
+    /// time and with a bounded result.
+    #[test]
+    fn fuzz_iso_read() {
+        let base = sample_image();
+        let sector = |n: u64| (n * SECTOR) as usize;
+        let hot = [
+            sector(PVD) + 80..sector(PVD) + 190,
+            sector(BOOT_RECORD)..sector(BOOT_RECORD) + 0x50,
+            sector(CATALOG)..sector(CATALOG) + 128,
+            sector(FIRST_DIR)..sector(FIRST_DIR + 6),
+        ];
+        let report = Fuzz::new("fuzz_iso_read").run(
+            |m, _| m.hot(&hot).mutate(&base),
+            |input| {
+                let s = read_view(&mut Cursor::new(input)).expect("reads stay inside the image");
+                let Some(s) = s else { return false };
+                assert!(s.files.len() <= 4096, "{} files", s.files.len());
+                assert!(s.files.iter().all(|f| f.path.len() <= 8 * 256 * 3));
+                assert!(s.boot_entries.len() <= 64);
+                true
+            },
+        );
+        assert!(
+            report.accepted > 1000 && report.accepted < report.cases,
+            "{report:?}"
+        );
     }
 }

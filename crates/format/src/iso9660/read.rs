@@ -3,12 +3,16 @@
 
 use super::eltorito::parse_catalog;
 use super::{le32, IsoEntry, IsoSummary, BOOT_RECORD, PVD, SECTOR};
+use std::collections::BTreeSet;
 use std::io::{self, Read, Seek, SeekFrom};
 
-/// Directory depth and size limits: enough for any view, bounded for hostile input.
+/// Limits for hostile input, far beyond any view oneimage writes (or xorriso's for a
+/// boot disc): directory depth, sectors of one directory, directories and files read.
+/// A volume beyond them is listed up to them.
 const MAX_DEPTH: usize = 8;
 const MAX_DIR_SECTORS: u64 = 64;
 const MAX_DIRS: usize = 256;
+const MAX_FILES: usize = 4096;
 
 fn read_sector<R: Read + Seek>(r: &mut R, lba: u64) -> io::Result<Vec<u8>> {
     let mut b = vec![0u8; SECTOR as usize];
@@ -30,12 +34,17 @@ pub fn read_view<R: Read + Seek>(r: &mut R) -> io::Result<Option<IsoSummary>> {
     let volume_id = String::from_utf8_lossy(&pvd[40..72]).trim_end().to_string();
     let volume_bytes = le32(&pvd, 80) * u64::from(u16::from_le_bytes([pvd[128], pvd[129]]));
     let mut files: Vec<IsoEntry> = Vec::new();
-    // Breadth first, so the root's files come first.
+    // Breadth first, so the root's files come first. A directory is read once, however
+    // many records name it (a record naming its own parent would loop).
     let mut dirs = vec![(String::new(), le32(&pvd, 156 + 2), le32(&pvd, 156 + 10), 0)];
+    let mut read = BTreeSet::new();
     let mut i = 0;
-    while i < dirs.len() && i < MAX_DIRS {
+    while i < dirs.len() {
         let (prefix, lba, size, depth) = dirs[i].clone();
         i += 1;
+        if !read.insert(lba) {
+            continue;
+        }
         let mut continuing = false;
         for s in 0..size.div_ceil(SECTOR).min(MAX_DIR_SECTORS) {
             if (lba + s + 1) * SECTOR > len {
@@ -67,13 +76,15 @@ pub fn read_view<R: Read + Seek>(r: &mut R) -> io::Result<Option<IsoSummary>> {
                     format!("{prefix}/{name}")
                 };
                 if flags & 2 != 0 {
-                    if depth < MAX_DEPTH {
+                    if depth < MAX_DEPTH && dirs.len() < MAX_DIRS {
                         dirs.push((path, ext, size, depth + 1));
                     }
                     continue;
                 }
+                let full = files.len() >= MAX_FILES;
                 match files.last_mut() {
                     Some(f) if continuing && f.path == path => f.extents.push((ext * SECTOR, size)),
+                    _ if full => {}
                     _ => files.push(IsoEntry {
                         path,
                         extents: vec![(ext * SECTOR, size)],

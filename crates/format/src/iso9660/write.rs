@@ -201,6 +201,11 @@ fn check_extent(what: &str, offset: u64, len: u64, image_bytes: u64) -> Result<(
 /// boot info table of the BIOS boot image.
 pub fn write_view<D: Read + Write + Seek>(img: &mut D, v: &IsoView) -> Result<(), IsoError> {
     check_name("volume id", &v.volume_id, 32, false)?;
+    // Sector numbers are 32 bits; every extent is checked to lie inside the volume, so
+    // this one check keeps all of them from being cut short.
+    if v.image_bytes.div_ceil(SECTOR) > u64::from(u32::MAX) {
+        return Err(IsoError::TooLarge(v.image_bytes));
+    }
     let mut files = v.files.clone();
     files.sort_by(|a, b| a.path.cmp(&b.path));
     for f in &files {
@@ -482,6 +487,14 @@ mod tests {
         assert!(matches!(refusal(&v), IsoError::Duplicate(_)));
         let v = view(vec![extent("A.IMG", 4096, 1)]);
         assert!(matches!(refusal(&v), IsoError::BadExtent { .. }));
+        // Found by `fuzz_iso_round_trip`: beyond 2^32 sectors the volume size and the
+        // extents were cut to 32 bits and read back wrong.
+        let mut v = view(vec![extent("A.IMG", 1 << 44, 1)]);
+        v.image_bytes = 1 << 45;
+        assert!(matches!(refusal(&v), IsoError::TooLarge(_)));
+        v.image_bytes = u64::from(u32::MAX) * SECTOR;
+        v.files[0] = extent("A.IMG", v.image_bytes - SECTOR, SECTOR);
+        write_view(&mut Cursor::new(vec![0u8; 8 << 20]), &v).unwrap();
         let v = view(vec![IsoFile {
             path: "BIG.CFG".into(),
             data: FileData::Inline(vec![1; 20 * 2048]),

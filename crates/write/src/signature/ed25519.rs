@@ -7,6 +7,10 @@ use base64::Engine as _;
 use std::io::Read;
 use std::path::Path;
 
+/// Most data a legacy (not prehashed) minisign signature is checked over: it is read
+/// into memory whole. Checksum lists and block maps are far smaller.
+pub const LEGACY_MAX: u64 = 64 << 20;
+
 /// An Ed25519 public key from a minisign or signify key file.
 #[derive(Debug, Clone)]
 pub struct EdKey {
@@ -26,23 +30,35 @@ fn b64(s: &str) -> Result<Vec<u8>> {
 
 /// Reads a minisign or signify public key file.
 pub fn load_key(path: &Path) -> Result<EdKey> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = super::read_small(path, super::MAX_SIG_FILE, "a public key")?;
+    parse_key(&bytes, &path.display().to_string())
+}
+
+/// Parses the bytes of a minisign or signify public key file named `file`.
+pub fn parse_key(bytes: &[u8], file: &str) -> Result<EdKey> {
+    let text = std::str::from_utf8(bytes).with_context(|| format!("{file}: not a text file"))?;
     let line = text
         .lines()
         .find(|l| !l.starts_with("untrusted comment:") && !l.trim().is_empty())
-        .with_context(|| format!("{}: no key line", path.display()))?;
-    let raw =
-        b64(line).with_context(|| format!("{}: the key line is not base64", path.display()))?;
-    if raw.len() != 42 || &raw[..2] != b"Ed" {
-        bail!("{}: expected a minisign or signify Ed25519 public key (42 bytes starting with \"Ed\"), found {} bytes", path.display(), raw.len());
-    }
+        .with_context(|| format!("{file}: no key line"))?;
+    let raw = b64(line).with_context(|| format!("{file}: the key line is not base64"))?;
+    let Some((keynum, key)) = ed_fields::<32>(&raw) else {
+        bail!("{file}: expected a minisign or signify Ed25519 public key (42 bytes starting with \"Ed\"), found {} bytes", raw.len());
+    };
     Ok(EdKey {
-        file: path.display().to_string(),
-        keynum: raw[2..10].try_into().unwrap(),
-        key: raw[10..42].try_into().unwrap(),
+        file: file.to_string(),
+        keynum,
+        key,
         b64: line.trim().to_string(),
     })
+}
+
+/// `Ed`, an 8-byte key number and `N` more bytes (a key or a signature), exactly: the
+/// layout of signify and minisign keys and signatures. `None` for anything else.
+fn ed_fields<const N: usize>(raw: &[u8]) -> Option<([u8; 8], [u8; N])> {
+    let (magic, rest) = raw.split_first_chunk::<2>()?;
+    let (keynum, value) = rest.split_first_chunk::<8>()?;
+    (magic == b"Ed").then_some((*keynum, <[u8; N]>::try_from(value).ok()?))
 }
 
 /// A parsed minisign or signify signature.
@@ -72,12 +88,12 @@ pub fn parse(bytes: &[u8]) -> Result<EdSig> {
         return Ok(EdSig::Minisign(text.to_string()));
     }
     let raw = b64(sigline).context("the signature line is not base64")?;
-    if raw.len() != 74 || &raw[..2] != b"Ed" {
+    let Some((keynum, sig)) = ed_fields::<64>(&raw) else {
         bail!("not a signify signature (expected 74 bytes starting with \"Ed\")");
-    }
+    };
     Ok(EdSig::Signify {
-        keynum: raw[2..10].try_into().unwrap(),
-        sig: raw[10..74].try_into().unwrap(),
+        keynum,
+        sig,
         embedded: (!rest.is_empty()).then(|| rest.as_bytes().to_vec()),
     })
 }
@@ -121,10 +137,17 @@ pub fn verify(sig: &EdSig, keys: &[EdKey], data: &mut dyn Read) -> Outcome {
                     Ok(v) => v,
                     Err(minisign_verify::Error::UnexpectedKeyId) => continue,
                     Err(minisign_verify::Error::UnsupportedLegacyMode) => {
-                        // Legacy signatures hash nothing first: verify over the whole message.
+                        // Legacy signatures hash nothing first: the whole message is
+                        // verified at once, so it must fit in memory. An image does not.
                         let mut all = Vec::new();
-                        if let Err(e) = data.read_to_end(&mut all) {
+                        if let Err(e) = (&mut *data).take(LEGACY_MAX + 1).read_to_end(&mut all) {
                             return Outcome::Bad(format!("reading the signed data: {e}"));
+                        }
+                        if all.len() as u64 > LEGACY_MAX {
+                            return Outcome::Bad(format!(
+                                "is a legacy minisign signature (minisign -l, not prehashed) over more than {} MiB, which would have to be held in memory whole: sign with minisign's default (prehashed) signatures, or sign SHA256SUMS",
+                                LEGACY_MAX >> 20
+                            ));
                         }
                         return match pk.verify(&all, &s, true) {
                             Ok(()) => Outcome::Good(format!("minisign key {}", k.file)),

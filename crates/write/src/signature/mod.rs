@@ -61,8 +61,32 @@ enum Sig {
     Ed(ed25519::EdSig),
 }
 
+/// Largest signature or key file read: real ones are a few KiB (a signify signature
+/// with its message embedded, a keyring of many keys, a few hundred); a file found next
+/// to a download can be anything.
+pub const MAX_SIG_FILE: u64 = 1 << 20;
+/// Largest `SHA256SUMS` read: a line per file, far beyond any release directory.
+pub const MAX_SUMS_FILE: u64 = 16 << 20;
+
+/// Reads a small file whole, refusing one larger than `limit` instead of filling memory.
+pub fn read_small(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
+    let f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut bytes = Vec::new();
+    f.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() as u64 > limit {
+        bail!(
+            "{}: larger than {} KiB, too large for {what}",
+            path.display(),
+            limit >> 10
+        );
+    }
+    Ok(bytes)
+}
+
 fn parse_sig(path: &Path) -> Result<Sig> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = read_small(path, MAX_SIG_FILE, "a signature")?;
     let r = if bytes.starts_with(b"untrusted comment:") {
         ed25519::parse(&bytes).map(Sig::Ed)
     } else {
@@ -187,7 +211,7 @@ pub fn plan(
     }
     let sums = src.path.with_file_name("SHA256SUMS");
     let sums_text = if sums.is_file() {
-        Some(std::fs::read(&sums).with_context(|| format!("reading {}", sums.display()))?)
+        Some(read_small(&sums, MAX_SUMS_FILE, "a checksum list")?)
     } else {
         None
     };
@@ -427,5 +451,207 @@ impl Running {
             }
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use base64::Engine as _;
+    use oneimage_format::testing::{Fuzz, Mutator};
+
+    const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+    /// Signatures and keys made by gpg, minisign and signify over `DATA`.
+    const DATA: &[u8] = include_bytes!("testdata/data");
+    const SIGNATURES: [&[u8]; 6] = [
+        include_bytes!("testdata/data.ed.asc"),
+        include_bytes!("testdata/data.rsa.sig"),
+        include_bytes!("testdata/data.minisig"),
+        include_bytes!("testdata/data.legacy.minisig"),
+        include_bytes!("testdata/data.signify.sig"),
+        include_bytes!("testdata/data.signify-e.sig"),
+    ];
+    const KEYRINGS: [&[u8]; 2] = [
+        include_bytes!("testdata/keyring.asc"),
+        include_bytes!("testdata/keyring.gpg"),
+    ];
+    const ED_KEYS: [&[u8]; 2] = [
+        include_bytes!("testdata/mini.pub"),
+        include_bytes!("testdata/signify.pub"),
+    ];
+
+    fn keys() -> Keys {
+        Keys {
+            openpgp: KEYRINGS
+                .iter()
+                .flat_map(|k| openpgp::parse_keyring(k).unwrap())
+                .collect(),
+            ed25519: ED_KEYS
+                .iter()
+                .map(|k| ed25519::parse_key(k, "key").unwrap())
+                .collect(),
+        }
+    }
+
+    /// As `parse_sig` tells the kinds apart.
+    fn parse(bytes: &[u8]) -> Result<Sig> {
+        if bytes.starts_with(b"untrusted comment:") {
+            ed25519::parse(bytes).map(Sig::Ed)
+        } else {
+            openpgp::parse(bytes).map(Sig::OpenPgp)
+        }
+    }
+
+    /// `text` with the payload of its base64 (its armor body, or one of its base64
+    /// lines) mutated and encoded again, so mutations reach the packets and fields
+    /// behind the encoding, not only the encoding. Binary input is mutated as it is.
+    fn mutate_inside(m: &mut Mutator, input: &[u8]) -> Vec<u8> {
+        let Ok(text) = std::str::from_utf8(input) else {
+            return m.mutate(input);
+        };
+        if let Some(body) = text.split_once("\n\n").map(|(_, b)| b) {
+            // ASCII armor: the body up to the checksum or END line.
+            let b64: String = body
+                .lines()
+                .take_while(|l| !l.starts_with('=') && !l.starts_with("-----"))
+                .collect();
+            let Ok(raw) = B64.decode(&b64) else {
+                return m.mutate(input);
+            };
+            let enc = B64.encode(m.mutate(&raw));
+            let lines: Vec<&str> = enc
+                .as_bytes()
+                .chunks(64)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect();
+            let (head, _) = text.split_once("\n\n").unwrap();
+            let kind = head.trim_start_matches("-----BEGIN ");
+            return format!("{head}\n\n{}\n-----END {kind}\n", lines.join("\n")).into_bytes();
+        }
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        let b64_lines: Vec<usize> = (0..lines.len())
+            .filter(|&i| !lines[i].contains(' ') && B64.decode(&lines[i]).is_ok())
+            .collect();
+        if b64_lines.is_empty() {
+            return m.mutate(input);
+        }
+        let i = *m.rng.pick(&b64_lines);
+        let raw = B64.decode(&lines[i]).unwrap();
+        lines[i] = B64.encode(m.mutate(&raw));
+        (lines.join("\n") + "\n").into_bytes()
+    }
+
+    #[test]
+    fn the_fixtures_verify() {
+        let keys = keys();
+        for s in SIGNATURES {
+            let sig = parse(s).unwrap();
+            assert!(has_key(&sig, &keys));
+            assert!(matches!(
+                verify(&sig, &keys, &mut &DATA[..]),
+                Outcome::Good(_)
+            ));
+        }
+    }
+
+    /// Mutated OpenPGP (armored and binary), minisign and signify signatures, inside
+    /// their encoding and out: parsing, finding the key and verifying over the signed
+    /// data never panic. Whatever still verifies as good was only changed where the
+    /// signature does not look (an armor header, a comment, unhashed subpackets).
+    #[test]
+    fn fuzz_signature_files() {
+        let keys = keys();
+        let report = Fuzz::new("fuzz_signature_files").run(
+            |m, case| {
+                let base = SIGNATURES[case as usize % SIGNATURES.len()];
+                if m.rng.one_in(2) {
+                    mutate_inside(m, base)
+                } else {
+                    m.mutate(base)
+                }
+            },
+            |input| {
+                let Ok(sig) = parse(input) else { return false };
+                let _ = has_key(&sig, &keys);
+                let _ = verify(&sig, &keys, &mut &DATA[..]);
+                let _ = verify(&sig, &keys, &mut &b"other data"[..]);
+                let _ = verify(&sig, &Keys::default(), &mut &DATA[..]);
+                true
+            },
+        );
+        assert!(
+            report.accepted > 500 && report.accepted < report.cases,
+            "{report:?}"
+        );
+    }
+
+    /// Mutated keyrings (armored and binary) and minisign and signify public keys:
+    /// loading never panics, and a key that loads checks the real signatures without
+    /// panicking either.
+    #[test]
+    fn fuzz_key_files() {
+        let report = Fuzz::new("fuzz_key_files").run(
+            |m, case| {
+                let all: Vec<&[u8]> = KEYRINGS.iter().chain(&ED_KEYS).copied().collect();
+                let base = all[case as usize % all.len()];
+                if m.rng.one_in(2) {
+                    mutate_inside(m, base)
+                } else {
+                    m.mutate(base)
+                }
+            },
+            |input| {
+                let keys = Keys {
+                    openpgp: openpgp::parse_keyring(input).unwrap_or_default(),
+                    ed25519: ed25519::parse_key(input, "fuzz").into_iter().collect(),
+                };
+                if keys.openpgp.is_empty() && keys.ed25519.is_empty() {
+                    return false;
+                }
+                for s in SIGNATURES {
+                    let sig = parse(s).unwrap();
+                    let _ = has_key(&sig, &keys);
+                    let _ = verify(&sig, &keys, &mut &DATA[..]);
+                }
+                true
+            },
+        );
+        assert!(
+            report.accepted > 500 && report.accepted < report.cases,
+            "{report:?}"
+        );
+    }
+
+    /// A legacy minisign signature is checked over data held in memory whole: over
+    /// more than LEGACY_MAX it is refused with the reason, after reading no more than
+    /// that. It used to read the whole image into memory.
+    #[test]
+    fn legacy_minisign_over_an_image_is_refused() {
+        let keys = keys();
+        let sig = parse(SIGNATURES[3]).unwrap();
+        let mut big = std::io::repeat(0).take(ed25519::LEGACY_MAX + 4096);
+        match verify(&sig, &keys, &mut big) {
+            Outcome::Bad(why) => assert!(why.contains("legacy minisign"), "{why}"),
+            _ => panic!("accepted"),
+        }
+        assert_eq!(big.limit(), 4095, "read one byte past the limit, no more");
+    }
+
+    /// Signature and key files found next to a download can be any size: a large one is
+    /// refused by its size, not read whole.
+    #[test]
+    fn large_signature_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.img.asc");
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(MAX_SIG_FILE + 1).unwrap();
+        let Err(e) = parse_sig(&p) else {
+            panic!("read")
+        };
+        let e = format!("{e:#}");
+        assert!(e.contains("too large for a signature"), "{e}");
+        let e = format!("{:#}", ed25519::load_key(&p).unwrap_err());
+        assert!(e.contains("too large for a public key"), "{e}");
     }
 }

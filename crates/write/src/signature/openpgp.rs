@@ -8,26 +8,28 @@ use pgp::types::KeyDetails;
 use std::io::Read;
 use std::path::Path;
 
+/// Largest keyring read (the whole Debian developers' keyring is well below it).
+pub const MAX_KEYRING: u64 = 64 << 20;
+
 /// Reads every public key in a keyring file.
 pub fn load_keyring(path: &Path) -> Result<Vec<SignedPublicKey>> {
-    let f =
-        std::fs::File::open(path).with_context(|| format!("opening keyring {}", path.display()))?;
-    let (keys, _) = SignedPublicKey::from_reader_many(f)
-        .with_context(|| format!("{}: not an OpenPGP keyring", path.display()))?;
+    let bytes = super::read_small(path, MAX_KEYRING, "a keyring")?;
+    parse_keyring(&bytes).with_context(|| format!("keyring {}", path.display()))
+}
+
+/// Every public key of a keyring's bytes (armored or binary), their self-signatures
+/// checked.
+pub fn parse_keyring(bytes: &[u8]) -> Result<Vec<SignedPublicKey>> {
+    let (keys, _) = SignedPublicKey::from_reader_many(bytes).context("not an OpenPGP keyring")?;
     let keys: Vec<SignedPublicKey> = keys
         .collect::<Result<_, _>>()
-        .with_context(|| format!("{}: reading OpenPGP keys", path.display()))?;
+        .context("reading OpenPGP keys")?;
     if keys.is_empty() {
-        anyhow::bail!("{}: no OpenPGP public key in it", path.display());
+        anyhow::bail!("no OpenPGP public key in it");
     }
     for k in &keys {
-        k.verify_bindings().with_context(|| {
-            format!(
-                "{}: key {} has invalid self-signatures",
-                path.display(),
-                k.fingerprint()
-            )
-        })?;
+        k.verify_bindings()
+            .with_context(|| format!("key {} has invalid self-signatures", k.fingerprint()))?;
     }
     Ok(keys)
 }

@@ -14,6 +14,14 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Most memory the xz decoder may use: xz -9 needs 65 MiB and the largest dictionary
+/// xz offers (1.5 GiB, `--lzma2=dict=1536MiB`) needs more than this, so no preset and
+/// nothing oneimage makes is refused, while a crafted header cannot ask for 4 GiB.
+pub const XZ_MEMLIMIT: u64 = 1 << 30;
+/// Largest zstd window decoded, as a power of two: 128 MiB, what `zstd -d` itself
+/// accepts without `--long` or `--memory` (every level up to `--ultra -22` fits it).
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+
 /// The container or compression of a source file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -170,18 +178,19 @@ impl Source {
                     }
                     Format::Xz => {
                         let stream = liblzma::stream::MtStreamBuilder::new()
-                            .threads(threads as u32)
-                            .memlimit_stop(u64::MAX)
-                            .memlimit_threading(1 << 30)
+                            .threads(u32::try_from(threads).unwrap_or(u32::MAX))
+                            .memlimit_stop(XZ_MEMLIMIT)
+                            .memlimit_threading(XZ_MEMLIMIT)
                             .decoder()
                             .map_err(io::Error::other)?;
                         let dec = liblzma::bufread::XzDecoder::new_stream(buffered, stream);
-                        sink.copy_from(&mut NoTrailing::new(dec, "xz"))?
+                        let mut dec = NoTrailing::new(dec, "xz");
+                        sink.copy_from(&mut MapErr(&mut dec, xz_error))?
                     }
                     Format::Zstd => {
                         let mut dec = zstd::stream::read::Decoder::with_buffer(buffered)?;
-                        dec.window_log_max(31)?;
-                        sink.copy_from(&mut dec)?
+                        dec.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
+                        sink.copy_from(&mut MapErr(&mut dec, zstd_error))?
                     }
                     Format::Zip => {
                         let mut ar = zip::ZipArchive::new(buffered).map_err(io::Error::other)?;
@@ -305,12 +314,14 @@ impl Seek for TappedFile {
 }
 
 /// Finds the single file in a zip archive: (index, uncompressed size).
-fn zip_member(f: &mut TappedFile, path: &Path) -> Result<(usize, u64)> {
+fn zip_member<R: Read + Seek>(f: R, path: &Path) -> Result<(usize, u64)> {
     let mut ar = zip::ZipArchive::new(BufReader::new(f))
         .with_context(|| format!("{}: reading the zip directory", path.display()))?;
     let mut files = Vec::new();
     for i in 0..ar.len() {
-        let m = ar.by_index_raw(i)?;
+        let m = ar
+            .by_index_raw(i)
+            .with_context(|| format!("{}: reading zip member {i}", path.display()))?;
         if m.is_file() {
             files.push((i, m.size(), m.name().to_string()));
         }
@@ -319,15 +330,60 @@ fn zip_member(f: &mut TappedFile, path: &Path) -> Result<(usize, u64)> {
         [(i, size, _)] => Ok((*i, *size)),
         [] => bail!("{}: the zip archive holds no file", path.display()),
         many => bail!(
-            "{}: the zip archive holds {} files ({}), expected exactly one image",
+            "{}: the zip archive holds {} files ({}{}), expected exactly one image",
             path.display(),
             many.len(),
+            // A crafted directory can list millions: name a few.
             many.iter()
+                .take(8)
                 .map(|m| m.2.as_str())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            if many.len() > 8 { ", ..." } else { "" }
         ),
     }
+}
+
+/// A reader whose errors pass through a function, to say in the user's terms what a
+/// library's error means.
+struct MapErr<R>(R, fn(io::Error) -> io::Error);
+
+impl<R: Read> Read for MapErr<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(self.1)
+    }
+}
+
+/// liblzma's "memory limit reached", said with the limit and what makes such files.
+fn xz_error(e: io::Error) -> io::Error {
+    let memlimit = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<liblzma::stream::Error>())
+        .is_some_and(|i| matches!(i, liblzma::stream::Error::MemLimit));
+    if !memlimit {
+        return e;
+    }
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "the xz file needs more than {} MiB of memory to decompress (a dictionary larger than any xz preset's); oneimage stops at that limit: decompress it first with xz -d",
+            XZ_MEMLIMIT >> 20
+        ),
+    )
+}
+
+/// zstd's "Frame requires too much memory for decoding", said with the limit.
+fn zstd_error(e: io::Error) -> io::Error {
+    if !e.to_string().contains("too much memory") {
+        return e;
+    }
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "a zstd frame asks for a window larger than {} MiB (window log {ZSTD_WINDOW_LOG_MAX}; made with zstd --long=28 or more?), more than oneimage decodes, as zstd -d without --long: decompress it first with zstd -d --long=31",
+            1u64 << (ZSTD_WINDOW_LOG_MAX - 20)
+        ),
+    )
 }
 
 /// Fails when data follows the end of a single-stream decoder's input.
@@ -380,6 +436,8 @@ pub fn strip_compression_suffix(name: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oneimage_format::testing::{Fuzz, Rng};
+    use std::io::Write;
 
     #[test]
     fn magic_numbers() {
@@ -398,6 +456,282 @@ mod tests {
         assert_eq!(detect_magic(b"PK\x03\x04\x14\x00"), Format::Zip);
         assert_eq!(detect_magic(&[0u8; 512]), Format::Raw);
         assert_eq!(detect_magic(b""), Format::Raw);
+    }
+
+    /// Seeded image bytes: runs of zeros, text and noise, as disk images have.
+    fn image(rng: &mut Rng, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let run = (1 + rng.index(8192)).min(len - out.len());
+            match rng.below(3) {
+                0 => out.resize(out.len() + run, 0),
+                1 => out.extend((0..run).map(|i| b"oneimage "[i % 9])),
+                _ => out.extend(rng.bytes(run)),
+            }
+        }
+        out
+    }
+
+    fn write_all<W: Write>(mut w: W, data: &[u8]) -> W {
+        w.write_all(data).unwrap();
+        w
+    }
+
+    /// The image in every format the writer reads, as other tools make them.
+    fn every_format(img: &[u8]) -> Vec<(Format, Vec<u8>)> {
+        let gz = write_all(
+            flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()),
+            img,
+        );
+        let bz = write_all(
+            bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast()),
+            img,
+        );
+        let xz = write_all(liblzma::write::XzEncoder::new(Vec::new(), 1), img);
+        let stream = liblzma::stream::MtStreamBuilder::new()
+            .threads(2)
+            .block_size(16 << 10)
+            .preset(1)
+            .encoder()
+            .unwrap();
+        let xz_blocks = write_all(
+            liblzma::write::XzEncoder::new_stream(Vec::new(), stream),
+            img,
+        );
+        let mut seekable = Vec::new();
+        oneimage_artifacts::zstd::compress_seekable(img, &mut seekable, 3, 16 << 10, 2).unwrap();
+        let mut zip = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+        zip.start_file("disk.img", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(img).unwrap();
+        vec![
+            (Format::Raw, img.to_vec()),
+            (Format::Gzip, gz.finish().unwrap()),
+            (Format::Bzip2, bz.finish().unwrap()),
+            (Format::Xz, xz.finish().unwrap()),
+            (Format::Xz, xz_blocks.finish().unwrap()),
+            (Format::Zstd, zstd::encode_all(img, 3).unwrap()),
+            (Format::Zstd, zstd::bulk::compress(img, 3).unwrap()),
+            (Format::ZstdSeekable, seekable),
+            (Format::Zip, zip.finish().unwrap().into_inner()),
+        ]
+    }
+
+    /// Opens `path` and decodes at most `cap` bytes of its image: the error if any.
+    fn open_and_read(path: &Path, cap: u64) -> Result<(Source, Vec<u8>)> {
+        let src = Source::open(path)?;
+        let mut out = Vec::new();
+        src.reader(2, Tap::default())?
+            .take(cap)
+            .read_to_end(&mut out)?;
+        Ok((src, out))
+    }
+
+    #[test]
+    fn every_format_reads_back() {
+        let img = image(&mut Rng::new(1), 300_000);
+        let dir = tempfile::tempdir().unwrap();
+        for (i, (fmt, bytes)) in every_format(&img).into_iter().enumerate() {
+            let p = dir.path().join(format!("f{i}"));
+            std::fs::write(&p, bytes).unwrap();
+            let (src, out) = open_and_read(&p, u64::MAX).unwrap();
+            assert_eq!(src.format, fmt, "{i}");
+            assert!(out == img, "{i}: {fmt}");
+        }
+    }
+
+    /// Mutated files of every format (headers, indexes, tables, directories and
+    /// trailers mostly): opening never panics, and decoding either yields bytes or
+    /// fails with an error (a decoder thread that panicked would say so), in bounded
+    /// time and memory. At most 1 MiB is decoded, so a file that inflates without end
+    /// is cut off, not waited for.
+    #[test]
+    fn fuzz_source() {
+        let img = image(&mut Rng::new(2), 64 << 10);
+        let bases = every_format(&img);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("source");
+        let mut opened = 0;
+        // Each case writes a file and starts decoder threads: a fifth of the count.
+        let report = Fuzz::new("fuzz_source").cost(5).run(
+            |m, case| {
+                let (_, base) = &bases[case as usize % bases.len()];
+                let n = base.len();
+                m.hot(&[0..64, n.saturating_sub(160)..n]).mutate(base)
+            },
+            |input| {
+                std::fs::write(&path, input).unwrap();
+                match open_and_read(&path, 1 << 20) {
+                    Ok((src, out)) => {
+                        opened += 1;
+                        if let Some(n) = src.image_size {
+                            assert!(
+                                out.len() as u64 <= n.max(1 << 20) || src.format != Format::Raw
+                            );
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        let e = format!("{e:#}");
+                        assert!(!e.contains("panicked"), "{e}");
+                        false
+                    }
+                }
+            },
+        );
+        assert!(opened > 100 && report.accepted < report.cases, "{report:?}");
+    }
+
+    /// Zip archives as zip tools make them: stored and deflated members, a directory
+    /// entry beside the file, zip64 records, and two files (refused).
+    fn zips(img: &[u8]) -> Vec<Vec<u8>> {
+        use zip::write::SimpleFileOptions;
+        let opts = [
+            SimpleFileOptions::default(),
+            SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored),
+            SimpleFileOptions::default().large_file(true),
+        ];
+        let mut out = Vec::new();
+        for (i, o) in opts.iter().enumerate() {
+            let mut z = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+            if i == 2 {
+                z.add_directory("images/", *o).unwrap();
+            }
+            z.start_file("images/disk.img", *o).unwrap();
+            z.write_all(img).unwrap();
+            out.push(z.finish().unwrap().into_inner());
+        }
+        let mut z = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+        for name in ["a.img", "b.img"] {
+            z.start_file(name, opts[0]).unwrap();
+            z.write_all(&img[..100]).unwrap();
+        }
+        out.push(z.finish().unwrap().into_inner());
+        out
+    }
+
+    /// Mutated zip archives (local headers, the central directory and its end record,
+    /// zip64 records, member data): finding the member never panics and says what is
+    /// wrong, and decoding the member it finds (at most 1 MiB) ends in bytes or an error.
+    #[test]
+    fn fuzz_zip() {
+        let img = image(&mut Rng::new(3), 20_000);
+        let bases = zips(&img);
+        let path = Path::new("fuzz.zip");
+        let report = Fuzz::new("fuzz_zip").run(
+            |m, case| {
+                let base = &bases[case as usize % bases.len()];
+                let n = base.len();
+                m.hot(&[0..80, n.saturating_sub(200)..n]).mutate(base)
+            },
+            |input| {
+                let (i, _size) = match zip_member(io::Cursor::new(input), path) {
+                    Ok(found) => found,
+                    Err(e) => {
+                        assert!(format!("{e:#}").contains("fuzz.zip"), "{e:#}");
+                        return false;
+                    }
+                };
+                let mut ar = zip::ZipArchive::new(io::Cursor::new(input)).unwrap();
+                if let Ok(member) = ar.by_index(i) {
+                    let mut out = Vec::new();
+                    let _ = member.take(1 << 20).read_to_end(&mut out);
+                }
+                true
+            },
+        );
+        assert!(
+            report.accepted > 1000 && report.accepted < report.cases,
+            "{report:?}"
+        );
+    }
+
+    /// An xz file made with `dict` in its LZMA2 properties (byte as the format codes
+    /// it): a small file whose one block header is edited, its CRC32 made right.
+    fn xz_with_dict(dict: u8) -> Vec<u8> {
+        let mut xz = write_all(liblzma::write::XzEncoder::new(Vec::new(), 1), b"hello")
+            .finish()
+            .unwrap();
+        // The block header follows the 12-byte stream header: its size, flags, then
+        // the LZMA2 filter (ID 0x21, one property byte: the dictionary size).
+        let size = (usize::from(xz[12]) + 1) * 4;
+        let header = &mut xz[12..12 + size];
+        let at = header.windows(2).position(|w| w == [0x21, 0x01]).unwrap() + 2;
+        header[at] = dict;
+        let crc = crc32fast::hash(&header[..size - 4]);
+        header[size - 4..].copy_from_slice(&crc.to_le_bytes());
+        xz
+    }
+
+    /// A zstd frame whose header asks for a window of 2^`log` bytes (it needs far less).
+    fn zstd_with_window(log: u8) -> Vec<u8> {
+        let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        enc.include_contentsize(false).unwrap();
+        let mut z = write_all(enc, b"hello").finish().unwrap();
+        // Frame header descriptor: not single-segment, so a window descriptor follows.
+        assert_eq!(z[4] & 0x20, 0);
+        z[5] = (log - 10) << 3;
+        z
+    }
+
+    /// What `xz -9` and `zstd --long=27` make decodes; a dictionary or window beyond the
+    /// limits is refused with an error that names the limit and the way out.
+    #[test]
+    fn decompressor_memory_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        // LZMA2 dictionary bytes: 28 is 64 MiB (xz -9), 37 is 1.5 GiB, 40 is 4 GiB - 1.
+        for (dict, ok) in [(28, true), (37, false), (40, false)] {
+            std::fs::write(&p, xz_with_dict(dict)).unwrap();
+            match open_and_read(&p, u64::MAX) {
+                Ok((_, out)) => assert!(ok && out == b"hello", "{dict}"),
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    assert!(!ok && e.contains("1024 MiB of memory"), "{dict}: {e}");
+                }
+            }
+        }
+        for (log, ok) in [(27, true), (28, false), (31, false)] {
+            std::fs::write(&p, zstd_with_window(log)).unwrap();
+            match open_and_read(&p, u64::MAX) {
+                Ok((_, out)) => assert!(ok && out == b"hello", "{log}"),
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    assert!(!ok && e.contains("larger than 128 MiB"), "{log}: {e}");
+                }
+            }
+        }
+    }
+
+    /// A seekable file whose frames exceed MAX_FRAME is not decoded frame by frame on
+    /// several threads (each would hold a few such frames); it is still valid zstd, and
+    /// is decoded as that, on one thread within the zstd window limit.
+    #[test]
+    fn seekable_frames_beyond_the_limit_decode_as_plain_zstd() {
+        let big = oneimage_format::zstd_seekable::MAX_FRAME as usize + 4096;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.img.zst");
+        let mut f = std::fs::File::create(&p).unwrap();
+        oneimage_artifacts::zstd::compress_seekable(
+            io::repeat(0).take(big as u64),
+            &mut f,
+            1,
+            big,
+            1,
+        )
+        .unwrap();
+        let src = Source::open(&p).unwrap();
+        assert_eq!(
+            (src.format, src.image_size),
+            (Format::Zstd, Some(big as u64))
+        );
+        let mut n = 0;
+        let mut r = src.reader(2, Tap::default()).unwrap();
+        while let Some(chunk) = r.next_chunk().unwrap() {
+            assert!(chunk.iter().all(|&b| b == 0));
+            n += chunk.len();
+        }
+        assert_eq!(n, big);
     }
 
     #[test]

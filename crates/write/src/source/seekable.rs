@@ -8,6 +8,10 @@ use oneimage_format::zstd_seekable::{FrameEntry, SeekTable};
 use std::io;
 use std::sync::mpsc::sync_channel;
 
+/// Most bytes of frames the decoder threads hold at once; frames of `MAX_FRAME`
+/// (64 MiB) still get three threads, the usual 4 MiB ones fifty.
+const IN_FLIGHT: u64 = 1 << 30;
+
 /// Decodes a seekable file on `threads` threads; the frames are read in file order from
 /// `input` (so its tap sees the file in order) and their images come out in order.
 pub fn spawn_parallel(
@@ -17,7 +21,16 @@ pub fn spawn_parallel(
     threads: usize,
 ) -> PipeReader {
     pipe::spawn_with(name, move |sink| {
-        let n = threads.max(1).min(table.frames.len().max(1));
+        // Each thread holds up to five frames (two queued, one decoding, two done), so
+        // large frames get fewer threads: at most IN_FLIGHT bytes of frames at once.
+        let largest = table
+            .frames
+            .iter()
+            .map(|f| u64::from(f.decompressed).max(u64::from(f.compressed)))
+            .max()
+            .unwrap_or(0);
+        let fit = (IN_FLIGHT / (5 * largest.max(1))).max(1) as usize;
+        let n = threads.max(1).min(table.frames.len().max(1)).min(fit);
         std::thread::scope(|s| -> io::Result<()> {
             let mut work = Vec::new();
             let mut done = Vec::new();

@@ -58,11 +58,14 @@ pub fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+        // Three octal digits make one byte, so only \000 to \377: "\777" is not an
+        // escape (and would not fit a byte), its characters stay as they are.
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .map(|d| d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0')))
+            .and_then(|v| u8::try_from(v).ok());
+        if let (b'\\', Some(v)) = (b[i], octal) {
             out.push(v);
             i += 4;
         } else {
@@ -76,6 +79,7 @@ pub fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oneimage_format::testing::Fuzz;
 
     #[test]
     fn mountinfo() {
@@ -84,5 +88,72 @@ mod tests {
         let m = parse_mountinfo(t);
         assert_eq!(m[&(8, 2)], vec!["/".to_string()]);
         assert_eq!(m[&(7, 3)], vec!["/mnt/a b".to_string()]);
+    }
+
+    /// Found by `fuzz_mount_tables`: an escape of 0o400 or more overflowed the byte it
+    /// was computed in.
+    #[test]
+    fn escapes_beyond_a_byte_stay_text() {
+        assert_eq!(unescape("a\\777b"), "a\\777b");
+        assert_eq!(unescape("\\377"), "\u{FFFD}");
+        assert_eq!(unescape("x\\134\\040y"), "x\\ y");
+        assert_eq!(unescape("end\\04"), "end\\04");
+    }
+
+    /// Generated and mutated mountinfo and /proc/swaps text (odd escapes, huge device
+    /// numbers, missing and extra fields, long lines): parsing never panics, never takes
+    /// more lines than there are, and unescaping never lengthens a field.
+    #[test]
+    fn fuzz_mount_tables() {
+        let base = "22 1 8:2 / / rw,relatime shared:1 - ext4 /dev/sda2 rw\n\
+                    30 22 7:3 / /mnt/a\\040b rw - ext4 /dev/loop3 rw\n\
+                    41 22 0:40 / /media/x\\134y\\011z rw master:3 - overlay overlay rw,lowerdir=/a\\072b,upperdir=/u\n\
+                    Filename Type Size Used Priority\n\
+                    /dev/dm-1\\040x partition 8388604 0 -2\n";
+        let tokens: &[&str] = &[
+            " ",
+            "\\",
+            "\\040",
+            "\\777",
+            "\\0",
+            "\\134",
+            ":",
+            "-",
+            " - ",
+            "\n",
+            "4294967295:4294967295",
+            "4294967296:1",
+            "18446744073709551616",
+            "8:",
+            ":8",
+            "\u{0}",
+            "é",
+            "\\\\",
+        ];
+        let report = Fuzz::new("fuzz_mount_tables").run(
+            |m, case| {
+                m.tokens(tokens);
+                if case % 4 == 0 {
+                    m.generate(400)
+                } else {
+                    m.mutate(base.as_bytes())
+                }
+            },
+            |input| {
+                let text = String::from_utf8_lossy(input);
+                let m = parse_mountinfo(&text);
+                let points: usize = m.values().map(Vec::len).sum();
+                assert!(points <= text.lines().count());
+                for field in text.split([' ', '\n']) {
+                    assert!(unescape(field).len() <= field.len() * 3);
+                    let _ = parse_devnum(field);
+                }
+                !m.is_empty()
+            },
+        );
+        assert!(
+            report.accepted > 1000 && report.accepted < report.cases,
+            "{report:?}"
+        );
     }
 }

@@ -864,4 +864,60 @@ mod tests {
             assert!(err.ends_with("; refusing to overwrite it"), "{err}");
         }
     }
+
+    /// Generated and mutated mountinfo lines as the resolver reads them (optional
+    /// fields, the "-" separator missing or doubled, overlay options with escaped
+    /// colons and commas, huge device numbers): parsing and splitting overlay layers
+    /// never panic, and the layers found fit in the options they came from.
+    #[test]
+    fn fuzz_mountinfo_lines() {
+        let base = "22 1 8:2 / / rw,relatime shared:1 - ext4 /dev/sda2 rw\n\
+                    41 22 0:40 / /m rw master:3 shared:9 - overlay overlay rw,lowerdir=/a\\134:b:/c\\054d::/e,upperdir=/u\\134\\054p,workdir=/w,lowerdir+=/f,datadir+=/h\n\
+                    50 22 0:41 / /b rw - btrfs /dev/mapper/x\\040y rw,subvol=/@\n";
+        let tokens: &[&str] = &[
+            " ",
+            " - ",
+            "-",
+            "\\",
+            "\\134",
+            "\\054",
+            "\\777",
+            ":",
+            "::",
+            ",",
+            "=",
+            "lowerdir=",
+            "upperdir=",
+            "lowerdir+=",
+            "4294967295:0",
+            "99999999999:1",
+            "\n",
+        ];
+        let report = oneimage_format::testing::Fuzz::new("fuzz_mountinfo_lines").run(
+            |m, case| {
+                m.tokens(tokens);
+                if case % 4 == 0 {
+                    m.generate(300)
+                } else {
+                    m.mutate(base.as_bytes())
+                }
+            },
+            |input| {
+                let text = String::from_utf8_lossy(input);
+                let mounts = parse_mounts(&text);
+                assert!(mounts.len() <= text.lines().count());
+                for m in &mounts {
+                    // Unescaping only shortens: the layers fit in the options they came from.
+                    let dirs = overlay_dirs(&m.options);
+                    let total: usize = dirs.iter().map(|(_, d)| d.len()).sum();
+                    assert!(total <= m.options.len(), "{m:?} {dirs:?}");
+                }
+                !mounts.is_empty()
+            },
+        );
+        assert!(
+            report.accepted > 1000 && report.accepted < report.cases,
+            "{report:?}"
+        );
+    }
 }

@@ -1,0 +1,3 @@
+untrusted comment: verify with signify.pub
+RWSDJUQjwQtQcpC9zyaNrtwg6XdSOvEntlk8HtUfX89Ytf2bRtZE39ukGfw3dqf5BR3aN/UGejNympsWL3TCz+adGqwWafTddAk=
+oneimage signed data
