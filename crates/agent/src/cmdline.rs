@@ -5,6 +5,9 @@
 pub struct Cmdline {
     /// `root=PARTUUID=...`, lower-case.
     pub root_partuuid: String,
+    /// `oneimage.esp=GUID`, lower-case: the ESP GRUB started from, which ties the root to
+    /// that disk. Empty or absent when GRUB could not tell.
+    pub esp_partuuid: Option<String>,
     /// `ro` given (default read-write).
     pub read_only: bool,
     /// `init=` or `/sbin/init`.
@@ -74,6 +77,7 @@ pub fn read() -> Result<Cmdline, String> {
 pub fn parse(text: &str) -> Result<Cmdline, String> {
     let mut c = Cmdline {
         root_partuuid: String::new(),
+        esp_partuuid: None,
         read_only: false,
         init: "/sbin/init".into(),
         root_wait_secs: 30,
@@ -104,6 +108,9 @@ pub fn parse(text: &str) -> Result<Cmdline, String> {
                         format!("oneimage.grow={v}: expected fill, off or a size in bytes")
                     })?),
                 }
+            }
+            "oneimage.esp" => {
+                c.esp_partuuid = (!v.is_empty()).then(|| v.to_ascii_lowercase());
             }
             "oneimage.test-panic" => c.test_panic = v == "1",
             "oneimage.wait" => {
@@ -148,6 +155,17 @@ mod tests {
         );
         assert!(parse("root=PARTUUID=x oneimage.grow=lots").is_err());
         assert!(parse("root=/dev/sda1").is_err());
+        assert_eq!(parse("root=PARTUUID=x").unwrap().esp_partuuid, None);
+        assert_eq!(
+            parse("root=PARTUUID=x oneimage.esp=").unwrap().esp_partuuid,
+            None
+        );
+        assert_eq!(
+            parse("root=PARTUUID=x oneimage.esp=AB-c")
+                .unwrap()
+                .esp_partuuid,
+            Some("ab-c".into())
+        );
         assert!(!parse("root=PARTUUID=x").unwrap().test_panic);
         assert!(
             parse("root=PARTUUID=x oneimage.test-panic=1")

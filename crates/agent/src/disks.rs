@@ -118,8 +118,68 @@ fn is_disc(disk: &str) -> bool {
     disk.starts_with("sr")
 }
 
-/// Waits until a disk shows partition `guid`; returns where it is.
-pub fn wait_for_partition(guid: &str, timeout: Duration) -> Result<Found, String> {
+/// Which disk holds the root.
+#[derive(Debug)]
+pub enum Choice {
+    /// One disk: the root is there.
+    One(Found),
+    /// Several disks claim the root (copies of one image that never had their first
+    /// boot, or clones): the agent must not guess which to write.
+    Ambiguous(Vec<Found>),
+}
+
+/// Picks the root among the disks seen: those with partition `guid`, narrowed to the
+/// disk that also holds the ESP GRUB started from (`esp`) when GRUB said which.
+/// `None` means "not yet"; `last_chance` accepts a root whose disk lacks that ESP.
+fn choose(
+    seen: &[Seen],
+    guid: &str,
+    esp: Option<&str>,
+    optical: &dyn Fn(&str) -> bool,
+    last_chance: bool,
+) -> Option<Choice> {
+    let mut with_root: Vec<(Found, bool)> = Vec::new();
+    for s in seen {
+        let Some((n, _)) = s.partitions.iter().find(|(_, g)| g == guid) else {
+            continue;
+        };
+        let Some(node) = partition_node(&s.disk, *n) else {
+            continue;
+        };
+        let has_esp = esp.is_some_and(|e| s.partitions.iter().any(|(_, g)| g == e));
+        let found = Found {
+            disk: s.disk.clone(),
+            number: *n,
+            node,
+            optical: optical(&s.disk),
+        };
+        with_root.push((found, has_esp));
+    }
+    let tied: Vec<Found> = with_root
+        .iter()
+        .filter(|(_, has_esp)| *has_esp)
+        .map(|(f, _)| f.clone())
+        .collect();
+    let pool = if esp.is_none() || (tied.is_empty() && last_chance) {
+        if let (Some(e), false) = (esp, with_root.is_empty()) {
+            say(&format!(
+                "no disk with partition {guid} also holds the ESP {e} GRUB started from; considering every disk with {guid}"
+            ));
+        }
+        with_root.into_iter().map(|(f, _)| f).collect()
+    } else {
+        tied
+    };
+    match pool.len() {
+        0 => None,
+        1 => pool.into_iter().next().map(Choice::One),
+        _ => Some(Choice::Ambiguous(pool)),
+    }
+}
+
+/// Waits until a disk shows partition `guid` (on the disk of ESP `esp`, when given);
+/// returns where it is, or every disk that claims it.
+pub fn wait_for_root(guid: &str, esp: Option<&str>, timeout: Duration) -> Result<Choice, String> {
     let start = Instant::now();
     let mut announced = false;
     let mut discs: Vec<(String, String)> = Vec::new(); // (disc, loop device over it)
@@ -150,17 +210,10 @@ pub fn wait_for_partition(guid: &str, timeout: Duration) -> Result<Found, String
                 }
             }
         }
-        for s in &seen {
-            if let Some((n, _)) = s.partitions.iter().find(|(_, g)| g == guid) {
-                if let Some(node) = partition_node(&s.disk, *n) {
-                    return Ok(Found {
-                        disk: s.disk.clone(),
-                        number: *n,
-                        node,
-                        optical: discs.iter().any(|(_, l)| *l == s.disk),
-                    });
-                }
-            }
+        let optical = |disk: &str| discs.iter().any(|(_, l)| l == disk);
+        let last_chance = start.elapsed() >= timeout;
+        if let Some(choice) = choose(&seen, guid, esp, &optical, last_chance) {
+            return Ok(choice);
         }
         if start.elapsed() >= timeout {
             let mut msg = format!(
@@ -197,5 +250,23 @@ pub fn wait_for_partition(guid: &str, timeout: Duration) -> Result<Found, String
             announced = true;
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Asks the kernel to read the partition table of `dev` again (BLKRRPART) after it was
+/// rewritten, then waits a little for `node` (a partition on it) to be back: devtmpfs
+/// removes and re-creates the nodes.
+pub fn reread_partitions(disk: &std::fs::File, dev: &str, node: &std::path::Path) {
+    // SAFETY: BLKRRPART takes no argument; the fd is an open block device.
+    let reread = unsafe { rustix::ioctl::ioctl(disk, rustix::ioctl::NoArg::<0x125f>::new()) };
+    match reread {
+        Ok(()) => say(&format!("the kernel re-read the partition table of {dev}")),
+        Err(e) => say(&format!(
+            "the kernel could not re-read the partition table of {dev}: {e}"
+        )),
+    }
+    let start = Instant::now();
+    while !node.exists() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

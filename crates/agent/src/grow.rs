@@ -84,14 +84,7 @@ pub fn grow_partition(found: &Found, grow: Grow) -> Result<(), String> {
         .map_err(|e| format!("writing the partition table of {dev}: {e}"))?;
     disk.sync_all().map_err(|e| format!("syncing {dev}: {e}"))?;
     say("partition table written");
-    // SAFETY: BLKRRPART takes no argument; the fd is an open block device.
-    let reread = unsafe { rustix::ioctl::ioctl(&disk, rustix::ioctl::NoArg::<0x125f>::new()) };
-    match reread {
-        Ok(()) => say(&format!("the kernel re-read the partition table of {dev}")),
-        Err(e) => say(&format!(
-            "the kernel could not re-read the partition table of {dev}: {e}"
-        )),
-    }
+    crate::disks::reread_partitions(&disk, &dev, &found.node);
     Ok(())
 }
 

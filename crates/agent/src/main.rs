@@ -13,10 +13,12 @@
 mod cmdline;
 mod disks;
 mod emergency;
+mod firstboot;
 mod grow;
 mod log;
 mod modules;
 mod mounts;
+mod run;
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -48,8 +50,9 @@ fn main() {
 fn run() -> Result<Infallible, String> {
     let cmd = cmdline::read()?;
     log::say(&format!(
-        "command line: root={} mode={}",
+        "command line: root={} esp={} mode={}",
         cmd.root_partuuid,
+        cmd.esp_partuuid.as_deref().unwrap_or("(not given)"),
         cmd.mode_name()
     ));
     if cmd.test_panic {
@@ -58,8 +61,24 @@ fn run() -> Result<Infallible, String> {
         panic!("oneimage.test-panic=1 is on the kernel command line: panicking on purpose");
     }
     modules::load_listed();
-    let found =
-        disks::wait_for_partition(&cmd.root_partuuid, Duration::from_secs(cmd.root_wait_secs))?;
+    let choice = disks::wait_for_root(
+        &cmd.root_partuuid,
+        cmd.esp_partuuid.as_deref(),
+        Duration::from_secs(cmd.root_wait_secs),
+    )?;
+    let (found, ambiguous) = match choice {
+        disks::Choice::One(found) => (found, false),
+        disks::Choice::Ambiguous(all) => {
+            let names: Vec<String> = all.iter().map(|f| f.node.display().to_string()).collect();
+            log::say(&format!(
+                "{} partitions claim the root {} ({}): copies of one image that never booted, or clones; not guessing which to write",
+                all.len(),
+                cmd.root_partuuid,
+                names.join(", ")
+            ));
+            (all.into_iter().next().expect("two or more"), true)
+        }
+    };
     let root = found.node.clone();
     log::say(&format!(
         "root partition {} is {}",
@@ -70,24 +89,33 @@ fn run() -> Result<Infallible, String> {
         // A disc is never written: the root is read-only under a RAM overlay, as live.
         log::say("booted from a disc: live mode, nothing is written or grown");
         mounts::mount_live(&root)?;
+    } else if ambiguous {
+        log::say(&format!(
+            "booting live from {}: nothing is written to any of them (boot with only one attached, or from the one whose first boot gave it its own identity)",
+            root.display()
+        ));
+        mounts::mount_live(&root)?;
     } else if cmd.live {
         // Live: nothing may be written, not even by a filesystem check or journal replay.
         mounts::mount_live(&root)?;
     } else {
         // The check comes first: a filesystem e2fsck could not repair is never mounted
-        // read-write, and neither its partition nor itself is grown (a growth writes the
-        // table and then resizes a filesystem that may be inconsistent).
+        // read-write, and no first-boot step runs on its disk (they write the table and
+        // the filesystem's superblock).
         match mounts::check_root(&root) {
             mounts::Check::Usable => {
-                // A failed growth is reported but does not stop the boot: the system
-                // still works.
-                if let Err(e) = grow::grow_partition(&found, cmd.grow) {
-                    log::say(&format!("could not grow the root partition: {e}"));
-                }
+                // A failed first-boot step is reported but does not stop the boot: the
+                // system still works, and the next boot tries again.
+                let pending = firstboot::before_mount(&found, cmd.grow).unwrap_or_else(|e| {
+                    log::say(&format!("first boot: {e}"));
+                    None
+                });
                 mounts::mount_root(&root, cmd.read_only)?;
-                if !cmd.read_only {
-                    if let Err(e) = grow::grow_filesystem(&found, "/sysroot") {
-                        log::say(&format!("could not grow the root filesystem: {e}"));
+                if let Some(p) = pending {
+                    if cmd.read_only {
+                        log::say("first boot: the root is mounted read-only; its filesystem grows on a read-write boot");
+                    } else if let Err(e) = firstboot::after_mount(p, &found, "/sysroot") {
+                        log::say(&format!("first boot: {e}"));
                     }
                 }
             }

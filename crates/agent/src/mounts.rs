@@ -46,19 +46,15 @@ pub fn check_root(dev: &Path) -> Check {
         say("no e2fsck in the initramfs; mounting without a check");
         return Check::Usable;
     }
-    let status = std::process::Command::new(fsck)
-        .arg("-p")
-        .arg(dev)
-        // e2fsck's messages are for the user; only its exit status is read.
-        .env("LC_ALL", "C")
-        .status();
+    // e2fsck's messages are for the user; only its exit status is read.
+    let status = crate::run::status(fsck, &["-p", &dev.display().to_string()]);
     let check = match status {
         Ok(s) => verdict(
             dev,
             s.code(),
             std::os::unix::process::ExitStatusExt::signal(&s),
         ),
-        Err(e) => Check::Damaged(format!("running {fsck} on {}: {e}", dev.display())),
+        Err(e) => Check::Damaged(format!("{e} on {}", dev.display())),
     };
     check
 }

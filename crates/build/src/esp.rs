@@ -27,8 +27,13 @@ pub struct EspParams<'a> {
     pub size: SizePolicy,
     /// Menu entry title.
     pub title: &'a str,
-    /// Full kernel command line.
+    /// Kernel command line, apart from `root=` and `oneimage.esp=` (which grub.cfg
+    /// adds).
     pub cmdline: String,
+    /// The root partition's GUID as built (what a copy keeps until its first boot).
+    pub root_partuuid: oneimage_format::Guid,
+    /// The root partition's number in the table.
+    pub root_number: u32,
     /// GRUB menu timeout.
     pub timeout: u32,
     /// Boot through Debian's signed shim and GRUB (Secure Boot) instead of our own GRUB.
@@ -71,8 +76,17 @@ pub fn find_signed_loaders(tree: &crate::rootfs::Tree) -> Result<SignedLoaders> 
 
 /// The GRUB configuration written to `/EFI/BOOT/grub.cfg`: the persistent entry (the
 /// default) and a live one, both reachable by hotkey (`p`, `l`) from a serial console.
+///
+/// The kernel is told the root and the ESP of the disk GRUB started from, read from
+/// that disk's table at boot (`probe`): every copy gets its own GUIDs on its first boot,
+/// so the values of the build could name another disk's root. They are the fallback
+/// when GRUB cannot read them.
 pub fn grub_cfg(p: &EspParams) -> String {
     let title = p.title.replace('\'', "");
+    let args = format!(
+        "root=PARTUUID=${{oneimage_root}} oneimage.esp=${{oneimage_esp}} {}",
+        p.cmdline
+    );
     format!(
         "# Written by oneimage.\n\
          serial --unit=0 --speed=115200\n\
@@ -80,16 +94,25 @@ pub fn grub_cfg(p: &EspParams) -> String {
          terminal_output console serial\n\
          set timeout={timeout}\n\
          set default=persistent\n\
+         # The disk GRUB started from names the root: the agent takes no root from\n\
+         # another disk.\n\
+         set oneimage_root={root}\n\
+         set oneimage_esp=\n\
+         probe --set=oneimage_esp --part-uuid $root\n\
+         if regexp --set=1:oneimage_disk '^(.*),gpt[0-9]+$' $root; then\n\
+         \tprobe --set=oneimage_root --part-uuid (${{oneimage_disk}},gpt{number})\n\
+         fi\n\
          menuentry '{title}' --id persistent --hotkey=p {{\n\
-         \tlinux {KERNEL_PATH} {cmdline}\n\
+         \tlinux {KERNEL_PATH} {args}\n\
          \tinitrd {INITRD_PATH}\n\
          }}\n\
          menuentry '{title} (live: nothing is written to the disk)' --id live --hotkey=l {{\n\
-         \tlinux {KERNEL_PATH} {cmdline} oneimage.mode=live\n\
+         \tlinux {KERNEL_PATH} {args} oneimage.mode=live\n\
          \tinitrd {INITRD_PATH}\n\
          }}\n",
         timeout = p.timeout,
-        cmdline = p.cmdline,
+        root = p.root_partuuid,
+        number = p.root_number,
     )
 }
 
@@ -121,7 +144,7 @@ pub fn make_esp(
             }
         }
         None => {
-            crate::grub::make_efi(p.volume_id, work, &boot.join("BOOTX64.EFI"), cancel)?;
+            crate::grub::make_efi(work, &boot.join("BOOTX64.EFI"), cancel)?;
         }
     }
     std::fs::write(boot.join("grub.cfg"), grub_cfg(p))?;

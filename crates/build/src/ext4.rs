@@ -34,7 +34,7 @@ const MKE2FS_CONF: &str = "[defaults]
 \treserved_ratio = 5.0
 [fs_types]
 \text4 = {
-\t\tfeatures = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+\t\tfeatures = has_journal,extent,huge_file,flex_bg,metadata_csum,metadata_csum_seed,64bit,dir_nlink,extra_isize
 \t}
 ";
 
@@ -155,9 +155,9 @@ pub fn make_ext4(
         let pl = place(size)?;
         let uuid = p.uuid.to_string();
         let mut cmd = Command::new("mkfs.ext4");
-        // Its messages are parsed below (a full filesystem is retried larger).
-        cmd.env("LC_ALL", "C")
-            .env("MKE2FS_CONFIG", &conf)
+        // Its messages are parsed below (a full filesystem is retried larger); the
+        // runner gives every tool the C locale.
+        cmd.env("MKE2FS_CONFIG", &conf)
             .env("E2FSPROGS_FAKE_TIME", p.epoch.to_string())
             .env("SOURCE_DATE_EPOCH", p.epoch.to_string())
             .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256"])
@@ -210,10 +210,7 @@ pub fn make_ext4(
     let dev = device_name(&placement)?;
     apply_metadata(tree, p.epoch, &dev, work, cancel)?;
     let o = crate::run::output(
-        Command::new("e2fsck")
-            .env("LC_ALL", "C")
-            .args(["-fn"])
-            .arg(&dev),
+        Command::new("e2fsck").args(["-fn"]).arg(&dev),
         "checking the root filesystem",
         cancel,
     )?;
@@ -340,10 +337,8 @@ fn apply_metadata(tree: &Tree, epoch: i64, img: &str, work: &Path, cancel: Cance
     let script = work.join("metadata.debugfs");
     std::fs::write(&script, s.text())?;
     let out = run(
-        // Without the fake time debugfs stamps the superblock with the wall clock; its
-        // messages are parsed below, hence the C locale.
+        // Without the fake time debugfs stamps the superblock with the wall clock.
         Command::new("debugfs")
-            .env("LC_ALL", "C")
             .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
             .arg("-w")
             .arg("-f")

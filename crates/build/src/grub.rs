@@ -1,7 +1,15 @@
 //! GRUB images made with `grub-mkimage`: one for UEFI (x86_64-efi) and two for BIOS
-//! (i386-pc for disks, i386-pc-eltorito for discs). All carry the same modules and the
-//! same embedded configuration: find the ESP by its FAT volume id, wherever the firmware
-//! started us, and read `/EFI/BOOT/grub.cfg` from it.
+//! (i386-pc for disks, i386-pc-eltorito for discs). All carry the same modules and read
+//! `/EFI/BOOT/grub.cfg` from the ESP of the disk they started from:
+//!
+//! - the UEFI image takes the device the firmware loaded it from (the ESP on a disk; on
+//!   a disc, the disc, whose ISO 9660 view sends GRUB on to the ESP);
+//! - the BIOS disk image names partition 1 of the disk the BIOS started (`(,gpt1)`);
+//! - the BIOS disc image finds the ESP by its FAT volume id.
+//!
+//! Only discs are found by volume id: a disc is never written, while every copy on a
+//! disk gets a volume id of its own on its first boot, and a search would find another
+//! disk's ESP when several copies are attached.
 
 use crate::run::{run, Cancel};
 use anyhow::{bail, Result};
@@ -24,6 +32,8 @@ const MODULES: &[&str] = &[
     "search",
     "search_fs_uuid",
     "search_label",
+    "probe",
+    "regexp",
     "serial",
     "terminal",
     "gzio",
@@ -87,6 +97,7 @@ fn modules_dir(platform: &str, package: &str) -> Result<PathBuf> {
 
 fn mkimage(
     format: &str,
+    prefix: &str,
     dir: &Path,
     early: &Path,
     extra: &[&str],
@@ -98,7 +109,7 @@ fn mkimage(
         .arg(format)
         .arg("-d")
         .arg(dir)
-        .args(["-p", PREFIX, "-c"])
+        .args(["-p", prefix, "-c"])
         .arg(early)
         .arg("-o")
         .arg(out)
@@ -112,11 +123,25 @@ fn mkimage(
     Ok(())
 }
 
+/// The ESP's partition number (GRUB's `gpt1`), which the BIOS disk image names.
+const ESP_NUMBER: u32 = 1;
+
+/// An embedded configuration that leaves `root` and `prefix` as GRUB set them from the
+/// device it started from.
+fn own_device_config(work: &Path) -> Result<PathBuf> {
+    let path = work.join("grub-early-own-device.cfg");
+    std::fs::write(
+        &path,
+        "# oneimage: the boot menu is on the device GRUB started from.\n",
+    )?;
+    Ok(path)
+}
+
 /// Makes GRUB's EFI application (`BOOTX64.EFI`) at `out`.
-pub fn make_efi(esp_volume_id: u32, work: &Path, out: &Path, cancel: Cancel) -> Result<()> {
-    let early = early_config_file(esp_volume_id, work)?;
+pub fn make_efi(work: &Path, out: &Path, cancel: Cancel) -> Result<()> {
+    let early = own_device_config(work)?;
     let dir = modules_dir("x86_64-efi", "grub-efi-amd64-bin")?;
-    mkimage("x86_64-efi", &dir, &early, EFI_MODULES, out, cancel)
+    mkimage("x86_64-efi", PREFIX, &dir, &early, EFI_MODULES, out, cancel)
 }
 
 /// GRUB for BIOS: `core` is core.img for a disk (its first sector is diskboot), `cdrom`
@@ -136,9 +161,18 @@ pub fn make_bios(esp_volume_id: u32, work: &Path, cancel: Cancel) -> Result<Bios
     let dir = modules_dir("i386-pc", "grub-pc-bin")?;
     let core = work.join("core.img");
     let cdrom = work.join("eltorito.img");
-    mkimage("i386-pc", &dir, &early, BIOS_MODULES, &core, cancel)?;
+    mkimage(
+        "i386-pc",
+        &format!("(,gpt{ESP_NUMBER}){PREFIX}"),
+        &dir,
+        &own_device_config(work)?,
+        BIOS_MODULES,
+        &core,
+        cancel,
+    )?;
     mkimage(
         "i386-pc-eltorito",
+        PREFIX,
         &dir,
         &early,
         BIOS_MODULES,

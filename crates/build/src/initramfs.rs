@@ -64,7 +64,12 @@ pub const WANTED_MODULES: &[&str] = &[
 
 /// Programs copied from the root filesystem when present: (path in the root, path in the
 /// initramfs).
-const TOOLS: &[(&str, &str)] = &[("/sbin/e2fsck", "/sbin/e2fsck"), ("/bin/sh", "/bin/sh")];
+/// e2fsck checks the root; tune2fs gives a copy's root filesystem its own UUID.
+const TOOLS: &[(&str, &str)] = &[
+    ("/sbin/e2fsck", "/sbin/e2fsck"),
+    ("/sbin/tune2fs", "/sbin/tune2fs"),
+    ("/bin/sh", "/bin/sh"),
+];
 
 /// Names under which the emergency shell finds the agent again: it restarts or powers
 /// off the machine when started as one of them.
@@ -96,19 +101,37 @@ fn module_name(path: &str) -> String {
     base.replace('-', "_")
 }
 
-/// Reads a module from the tree, decompressing `.ko.xz`, `.ko.zst` and `.ko.gz`.
+/// The largest kernel module read (decompressed): Debian's largest are a few MiB; a
+/// root filesystem that claims more (a decompression bomb) is refused.
+const MAX_MODULE_BYTES: u64 = 256 << 20;
+
+/// Reads a module from the tree, decompressing `.ko.xz`, `.ko.zst` and `.ko.gz` (told by
+/// their content, as every decompression in oneimage is).
 fn read_module(path: &Path) -> Result<Vec<u8>> {
+    use oneimage_format::compression::{sniff, Compression};
     let raw = std::fs::read(path).with_context(|| format!("reading module {}", path.display()))?;
-    let name = path.to_string_lossy();
+    let decoder: Box<dyn Read + '_> = match sniff(&raw) {
+        Compression::None => return Ok(raw),
+        Compression::Xz => Box::new(liblzma::read::XzDecoder::new(&raw[..])),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(&raw[..])?),
+        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(&raw[..])),
+        c => bail!(
+            "module {}: {} compression is not one the kernel loads",
+            path.display(),
+            c.name()
+        ),
+    };
     let mut out = Vec::new();
-    if name.ends_with(".xz") {
-        liblzma::read::XzDecoder::new(&raw[..]).read_to_end(&mut out)?;
-    } else if name.ends_with(".zst") {
-        out = zstd::decode_all(&raw[..])?;
-    } else if name.ends_with(".gz") {
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out)?;
-    } else {
-        out = raw;
+    decoder
+        .take(MAX_MODULE_BYTES + 1)
+        .read_to_end(&mut out)
+        .with_context(|| format!("decompressing module {}", path.display()))?;
+    if out.len() as u64 > MAX_MODULE_BYTES {
+        bail!(
+            "module {}: more than {} MiB decompressed; refusing it",
+            path.display(),
+            MAX_MODULE_BYTES >> 20
+        );
     }
     Ok(out)
 }

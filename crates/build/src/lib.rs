@@ -154,7 +154,8 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
     }
 
     let ids = plan::Ids::from_seed(&checked.seed);
-    let mut cmdline = format!("root=PARTUUID={} rw", ids.root_part);
+    // root= and oneimage.esp= are added by grub.cfg, from the disk GRUB started on.
+    let mut cmdline = String::from("rw");
     match checked.grow {
         None => {}
         Some(0) => cmdline.push_str(" oneimage.grow=off"),
@@ -174,6 +175,8 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
             size: checked.esp_size,
             title: spec.boot.title.as_deref().unwrap_or(&spec.name),
             cmdline,
+            root_partuuid: ids.root_part,
+            root_number: plan::ROOT_NUMBER,
             timeout: spec.boot.timeout,
             signed: if spec.boot.secure_boot {
                 Some(esp::find_signed_loaders(&tree)?)

@@ -29,6 +29,9 @@ pub struct Plan {
     pub bios_boot: Option<Partition>,
 }
 
+/// The root partition's number in the table (GRUB's `gpt2`).
+pub const ROOT_NUMBER: u32 = 2;
+
 /// Identifiers derived from the seed.
 pub struct Ids {
     /// Disk GUID.
@@ -83,7 +86,7 @@ impl Plan {
                 attributes: 0,
             },
             root: Partition {
-                number: 2,
+                number: ROOT_NUMBER,
                 type_guid: TYPE_ROOT_X86_64.parse().expect("constant"),
                 guid: ids.root_part,
                 name: "root-x86-64".into(),

@@ -62,10 +62,12 @@ const POLL: Duration = Duration::from_millis(50);
 /// temporary chroot on SIGTERM, which is worth waiting a little for.
 const GRACE: Duration = Duration::from_secs(5);
 
-/// Own process group (see the module comment) and no terminal input: a tool outside
-/// the terminal's foreground group that read it would be stopped by SIGTTIN.
+/// Own process group (see the module comment), no terminal input (a tool outside the
+/// terminal's foreground group that read it would be stopped by SIGTTIN), and the C
+/// locale: what a tool prints is read (e2fsck's verdict) or quoted in errors, and must
+/// not depend on the build host's language.
 fn prepare(cmd: &mut Command) {
-    cmd.process_group(0).stdin(Stdio::null());
+    cmd.process_group(0).stdin(Stdio::null()).env("LC_ALL", "C");
 }
 
 fn spawn_error(cmd: &Command, what: &str) -> String {

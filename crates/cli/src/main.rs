@@ -78,6 +78,20 @@ enum Cmd {
         /// (needs --expect), so the image is consistent afterwards.
         #[arg(long, requires = "expect")]
         poweroff: bool,
+        /// After TEXT appears, let the machine run MS more milliseconds, then cut its
+        /// power (QEMU is killed): for power-loss tests. Implies --disk-cache directsync
+        /// unless given.
+        #[arg(
+            long,
+            value_name = "MS",
+            requires = "expect",
+            conflicts_with = "poweroff"
+        )]
+        power_cut_after: Option<u64>,
+        /// QEMU's cache mode for the disks: writeback (QEMU's default), none or
+        /// directsync (both bypass the host's page cache).
+        #[arg(long, value_name = "MODE", value_parser = oneimage_vm::DISK_CACHE_MODES)]
+        disk_cache: Option<String>,
         /// Firmware: uefi, uefi-secure-boot (OVMF with Microsoft's keys, enforcing), or
         /// bios (SeaBIOS).
         #[arg(long, default_value = "uefi", value_parser = firmware_names())]
@@ -169,6 +183,8 @@ fn run(cli: Cli, cancel: Option<Arc<AtomicBool>>) -> Result<()> {
             console_log,
             entry,
             poweroff,
+            power_cut_after,
+            disk_cache,
             firmware,
             media,
             extra_disk,
@@ -188,6 +204,8 @@ fn run(cli: Cli, cancel: Option<Arc<AtomicBool>>) -> Result<()> {
                 console_log,
                 entry,
                 poweroff,
+                power_cut_after: power_cut_after.map(Duration::from_millis),
+                disk_cache: disk_cache.or_else(|| power_cut_after.map(|_| "directsync".into())),
                 firmware,
                 media,
                 extra_disks: extra_disk,

@@ -32,6 +32,36 @@ pub fn volume_id_text(id: u32) -> String {
     format!("{:04X}-{:04X}", id >> 16, id & 0xffff)
 }
 
+/// Where a FAT volume keeps its volume id: byte offsets inside the volume of the id in
+/// the boot sector and, for FAT32, in the backup boot sector (both must change together,
+/// or fsck.fat reports that they differ).
+pub fn volume_id_offsets(boot_sector: &[u8], len: u64) -> io::Result<Vec<u64>> {
+    let g = Geometry::parse(boot_sector, len)?;
+    if g.kind != Kind::Fat32 {
+        return Ok(vec![39]);
+    }
+    let mut at = vec![67];
+    // BPB_BkBootSec: 0 or 0xFFFF when there is no backup; it lies in the reserved area.
+    let backup = le16(boot_sector, 50);
+    let bps = le16(boot_sector, 11);
+    let reserved = le16(boot_sector, 14);
+    if backup != 0 && backup != 0xFFFF {
+        if backup >= reserved {
+            return Err(invalid(format!(
+                "not a FAT filesystem: backup boot sector {backup} outside the {reserved} reserved sectors"
+            )));
+        }
+        at.push(u64::from(backup) * u64::from(bps) + 67);
+    }
+    Ok(at)
+}
+
+/// The volume id a boot sector holds (after [`volume_id_offsets`] accepted it).
+pub fn volume_id(boot_sector: &[u8], len: u64) -> io::Result<u32> {
+    let at = volume_id_offsets(boot_sector, len)?[0] as usize;
+    Ok(le32(boot_sector, at))
+}
+
 /// A file found on a FAT filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FatFile {
@@ -582,6 +612,45 @@ mod fuzz {
     /// What the builder makes (mkfs.vfat FAT32, filled by mcopy with lower-case, long
     /// and nested names) is listed exactly, with its grub.cfg text and the used bytes
     /// fsck.fat counts.
+    /// The volume id changed in place (boot sector and FAT32 backup) is what blkid reads,
+    /// and fsck.fat finds nothing to fix (it compares the two boot sectors).
+    #[test]
+    fn volume_id_changed_in_place_satisfies_blkid_and_fsck_fat() {
+        use std::process::Command;
+        let dir = tempfile::tempdir().unwrap();
+        for (fat, size) in [("32", 40u64 << 20), ("16", 20 << 20)] {
+            let img = dir.path().join(format!("fat{fat}.img"));
+            std::fs::File::create(&img).unwrap().set_len(size).unwrap();
+            let run = |c: &mut Command| {
+                let out = c
+                    .env("LC_ALL", "C")
+                    .output()
+                    .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+                assert!(out.status.success(), "{c:?}: {out:?}");
+                String::from_utf8_lossy(&out.stdout).trim().to_string()
+            };
+            run(Command::new("mkfs.vfat")
+                .args(["-F", fat, "-i", "1234ABCD"])
+                .arg(&img));
+            let mut bytes = std::fs::read(&img).unwrap();
+            assert_eq!(volume_id(&bytes[..512], size).unwrap(), 0x1234_ABCD);
+            let at = volume_id_offsets(&bytes[..512], size).unwrap();
+            assert_eq!(at.len(), if fat == "32" { 2 } else { 1 }, "FAT{fat}");
+            for o in at {
+                bytes[o as usize..o as usize + 4].copy_from_slice(&0xC0FF_EE42u32.to_le_bytes());
+            }
+            std::fs::write(&img, &bytes).unwrap();
+            let id = run(Command::new("blkid")
+                .args(["-p", "-o", "value", "-s", "UUID"])
+                .arg(&img));
+            assert_eq!(id, volume_id_text(0xC0FF_EE42), "FAT{fat}");
+            run(Command::new("fsck.fat").arg("-n").arg(&img));
+            assert_eq!(volume_id(&bytes[..512], size).unwrap(), 0xC0FF_EE42);
+        }
+        // Not FAT, or a backup boot sector outside the reserved area: an error.
+        assert!(volume_id_offsets(&[0u8; 512], 1 << 20).is_err());
+    }
+
     #[test]
     fn reads_what_mkfs_vfat_and_mcopy_write() {
         use std::process::Command;

@@ -135,6 +135,17 @@ pub fn write_table<D: Read + Write + Seek>(
     disk_guid: Guid,
     parts: &[Partition],
 ) -> Result<(), GptError> {
+    write_gpt(disk, sector_size, disk_guid, parts, true)
+}
+
+/// [`write_table`], leaving the MBR alone unless `protective_mbr`.
+fn write_gpt<D: Read + Write + Seek>(
+    disk: &mut D,
+    sector_size: u64,
+    disk_guid: Guid,
+    parts: &[Partition],
+    protective_mbr: bool,
+) -> Result<(), GptError> {
     // gptman computes the usable area by subtraction from the disk size: a disk smaller
     // than two headers and two 128-entry arrays (or a bogus sector size) would underflow.
     let bytes = disk.seek(std::io::SeekFrom::End(0))?;
@@ -189,7 +200,9 @@ pub fn write_table<D: Read + Write + Seek>(
     backup.write_into(disk, sector_size, &entries)?;
     disk.flush().map_err(gptman::Error::from)?;
     gpt.write_into(disk)?;
-    gptman::GPT::write_protective_mbr_into(disk, sector_size)?;
+    if protective_mbr {
+        gptman::GPT::write_protective_mbr_into(disk, sector_size)?;
+    }
     Ok(())
 }
 
@@ -422,6 +435,30 @@ fn read_copy<D: Read + Seek>(
     })
 }
 
+/// Moves the backup GPT of `disk` to its last sector when the disk grew past it (an image
+/// written to a larger disk), rewriting both copies with the same disk GUID and
+/// partitions (backup first, as [`write_table`] does; a hybrid MBR is kept). Returns whether it moved; a disk
+/// without a valid table is left alone (`Ok(false)`). The writer and the agent's
+/// first-boot growth both relocate the backup through [`write_table`].
+pub fn move_backup_to_end<D: Read + Write + Seek>(disk: &mut D) -> Result<bool, GptError> {
+    let Ok(table) = read_table(disk) else {
+        return Ok(false);
+    };
+    let ss = table.sector_size;
+    if backup_at_end(disk, ss) {
+        return Ok(false);
+    }
+    // A hybrid MBR (partitions of its own next to the GPT, as on isohybrid images) is
+    // kept as it is; a protective one is made to cover the larger disk.
+    let mut mbr = [0u8; 512];
+    disk.seek(std::io::SeekFrom::Start(0))?;
+    disk.read_exact(&mut mbr)?;
+    let types: Vec<u8> = (0..4).map(|i| mbr[446 + 16 * i + 4]).collect();
+    let protective = types[0] == 0xee && types[1..].iter().all(|&t| t == 0);
+    write_gpt(disk, ss, table.disk_guid, &table.partitions, protective)?;
+    Ok(true)
+}
+
 /// True when `disk` holds a valid backup GPT (header and entries) in its last sector.
 pub fn backup_at_end<D: Read + Seek>(disk: &mut D, sector_size: u64) -> bool {
     let Ok(len) = disk.seek(std::io::SeekFrom::End(0)) else {
@@ -503,6 +540,33 @@ mod tests {
         // The disk grows: the backup is no longer at the end.
         disk.get_mut().resize(16 << 20, 0);
         assert!(!backup_at_end(&mut disk, 512));
+    }
+
+    #[test]
+    fn the_backup_moves_to_the_end_of_a_grown_disk() {
+        let mut disk = Cursor::new(valid_disk());
+        let before = read_table(&mut disk).unwrap();
+        assert!(
+            !move_backup_to_end(&mut disk).unwrap(),
+            "already at the end"
+        );
+        disk.get_mut().resize(9 << 20, 0);
+        assert!(move_backup_to_end(&mut disk).unwrap());
+        let after = read_table(&mut disk).unwrap();
+        assert!(backup_at_end(&mut disk, 512));
+        assert_eq!(after.partitions, before.partitions);
+        assert_eq!(after.disk_guid, before.disk_guid);
+        assert_eq!(after.backup_lba, (9 << 20) / 512 - 1);
+        // A hybrid MBR (a partition of its own next to the GPT) is kept byte for byte.
+        let mut disk = Cursor::new(valid_disk());
+        disk.get_mut()[446 + 16 + 4] = 0x0c;
+        let mbr: Vec<u8> = disk.get_ref()[..512].to_vec();
+        disk.get_mut().resize(9 << 20, 0);
+        assert!(move_backup_to_end(&mut disk).unwrap());
+        assert_eq!(&disk.get_ref()[..512], &mbr[..]);
+        // No table: nothing to move.
+        let mut blank = Cursor::new(vec![0u8; 4 << 20]);
+        assert!(!move_backup_to_end(&mut blank).unwrap());
     }
 
     /// A 4 MiB disk with two partitions, written by write_table.

@@ -6,9 +6,11 @@
 
 pub mod bmap;
 pub mod compressed_size;
+pub mod compression;
 pub mod cpio;
 pub mod elf;
 pub mod fat;
+pub mod firstboot;
 pub mod gpt;
 pub mod grub_pc;
 pub mod grubcfg;

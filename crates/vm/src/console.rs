@@ -23,6 +23,9 @@ pub struct Expect {
     /// When set, a found text is followed by a power-button press through this QMP
     /// socket and a wait for QEMU to exit.
     pub poweroff: Option<std::path::PathBuf>,
+    /// When set, a found text is followed by this much more running time, then QEMU is
+    /// killed: the power fails at a moment chosen by the caller.
+    pub cut_after: Option<Duration>,
 }
 
 /// How a run ended.
@@ -143,6 +146,9 @@ pub fn watch(mut child: Child, e: &Expect) -> Result<Outcome> {
                         if let Some(sock) = &e.poweroff {
                             return power_off(child, sock, &rx, log.as_mut(), buf);
                         }
+                        if let Some(after) = e.cut_after {
+                            return cut_power(child, after, &rx, log.as_mut());
+                        }
                         let _ = child.kill();
                         let _ = child.wait();
                         return Ok(Outcome::Found);
@@ -176,6 +182,39 @@ pub fn watch(mut child: Child, e: &Expect) -> Result<Outcome> {
             }
         }
     }
+}
+
+/// Lets the guest run `after` more (logging its console), then kills QEMU at once: no
+/// shutdown, nothing the guest had not written reaches the disk.
+fn cut_power(
+    mut child: Child,
+    after: Duration,
+    rx: &mpsc::Receiver<Vec<u8>>,
+    mut log: Option<&mut std::fs::File>,
+) -> Result<Outcome> {
+    let start = Instant::now();
+    while let Some(left) = after.checked_sub(start.elapsed()) {
+        match rx.recv_timeout(left) {
+            Ok(chunk) => {
+                if let Some(f) = log.as_mut() {
+                    f.write_all(&chunk)?;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => break,
+            // The guest stopped by itself before the cut.
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Some(f) = log.as_mut() {
+        writeln!(
+            f,
+            "\n[oneimage qemu: power cut {} ms after the text]",
+            after.as_millis()
+        )?;
+    }
+    Ok(Outcome::Found)
 }
 
 /// How long a guest gets to shut down after the power button.

@@ -23,6 +23,10 @@ const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
 /// Text of oneimage's boot menu that shows GRUB is waiting for a key.
 const MENU_READY: &str = "(live: nothing is written to the disk)";
 
+/// QEMU cache modes `disk_cache` may name: `directsync` and `none` bypass the host's
+/// page cache, so what the guest did not write is lost when the power is cut.
+pub const DISK_CACHE_MODES: [&str; 3] = ["writeback", "none", "directsync"];
+
 /// How to boot.
 #[derive(Debug, Clone)]
 pub struct QemuOptions {
@@ -49,6 +53,12 @@ pub struct QemuOptions {
     /// Once the expected text appeared, press the power button and wait for the guest to
     /// shut down cleanly instead of stopping QEMU at once.
     pub poweroff: bool,
+    /// Once the expected text appeared, let the guest run this much longer, then cut its
+    /// power (kill QEMU): for power-loss tests.
+    pub power_cut_after: Option<Duration>,
+    /// QEMU's cache mode for the disks (`writeback`, `none`, `directsync`); QEMU's
+    /// default (writeback) when unset.
+    pub disk_cache: Option<String>,
     /// Which firmware boots the machine.
     pub firmware: FirmwareKind,
     /// How the image is attached.
@@ -207,6 +217,16 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
     };
     let secure_boot = opts.firmware == FirmwareKind::UefiSecureBoot;
 
+    if let Some(c) = &opts.disk_cache {
+        if !DISK_CACHE_MODES.contains(&c.as_str()) {
+            bail!("disk cache mode {c:?}: expected one of {DISK_CACHE_MODES:?}");
+        }
+    }
+    let cache = opts
+        .disk_cache
+        .as_ref()
+        .map(|c| format!(",cache={c}"))
+        .unwrap_or_default();
     let cdrom = opts.media.is_disc();
     if cdrom && opts.disk_size.is_some() {
         bail!(
@@ -225,7 +245,8 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
         let size = opts.disk_size.unwrap_or(meta.len()).max(meta.len());
         let abs = std::fs::canonicalize(image)?;
         let mut cmd = Command::new("qemu-img");
-        cmd.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        cmd.env("LC_ALL", "C")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
             .arg(&abs)
             .arg(&overlay)
             .arg(size.to_string());
@@ -238,12 +259,18 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        format!("file={},format=qcow2,if=none,id=disk0", overlay.display())
+        format!(
+            "file={},format=qcow2,if=none,id=disk0{cache}",
+            overlay.display()
+        )
     } else {
         if let Some(size) = opts.disk_size {
             grow_image(image, size)?;
         }
-        format!("file={},format=raw,if=none,id=disk0", image.display())
+        format!(
+            "file={},format=raw,if=none,id=disk0{cache}",
+            image.display()
+        )
     };
 
     let mut cmd = Command::new("qemu-system-x86_64");
@@ -293,7 +320,7 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
         let snapshot = if opts.snapshot { ",snapshot=on" } else { "" };
         cmd.arg("-drive")
             .arg(format!(
-                "file={path},format=raw,if=none,id=extra{i}{snapshot}"
+                "file={path},format=raw,if=none,id=extra{i}{snapshot}{cache}"
             ))
             .arg("-device")
             .arg(format!("virtio-blk-pci,drive=extra{i}"));
@@ -339,6 +366,7 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
         echo: opts.echo_console,
         log: opts.console_log.clone(),
         poweroff: opts.poweroff.then(|| tmp.path().join("qmp.sock")),
+        cut_after: opts.power_cut_after,
         press: match opts.entry.as_deref() {
             None => None,
             // oneimage's grub.cfg gives each entry a hotkey; the menu shows the live

@@ -10,20 +10,18 @@ use std::path::{Path, PathBuf};
 fn open_decompressed(path: &Path) -> Result<Box<dyn Read>> {
     let f = File::open(path).with_context(|| format!("opening tarball {}", path.display()))?;
     let mut r = BufReader::with_capacity(1 << 20, f);
+    use oneimage_format::compression::{sniff, Compression};
     let head = r.fill_buf()?.to_vec();
-    Ok(if head.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::MultiGzDecoder::new(r))
-    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Box::new(liblzma::read::XzDecoder::new_multi_decoder(r))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(zstd::stream::read::Decoder::with_buffer(r)?)
-    } else if head.starts_with(b"BZh") {
-        bail!(
-            "tarball {}: bzip2 compression is not supported; use gzip, xz or zstd",
-            path.display()
-        );
-    } else {
-        Box::new(r)
+    Ok(match sniff(&head) {
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
+        Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r)?),
+        Compression::None => Box::new(r),
+        c @ (Compression::Bzip2 | Compression::Zip) => bail!(
+            "tarball {}: {} compression is not supported; use gzip, xz or zstd (or none)",
+            path.display(),
+            c.name()
+        ),
     })
 }
 

@@ -15,9 +15,11 @@ pub fn oneimage() -> Command {
     Command::new(env!("CARGO_BIN_EXE_oneimage"))
 }
 
-/// Runs `cmd` and returns its output, panicking with stderr if it could not start.
+/// Runs `cmd` in the C locale (tests read the output of the tools they run) and returns
+/// its output, panicking if it could not start.
 pub fn output(cmd: &mut Command) -> Output {
-    cmd.output()
+    cmd.env("LC_ALL", "C")
+        .output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 

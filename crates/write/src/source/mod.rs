@@ -58,23 +58,14 @@ impl fmt::Display for Format {
 /// Detects the format of `head` (the first bytes of a file) alone; a zstd file is
 /// reported as [`Format::Zstd`] here, [`detect`] looks for a seek table.
 pub fn detect_magic(head: &[u8]) -> Format {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Format::Gzip
-    } else if head.starts_with(b"BZh") && head.len() > 3 && (b'1'..=b'9').contains(&head[3]) {
-        Format::Bzip2
-    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Format::Xz
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Format::Zstd
-    } else if head.len() >= 4
-        && u32::from_le_bytes(head[..4].try_into().unwrap()) & 0xffff_fff0 == 0x184d_2a50
-    {
-        // A skippable frame first: only zstd files start like this.
-        Format::Zstd
-    } else if head.starts_with(b"PK\x03\x04") {
-        Format::Zip
-    } else {
-        Format::Raw
+    use oneimage_format::compression::{sniff, Compression};
+    match sniff(head) {
+        Compression::None => Format::Raw,
+        Compression::Gzip => Format::Gzip,
+        Compression::Bzip2 => Format::Bzip2,
+        Compression::Xz => Format::Xz,
+        Compression::Zstd => Format::Zstd,
+        Compression::Zip => Format::Zip,
     }
 }
 

@@ -83,7 +83,8 @@ pub fn run(prog: &str, args: &[&str]) -> String {
 /// Runs a program with an environment variable set; asserts success.
 pub fn run_in(prog: &str, args: &[&str], env: Option<(&str, &Path)>) -> String {
     let mut c = Command::new(prog);
-    c.args(args);
+    // The tests read what the tools print: the C locale's words.
+    c.args(args).env("LC_ALL", "C");
     if let Some((k, v)) = env {
         c.env(k, v);
     }
