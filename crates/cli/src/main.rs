@@ -136,7 +136,7 @@ fn main() {
         let asked = cancel.is_some_and(|c| c.load(Ordering::SeqCst));
         if asked
             || e.chain()
-                .any(|c| c.is::<oneimage_build::run::Interrupted>())
+                .any(|c| c.is::<oneimage_builder::run::Interrupted>())
         {
             // A build removed everything it made: there is nothing more to say. A write
             // says what it left (INCOMPLETE, and what it erased).
@@ -159,12 +159,12 @@ fn run(cli: Cli, cancel: Option<Arc<AtomicBool>>) -> Result<()> {
             output,
             rootfs_cache,
         } => {
-            let opts = oneimage_build::BuildOptions {
+            let opts = oneimage_builder::BuildOptions {
                 outdir: output,
                 rootfs_cache,
                 cancel,
             };
-            let report = oneimage_build::build(&spec, &opts)?;
+            let report = oneimage_builder::build(&spec, &opts)?;
             println!("{}", report.image.display());
             Ok(())
         }

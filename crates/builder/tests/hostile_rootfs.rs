@@ -4,10 +4,10 @@
 //! hardlinks and `..`. Each is either refused with a message naming the entry, or built
 //! faithfully (checked in the image with debugfs); nothing appears outside the output.
 
-use oneimage_build::ext4::{make_ext4, Ext4Params, Placement, MAX_SCRIPT_LINE};
-use oneimage_build::rootfs::{add_directory, add_overlay, add_tarball, Tree};
-use oneimage_build::run::Cancel;
-use oneimage_build::spec::SizePolicy;
+use oneimage_builder::ext4::{make_ext4, Ext4Params, Placement, MAX_SCRIPT_LINE};
+use oneimage_builder::rootfs::{add_directory, add_overlay, add_tarball, Tree};
+use oneimage_builder::run::Cancel;
+use oneimage_builder::spec::SizePolicy;
 use oneimage_format::Guid;
 use std::path::{Path, PathBuf};
 use std::process::Command;
