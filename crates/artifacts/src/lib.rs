@@ -196,12 +196,14 @@ impl Staged {
 /// Makes the artifacts `spec` asks for from `image`, for an image that will be at
 /// `dest`: they are named after `dest` (and `SHA256SUMS` merged with the one next to
 /// `dest`), but written under temporary names in `scratch`, which must be on the same
-/// filesystem as `dest`. Fails with "interrupted" soon after `cancel` is set.
+/// filesystem as `dest`; each one started is told to `say`. Fails with "interrupted"
+/// soon after `cancel` is set.
 pub fn stage(
     image: &Path,
     dest: &Path,
     spec: &ArtifactsSpec,
     scratch: &Path,
+    say: &dyn Fn(&str),
     cancel: Option<&AtomicBool>,
 ) -> Result<Staged> {
     let (frame, block) = spec.check()?;
@@ -223,11 +225,11 @@ pub fn stage(
     if spec.zstd {
         check(cancel)?;
         let out = dest.with_file_name(format!("{name}.zst"));
-        eprintln!(
-            "oneimage: compressing {} (zstd -{} seekable)",
+        say(&format!(
+            "compressing {} (zstd -{} seekable)",
             out.display(),
             spec.zstd_level
-        );
+        ));
         files.push(staged_file(scratch, &out, |w| {
             crate::zstd::compress_seekable(open()?, w, spec.zstd_level, frame, threads())?;
             Ok(())
@@ -236,11 +238,11 @@ pub fn stage(
     if spec.xz {
         check(cancel)?;
         let out = dest.with_file_name(format!("{name}.xz"));
-        eprintln!(
-            "oneimage: compressing {} (xz -{} multi-block)",
+        say(&format!(
+            "compressing {} (xz -{} multi-block)",
             out.display(),
             spec.xz_level
-        );
+        ));
         files.push(staged_file(scratch, &out, |w| {
             let stream = liblzma::stream::MtStreamBuilder::new()
                 .preset(spec.xz_level)
@@ -257,7 +259,7 @@ pub fn stage(
     if spec.bmap {
         check(cancel)?;
         let out = dest.with_file_name(format!("{name}.bmap"));
-        eprintln!("oneimage: writing {}", out.display());
+        say(&format!("writing {}", out.display()));
         let map = crate::bmap::create(image)?;
         check(cancel)?;
         files.push(staged_file(scratch, &out, |w| {
@@ -293,7 +295,7 @@ pub fn emit(image: &Path, spec: &ArtifactsSpec) -> Result<Vec<PathBuf>> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    stage(image, image, spec, dir, None)?.commit()
+    stage(image, image, spec, dir, &|_| {}, None)?.commit()
 }
 
 /// The text of `SHA256SUMS` at `path` with `ours` (file name, hex digest) in it: lines of
@@ -367,17 +369,17 @@ mod tests {
             v
         };
         // Dropped before commit: nothing anywhere but the image.
-        let staged = stage(&image, &dest, &spec, &scratch, None).unwrap();
+        let staged = stage(&image, &dest, &spec, &scratch, &|_| {}, None).unwrap();
         assert_eq!(listing(&out), Vec::<String>::new());
         drop(staged);
         assert_eq!(listing(&scratch), ["x.img"]);
         // Asked to stop: an error, and nothing left either.
         let stop = AtomicBool::new(true);
-        let e = stage(&image, &dest, &spec, &scratch, Some(&stop)).unwrap_err();
+        let e = stage(&image, &dest, &spec, &scratch, &|_| {}, Some(&stop)).unwrap_err();
         assert!(format!("{e:#}").contains("interrupted"), "{e:#}");
         assert_eq!(listing(&scratch), ["x.img"]);
         // Committed: every artifact under its final name, named after `dest`.
-        let staged = stage(&image, &dest, &spec, &scratch, None).unwrap();
+        let staged = stage(&image, &dest, &spec, &scratch, &|_| {}, None).unwrap();
         std::fs::rename(&image, &dest).unwrap();
         let made = staged.commit().unwrap();
         assert_eq!(made.last().unwrap(), &out.join("SHA256SUMS"));

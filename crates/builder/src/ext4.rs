@@ -21,6 +21,8 @@ pub struct Ext4Params<'a> {
     pub epoch: i64,
     /// Fixed size or content plus headroom.
     pub size: SizePolicy,
+    /// Where a retry with a larger size is reported.
+    pub progress: crate::progress::Progress,
 }
 
 /// Features pinned here rather than taken from the host's /etc/mke2fs.conf, so the
@@ -200,9 +202,9 @@ pub fn make_ext4(
                 }
                 attempt += 1;
                 size = align_up(size + size / 6, 1 << 20);
-                eprintln!(
-                    "oneimage: root filesystem full, retrying with {}",
-                    format_size(size)
+                p.progress.step(
+                    "root",
+                    &format!("root filesystem full, retrying with {}", format_size(size)),
                 );
             }
         }

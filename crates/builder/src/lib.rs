@@ -12,6 +12,7 @@ pub mod grub;
 pub mod initramfs;
 pub mod kernel;
 pub mod plan;
+pub mod progress;
 pub mod rootfs;
 pub mod run;
 pub mod spec;
@@ -34,6 +35,8 @@ pub struct BuildOptions {
     /// Set (by a signal handler, say) to stop the build: the tool running is stopped,
     /// everything made so far removed, and `build` fails with [`run::Interrupted`].
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Where progress is reported.
+    pub progress: progress::Progress,
 }
 
 /// What a build produced.
@@ -45,6 +48,8 @@ pub struct BuildReport {
     pub plan: plan::Plan,
     /// Kernel release booted by default.
     pub kernel_version: String,
+    /// The artifacts written next to the image (bmap, compressed copies, SHA256SUMS).
+    pub artifacts: Vec<PathBuf>,
 }
 
 fn epoch_from_env() -> Result<Option<i64>> {
@@ -78,6 +83,8 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
 fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Result<BuildReport> {
     let checked = Spec::load(spec_path)?;
     let spec = &checked.spec;
+    let progress = opts.progress;
+    let say = |step: &str, message: &str| progress.step(step, message);
     std::fs::create_dir_all(&opts.outdir)
         .with_context(|| format!("creating output directory {}", opts.outdir.display()))?;
     let work = tempfile::Builder::new()
@@ -94,21 +101,27 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
     };
     match &checked.source {
         RootfsSource::Directory(d) => {
-            eprintln!("oneimage: reading root filesystem from {}", d.display());
+            say(
+                "rootfs",
+                &format!("reading root filesystem from {}", d.display()),
+            );
             rootfs::add_directory(&mut tree, d)?;
         }
         RootfsSource::Tarball(t) => {
-            eprintln!("oneimage: reading root filesystem from {}", t.display());
+            say(
+                "rootfs",
+                &format!("reading root filesystem from {}", t.display()),
+            );
             rootfs::add_tarball(&mut tree, t)?;
         }
         RootfsSource::Mmdebstrap(m) => match &opts.rootfs_cache {
             Some(cache) => {
-                let tar = rootfs::cached_mmdebstrap(m, epoch, cache, cancel)?;
+                let tar = rootfs::cached_mmdebstrap(m, epoch, cache, progress, cancel)?;
                 rootfs::add_tarball(&mut tree, &tar)?;
             }
             None => {
                 let tar = w.join("mmdebstrap.tar");
-                rootfs::run_mmdebstrap(m, epoch, &tar, cancel)?;
+                rootfs::run_mmdebstrap(m, epoch, &tar, progress, cancel)?;
                 rootfs::add_tarball(&mut tree, &tar)?;
                 std::fs::remove_file(&tar)?;
             }
@@ -116,7 +129,7 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
     }
     cancel.check()?;
     if let Some(o) = &checked.overlay {
-        eprintln!("oneimage: applying overlay {}", o.display());
+        say("rootfs", &format!("applying overlay {}", o.display()));
         rootfs::add_overlay(&mut tree, o)?;
     }
     // Without a given epoch, the newest file time is the only one the inputs fix.
@@ -126,20 +139,26 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
     tree.pin_times(epoch)?;
     let mut kernel = kernel::find_kernel(&tree)
         .with_context(|| format!("{}: root filesystem", spec_path.display()))?;
-    eprintln!("oneimage: kernel {}", kernel.version);
+    say("kernel", &format!("kernel {}", kernel.version));
     match spec.boot.initramfs.as_str() {
         "oneimage" => {
             let agent = initramfs::find_agent()?;
             let initrd = w.join("oneimage-initrd.img");
             let sum = initramfs::make_initramfs(&tree, &kernel.version, &agent, epoch, &initrd)
                 .with_context(|| format!("{}: initramfs", spec_path.display()))?;
-            eprintln!(
-                "oneimage: initramfs with {} modules and {}",
-                sum.modules.len(),
-                sum.tools.join(", ")
+            say(
+                "initramfs",
+                &format!(
+                    "initramfs with {} modules and {}",
+                    sum.modules.len(),
+                    sum.tools.join(", ")
+                ),
             );
             if !sum.missing.is_empty() {
-                eprintln!("oneimage: modules not in this kernel: {}", sum.missing.join(" "));
+                progress.warn(&format!(
+                    "modules not in this kernel: {}",
+                    sum.missing.join(" ")
+                ));
             }
             kernel.initrd = Some(initrd);
             cancel.check()?;
@@ -189,7 +208,7 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
         cancel,
     )
     .with_context(|| format!("{}: ESP", spec_path.display()))?;
-    eprintln!("oneimage: ESP {} ready", format_size(esp_bytes));
+    say("esp", &format!("ESP {} ready", format_size(esp_bytes)));
     // x86_64 PCs without UEFI (or with it switched off) boot through GRUB for BIOS.
     let bios = spec.boot.bios && spec.architecture == "x86_64";
     let bios_images = bios
@@ -219,15 +238,16 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
             uuid: ids.root_fs,
             epoch,
             size: checked.root_size,
+            progress,
         },
         w,
         place,
         cancel,
     )
     .with_context(|| format!("{}: root filesystem", spec_path.display()))?;
-    eprintln!(
-        "oneimage: root filesystem {} ready",
-        format_size(root_bytes)
+    say(
+        "root",
+        &format!("root filesystem {} ready", format_size(root_bytes)),
     );
     if !tree.borrowed {
         // The staging copy is no longer needed; free the space before finishing.
@@ -235,7 +255,10 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
     }
 
     let plan = plan::Plan::new(&ids, esp_bytes, root_bytes, bios);
-    eprint!("oneimage: layout\n{plan}");
+    say(
+        "layout",
+        &format!("layout\n{}", plan.to_string().trim_end()),
+    );
     cancel.check()?;
     let cdrom = assemble::finish(&plan, &esp_img, bios_images.as_ref(), &partial)?;
     assemble::write_iso_view(
@@ -249,19 +272,27 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
     cancel.check()?;
     // The artifacts are made from the image where it is, under temporary names, so
     // that nothing appears in the output directory before everything is complete.
-    let artifacts = oneimage_artifacts::stage(&partial, &image, &spec.artifacts, w, cancel.flag())
-        .with_context(|| format!("{}: [artifacts]", spec_path.display()))?;
+    let artifacts = oneimage_artifacts::stage(
+        &partial,
+        &image,
+        &spec.artifacts,
+        w,
+        &|m: &str| say("artifact", m),
+        cancel.flag(),
+    )
+    .with_context(|| format!("{}: [artifacts]", spec_path.display()))?;
     // The last look at the request: from here on, only renames remain.
     cancel.check()?;
     std::fs::rename(&partial, &image)
         .with_context(|| format!("moving the finished image to {}", image.display()))?;
-    artifacts
+    let artifacts = artifacts
         .commit()
         .with_context(|| format!("{}: [artifacts]", spec_path.display()))?;
-    eprintln!("oneimage: wrote {}", image.display());
+    say("image", &format!("wrote {}", image.display()));
     Ok(BuildReport {
         image,
         plan,
         kernel_version: kernel.version,
+        artifacts,
     })
 }

@@ -202,6 +202,19 @@ mod tests {
         live
     }
 
+    /// The members of `group` still alive a moment after it was killed: SIGKILL is
+    /// delivered at once, but a loaded machine may take a while to run the dying.
+    fn survivors(group: i32) -> Vec<i32> {
+        let t = Instant::now();
+        loop {
+            let live = live_members(group);
+            if live.is_empty() || t.elapsed() > Duration::from_secs(5) {
+                return live;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Spawns `sh -c script` leading its own group; returns it and the group id.
     fn spawn_group(script: &str) -> (Child, i32) {
         let mut cmd = Command::new("sh");
@@ -241,7 +254,7 @@ mod tests {
             "took {:?}",
             t.elapsed()
         );
-        assert_eq!(live_members(group), Vec::<i32>::new());
+        assert_eq!(survivors(group), Vec::<i32>::new());
     }
 
     #[test]
@@ -277,7 +290,7 @@ mod tests {
             took >= GRACE && took < GRACE + Duration::from_secs(3),
             "took {took:?}"
         );
-        assert_eq!(live_members(group), Vec::<i32>::new());
+        assert_eq!(survivors(group), Vec::<i32>::new());
     }
 
     #[test]

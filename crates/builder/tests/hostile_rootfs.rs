@@ -195,6 +195,7 @@ fn make_image(tree: &Tree, work: &Path) -> PathBuf {
         uuid: Guid([7; 16]),
         epoch: 1_700_000_000,
         size: SizePolicy::Minimal { headroom: 0 },
+        progress: Default::default(),
     };
     let img2 = img.clone();
     make_ext4(

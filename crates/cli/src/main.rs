@@ -33,6 +33,13 @@ enum Cmd {
         /// Keep root filesystems made by mmdebstrap in DIR and reuse them.
         #[arg(long, value_name = "DIR")]
         rootfs_cache: Option<PathBuf>,
+        /// Say nothing but warnings and errors; print only the image's path.
+        #[arg(short, long, conflicts_with = "json")]
+        quiet: bool,
+        /// Report progress as JSON lines on stdout, ending with a "done" object that
+        /// lists the image, its artifacts, kernel and partitions.
+        #[arg(long)]
+        json: bool,
     },
     /// Show partitions, filesystems and boot files of an image, without mounting it.
     Inspect {
@@ -158,14 +165,27 @@ fn run(cli: Cli, cancel: Option<Arc<AtomicBool>>) -> Result<()> {
             spec,
             output,
             rootfs_cache,
+            quiet,
+            json,
         } => {
+            use oneimage_builder::progress::Progress;
+            let progress = match (quiet, json) {
+                (_, true) => Progress::Json,
+                (true, false) => Progress::Quiet,
+                (false, false) => Progress::Text,
+            };
             let opts = oneimage_builder::BuildOptions {
                 outdir: output,
                 rootfs_cache,
                 cancel,
+                progress,
             };
             let report = oneimage_builder::build(&spec, &opts)?;
-            println!("{}", report.image.display());
+            if json {
+                println!("{}", build_summary(&report));
+            } else {
+                println!("{}", report.image.display());
+            }
             Ok(())
         }
         Cmd::Inspect { image, json } => inspect::run(&image, json),
@@ -241,6 +261,36 @@ fn run(cli: Cli, cancel: Option<Arc<AtomicBool>>) -> Result<()> {
             }
         }
     }
+}
+
+/// The `"done"` object `build --json` ends with.
+fn build_summary(r: &oneimage_builder::BuildReport) -> serde_json::Value {
+    let parts: Vec<_> = [
+        Some(&r.plan.esp),
+        Some(&r.plan.root),
+        r.plan.bios_boot.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| {
+        serde_json::json!({
+            "number": p.number,
+            "name": p.name,
+            "guid": p.guid,
+            "offset": p.offset(512),
+            "size": p.len(512),
+        })
+    })
+    .collect();
+    serde_json::json!({
+        "event": "done",
+        "image": r.image,
+        "size": r.plan.total_bytes,
+        "disk_guid": r.plan.disk_guid,
+        "kernel": r.kernel_version,
+        "artifacts": r.artifacts,
+        "partitions": parts,
+    })
 }
 
 #[cfg(test)]

@@ -687,3 +687,91 @@ fn hostile_tarballs_are_refused_by_entry_and_touch_nothing() {
         assert!(!marker.exists());
     }
 }
+
+/// `build --json` reports each step as a JSON line and ends with a "done" object whose
+/// image, artifacts and partitions are what was written; `--quiet` prints the image's
+/// path and nothing but warnings.
+#[test]
+fn build_reports_progress_as_json_lines_or_quietly() {
+    let d = tempfile::tempdir().unwrap();
+    write_tarball(&d.path().join("root.tar"), &base_items());
+    let s = spec(d.path(), "name = \"p\"\n[rootfs]\ntarball = \"root.tar\"\n");
+    let out = d.path().join("json");
+    let o = output(
+        oneimage()
+            .arg("build")
+            .arg(&s)
+            .arg("-o")
+            .arg(&out)
+            .arg("--json"),
+    );
+    assert!(o.status.success(), "{o:?}");
+    let stdout = String::from_utf8(o.stdout.clone()).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let steps: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["event"] == "step")
+        .map(|l| l["step"].as_str().unwrap())
+        .collect();
+    for want in [
+        "rootfs", "kernel", "esp", "root", "layout", "artifact", "image",
+    ] {
+        assert!(steps.contains(&want), "{want} missing from {steps:?}");
+    }
+    let done = lines.last().unwrap();
+    assert_eq!(done["event"], "done", "{stdout}");
+    let image = std::path::PathBuf::from(done["image"].as_str().unwrap());
+    assert_eq!(image, out.join("p.img"));
+    assert_eq!(
+        done["size"].as_u64().unwrap(),
+        std::fs::metadata(&image).unwrap().len()
+    );
+    let artifacts: Vec<&str> = done["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(!artifacts.is_empty());
+    for a in &artifacts {
+        assert!(std::path::Path::new(a).exists(), "{a}");
+    }
+    assert!(
+        artifacts.iter().any(|a| a.ends_with("SHA256SUMS")),
+        "{artifacts:?}"
+    );
+    let j = inspect(&image);
+    assert_eq!(done["disk_guid"], j["disk_guid"]);
+    assert_eq!(done["partitions"][1]["guid"], j["partitions"][1]["guid"]);
+    // Nothing for people on stderr when the output is for machines.
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("oneimage: "), "{stderr}");
+
+    let out = d.path().join("quiet");
+    let o = output(
+        oneimage()
+            .arg("build")
+            .arg(&s)
+            .arg("-o")
+            .arg(&out)
+            .arg("--quiet"),
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        String::from_utf8(o.stdout).unwrap().trim(),
+        out.join("p.img").display().to_string()
+    );
+    // Only warnings (this synthetic kernel has none of the modules the initramfs wants).
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("oneimage: warning: modules not in this kernel"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.lines().all(|l| l.starts_with("oneimage: warning: ")),
+        "--quiet said more than warnings:\n{stderr}"
+    );
+}

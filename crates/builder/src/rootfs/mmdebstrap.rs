@@ -1,5 +1,6 @@
 //! Making a Debian root filesystem tarball with mmdebstrap.
 
+use crate::progress::Progress;
 use crate::run::Cancel;
 use crate::spec::MmdebstrapSpec;
 use anyhow::{bail, Context, Result};
@@ -12,6 +13,7 @@ pub fn run_mmdebstrap(
     m: &MmdebstrapSpec,
     epoch: Option<i64>,
     out: &Path,
+    progress: Progress,
     cancel: Cancel,
 ) -> Result<()> {
     let mut cmd = Command::new("mmdebstrap");
@@ -34,7 +36,7 @@ pub fn run_mmdebstrap(
     if let Some(mirror) = &m.mirror {
         cmd.arg(mirror);
     }
-    eprintln!("oneimage: running {cmd:?}");
+    progress.step("rootfs", &format!("running {cmd:?}"));
     let status = crate::run::status(
         &mut cmd,
         "running mmdebstrap (is it installed? apt-get install mmdebstrap)",
@@ -55,6 +57,7 @@ pub fn cached_mmdebstrap(
     m: &MmdebstrapSpec,
     epoch: Option<i64>,
     cache: &Path,
+    progress: Progress,
     cancel: Cancel,
 ) -> Result<PathBuf> {
     let mut h = Sha256::new();
@@ -68,13 +71,16 @@ pub fn cached_mmdebstrap(
         .collect();
     let tar = cache.join(format!("mmdebstrap-{}-{key}.tar", m.suite));
     if tar.exists() {
-        eprintln!("oneimage: using cached root filesystem {}", tar.display());
+        progress.step(
+            "rootfs",
+            &format!("using cached root filesystem {}", tar.display()),
+        );
         return Ok(tar);
     }
     std::fs::create_dir_all(cache)
         .with_context(|| format!("creating cache directory {}", cache.display()))?;
     let partial = cache.join(format!(".partial-{key}-{}.tar", std::process::id()));
-    let result = run_mmdebstrap(m, epoch, &partial, cancel);
+    let result = run_mmdebstrap(m, epoch, &partial, progress, cancel);
     if let Err(e) = result {
         let _ = std::fs::remove_file(&partial);
         return Err(e);
