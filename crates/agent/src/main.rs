@@ -10,6 +10,7 @@
 //! The same program is the initramfs's `reboot` and `poweroff` (links to `/init`), for
 //! the emergency shell.
 
+mod bootmark;
 mod cmdline;
 mod disks;
 mod emergency;
@@ -68,15 +69,27 @@ fn run() -> Result<Infallible, String> {
     )?;
     let (found, ambiguous) = match choice {
         disks::Choice::One(found) => (found, false),
-        disks::Choice::Ambiguous(all) => {
+        disks::Choice::Ambiguous(mut all) => {
             let names: Vec<String> = all.iter().map(|f| f.node.display().to_string()).collect();
             log::say(&format!(
-                "{} partitions claim the root {} ({}): copies of one image that never booted, or clones; not guessing which to write",
+                "{} partitions claim the root {} ({}): copies of one image that never booted, or clones",
                 all.len(),
                 cmd.root_partuuid,
                 names.join(", ")
             ));
-            (all.into_iter().next().expect("two or more"), true)
+            // Live and disc boots write nothing, not even to clear a mark.
+            let marked = if cmd.live || all.iter().any(|f| f.optical) {
+                None
+            } else {
+                bootmark::pick(&all)
+            };
+            match marked {
+                Some(i) => (all.swap_remove(i), false),
+                None => {
+                    log::say("not guessing which of them to write");
+                    (all.into_iter().next().expect("two or more"), true)
+                }
+            }
         }
     };
     let root = found.node.clone();

@@ -74,13 +74,22 @@ pub fn find_signed_loaders(tree: &crate::rootfs::Tree) -> Result<SignedLoaders> 
     })
 }
 
+/// GRUB's environment block on the ESP, in which the persistent entry marks the disk GRUB
+/// started from (see [`grub_cfg`]).
+pub const BOOT_MARK_FILE: &str = "oneimage.env";
+/// The variable of that mark.
+pub const BOOT_MARK_VAR: &str = "oneimage_booted";
+
 /// The GRUB configuration written to `/EFI/BOOT/grub.cfg`: the persistent entry (the
 /// default) and a live one, both reachable by hotkey (`p`, `l`) from a serial console.
 ///
 /// The kernel is told the root and the ESP of the disk GRUB started from, read from
 /// that disk's table at boot (`probe`): every copy gets its own GUIDs on its first boot,
 /// so the values of the build could name another disk's root. They are the fallback
-/// when GRUB cannot read them.
+/// when GRUB cannot read them. Copies that never booted carry the same GUIDs: the
+/// persistent entry also sets `oneimage_booted=1` in the environment block of the ESP
+/// it started from (not on a disc, which cannot be written), and the agent, finding
+/// several disks alike, takes the one marked.
 pub fn grub_cfg(p: &EspParams) -> String {
     let title = p.title.replace('\'', "");
     let args = format!(
@@ -103,6 +112,10 @@ pub fn grub_cfg(p: &EspParams) -> String {
          \tprobe --set=oneimage_root --part-uuid (${{oneimage_disk}},gpt{number})\n\
          fi\n\
          menuentry '{title}' --id persistent --hotkey=p {{\n\
+         \tif ! regexp '^cd' $root; then\n\
+         \t\tset {mark}=1\n\
+         \t\tsave_env --file ($root){prefix}/{file} {mark}\n\
+         \tfi\n\
          \tlinux {KERNEL_PATH} {args}\n\
          \tinitrd {INITRD_PATH}\n\
          }}\n\
@@ -113,6 +126,9 @@ pub fn grub_cfg(p: &EspParams) -> String {
         timeout = p.timeout,
         root = p.root_partuuid,
         number = p.root_number,
+        mark = BOOT_MARK_VAR,
+        file = BOOT_MARK_FILE,
+        prefix = crate::grub::PREFIX,
     )
 }
 
@@ -148,6 +164,10 @@ pub fn make_esp(
         }
     }
     std::fs::write(boot.join("grub.cfg"), grub_cfg(p))?;
+    std::fs::write(
+        boot.join(BOOT_MARK_FILE),
+        oneimage_format::grubenv::block(&[(BOOT_MARK_VAR, "0")]).expect("fits"),
+    )?;
     std::fs::copy(&kernel.image, ours.join("vmlinuz"))
         .with_context(|| format!("copying kernel {}", kernel.image.display()))?;
     let initrd = kernel

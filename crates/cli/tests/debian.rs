@@ -1088,3 +1088,52 @@ fn demo_written_over_a_used_stick_is_exact_and_boots() {
     let console = boot_until(&stick, MARKER, &["--snapshot"]);
     assert!(console.contains(MARKER));
 }
+
+/// Two sticks written from the same image carry the same GUIDs until their first boot;
+/// with both attached, the one the firmware booted is the one used (GRUB marks the ESP
+/// it started from), and the other is left byte for byte as written. Booted in turn,
+/// each gets identifiers of its own.
+#[test]
+fn of_two_fresh_copies_attached_the_one_booted_is_the_one_used() {
+    let d = tempfile::tempdir().unwrap();
+    let a = demo_copy(d.path(), "a.img");
+    let b = demo_copy(d.path(), "b.img");
+    let image_sum = sha256(demo());
+    let extra = |p: &Path| vec!["--extra-disk".to_string(), p.display().to_string()];
+    let args = extra(&b);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let console = boot_in_place(&a, &args);
+    assert!(
+        console.contains("boot mark: GRUB started from /dev/vda, the only disk it marked"),
+        "{console}"
+    );
+    assert!(
+        console.contains("oneimage-init: first boot: a new copy on /dev/vda"),
+        "{console}"
+    );
+    assert_eq!(sha256(&b), image_sum, "the stick not booted was written to");
+    assert_own_identity(&a, d.path());
+
+    // Now the other one, with the first attached: no doubt any more (the first has its
+    // own GUIDs), and the first is not touched.
+    let a_sum = sha256(&a);
+    let args = extra(&a);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let console = boot_in_place(&b, &args);
+    assert!(!console.contains("claim the root"), "{console}");
+    assert!(
+        console.contains("oneimage-init: first boot: a new copy on /dev/vda"),
+        "{console}"
+    );
+    assert_eq!(sha256(&a), a_sum, "the first copy changed");
+    assert_own_identity(&b, d.path());
+    let (ja, jb) = (inspect(&a), inspect(&b));
+    assert_ne!(ja["disk_guid"], jb["disk_guid"]);
+    for i in 0..2 {
+        assert_ne!(ja["partitions"][i]["guid"], jb["partitions"][i]["guid"]);
+        assert_ne!(
+            ja["partitions"][i]["filesystem"]["uuid"],
+            jb["partitions"][i]["filesystem"]["uuid"]
+        );
+    }
+}

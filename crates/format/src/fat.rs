@@ -476,8 +476,8 @@ fn entries(raw: &[u8], fat32: bool) -> Vec<Entry> {
     out
 }
 
-/// Lists every file of the FAT filesystem in `[offset, offset + len)` of `disk`.
-pub fn read_contents<R: Read + Seek>(disk: R, offset: u64, len: u64) -> io::Result<FatContents> {
+/// Reads the boot sector and the FAT of the volume in `[offset, offset + len)`.
+fn open_volume<R: Read + Seek>(disk: R, offset: u64, len: u64) -> io::Result<Volume<Slice<R>>> {
     let mut disk = Slice::new(disk, offset, len);
     let mut boot = [0u8; 512];
     disk.read_exact(&mut boot)?;
@@ -491,12 +491,76 @@ pub fn read_contents<R: Read + Seek>(disk: R, offset: u64, len: u64) -> io::Resu
     let mut fat = vec![0u8; g.fat_bytes as usize];
     disk.seek(SeekFrom::Start(g.fat_at))?;
     disk.read_exact(&mut fat)?;
-    let mut v = Volume {
+    Ok(Volume {
         disk,
         g,
         fat,
         dir_bytes_left: MAX_DIR_BYTES,
-    };
+    })
+}
+
+/// `(offset, length)` of some bytes on a disk.
+pub type ByteRange = (u64, u64);
+
+/// Where the bytes of the file at `path` (`/`-separated, names compared without regard
+/// to case) lie in `disk`: byte ranges relative to the start of `disk` (not of the
+/// volume), in file order, and the file's size; `None` when there is no such file.
+/// For rewriting a small file in place (GRUB's environment block does the same).
+pub fn file_ranges<R: Read + Seek>(
+    disk: R,
+    offset: u64,
+    len: u64,
+    path: &str,
+) -> io::Result<Option<(Vec<ByteRange>, u64)>> {
+    let mut v = open_volume(disk, offset, len)?;
+    let fat32 = v.g.kind == Kind::Fat32;
+    let mut dir = fat32.then_some(v.g.root_cluster);
+    let names: Vec<&str> = path.split('/').filter(|n| !n.is_empty()).collect();
+    for (i, name) in names.iter().enumerate() {
+        let raw = v.dir_bytes(dir)?;
+        let Some(e) = entries(&raw, fat32)
+            .into_iter()
+            .find(|e| e.name.eq_ignore_ascii_case(name))
+        else {
+            return Ok(None);
+        };
+        let last = i + 1 == names.len();
+        if e.dir == last {
+            return Ok(None);
+        }
+        if !last {
+            dir = Some(e.first);
+            continue;
+        }
+        let size = u64::from(e.size);
+        if size == 0 {
+            return Ok(Some((Vec::new(), 0)));
+        }
+        let need = size.div_ceil(v.g.cluster_bytes);
+        let chain = v.chain(e.first, need)?;
+        if (chain.len() as u64) < need {
+            return Err(invalid(format!(
+                "{path}: a {size}-byte file has a chain of {} clusters",
+                chain.len()
+            )));
+        }
+        let mut left = size;
+        let ranges = chain
+            .iter()
+            .map(|&c| {
+                let n = left.min(v.g.cluster_bytes);
+                left -= n;
+                (offset + v.g.cluster_at(c), n)
+            })
+            .collect();
+        return Ok(Some((ranges, size)));
+    }
+    Ok(None)
+}
+
+/// Lists every file of the FAT filesystem in `[offset, offset + len)` of `disk`.
+pub fn read_contents<R: Read + Seek>(disk: R, offset: u64, len: u64) -> io::Result<FatContents> {
+    let mut v = open_volume(disk, offset, len)?;
     let fat32 = v.g.kind == Kind::Fat32;
     let root = fat32.then_some(v.g.root_cluster);
     let mut files = Vec::new();
@@ -683,6 +747,25 @@ mod fuzz {
             .arg(&img)
             .arg(&src)
             .arg("::/"));
+        // Where a file's bytes are, for rewriting it in place: read through the ranges,
+        // they are the file (found whatever the case of the path).
+        let bytes = std::fs::read(&img).unwrap();
+        let at = |p: &str| file_ranges(std::fs::File::open(&img).unwrap(), 0, 40 << 20, p).unwrap();
+        for (path, want) in [
+            ("/efi/boot/GRUB.CFG", b"set timeout=3\n".to_vec()),
+            ("/EFI/BOOT/BOOTX64.EFI", vec![7u8; 70_000]),
+        ] {
+            let (ranges, size) = at(path).unwrap();
+            assert_eq!(size, want.len() as u64);
+            let got: Vec<u8> = ranges
+                .iter()
+                .flat_map(|&(o, n)| bytes[o as usize..(o + n) as usize].to_vec())
+                .collect();
+            assert_eq!(got, want, "{path}");
+        }
+        assert_eq!(at("/EFI/BOOT/missing"), None);
+        assert_eq!(at("/EFI/BOOT"), None, "a directory is not a file");
+        assert_eq!(at("/EFI/BOOT/grub.cfg/x"), None);
         let c = read_contents(std::fs::File::open(&img).unwrap(), 0, 40 << 20).unwrap();
         let files: Vec<(&str, u64)> = c.files.iter().map(|f| (f.path.as_str(), f.size)).collect();
         assert_eq!(
@@ -915,13 +998,23 @@ mod fuzz {
                 let (h, tail) = input.split_at(input.len() - 16);
                 let which = u64::from_le_bytes(tail[..8].try_into().unwrap()) as usize;
                 let len = u64::from_le_bytes(tail[8..].try_into().unwrap());
-                let disk = Overlay {
+                let disk = || Overlay {
                     head: h,
                     base: &bases[which],
                     len,
                     pos: 0,
                 };
-                let Ok(c) = read_contents(disk, 0, len) else {
+                // Locating a file in place: never a panic, and only ranges inside the
+                // volume, adding up to the file's size.
+                for path in ["/EFI/BOOT/grub.cfg", "/a/b/c", "/oneimage/x"] {
+                    if let Ok(Some((ranges, size))) = file_ranges(disk(), 0, len, path) {
+                        assert!(ranges
+                            .iter()
+                            .all(|&(o, n)| o.checked_add(n).is_some_and(|e| e <= len)));
+                        assert_eq!(ranges.iter().map(|r| r.1).sum::<u64>(), size);
+                    }
+                }
+                let Ok(c) = read_contents(disk(), 0, len) else {
                     return false;
                 };
                 assert!(c.files.len() <= MAX_FILES, "{} files", c.files.len());

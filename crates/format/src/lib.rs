@@ -14,6 +14,7 @@ pub mod firstboot;
 pub mod gpt;
 pub mod grub_pc;
 pub mod grubcfg;
+pub mod grubenv;
 pub mod guid;
 pub mod hash;
 pub mod inspect;
