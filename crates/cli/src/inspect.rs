@@ -22,6 +22,24 @@ pub fn run(image: &Path, json: bool) -> Result<()> {
         report.sector_size,
         report.disk_guid
     );
+    use oneimage_format::inspect::FirstBootReport;
+    match &report.first_boot {
+        FirstBootReport::NotStarted => println!("  first boot: not started (as built)"),
+        FirstBootReport::Started {
+            done,
+            complete,
+            original_disk_guid,
+            ..
+        } => println!(
+            "  first boot: {}; done: {}; disk GUID as built {original_disk_guid}",
+            if *complete { "complete" } else { "started" },
+            done.join(", ")
+        ),
+        FirstBootReport::Stale => {
+            println!("  first boot: a record of an earlier copy, ignored (not started)")
+        }
+        FirstBootReport::Unusable { reason } => println!("  first boot: record unusable: {reason}"),
+    }
     if !report.backup_at_end {
         println!("  note: the backup partition table is not at the end of the disk (the image was enlarged)");
     }

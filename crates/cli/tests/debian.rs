@@ -430,6 +430,18 @@ fn cut_power(image: &Path, trigger: &str, ms: u64, extra: &[&str]) -> String {
 fn assert_own_identity(image: &Path, dir: &Path) {
     let now = inspect(image);
     let built = inspect(demo());
+    assert_eq!(
+        built["first_boot"]["state"], "not-started",
+        "{}",
+        built["first_boot"]
+    );
+    assert_eq!(
+        now["first_boot"]["state"], "started",
+        "{}",
+        now["first_boot"]
+    );
+    assert_eq!(now["first_boot"]["complete"], true, "{}", now["first_boot"]);
+    assert_eq!(now["first_boot"]["original_disk_guid"], built["disk_guid"]);
     assert_ne!(now["disk_guid"], built["disk_guid"], "disk GUID");
     for i in 0..2 {
         let (a, b) = (&now["partitions"][i], &built["partitions"][i]);

@@ -269,8 +269,13 @@ pub fn current(slots: [Slot; 2]) -> Found {
 
 /// Reads both slots of `disk`.
 pub fn read<D: Read + Seek>(disk: &mut D) -> io::Result<Found> {
+    let len = disk.seek(SeekFrom::End(0))?;
     let mut slots = [Slot::Empty, Slot::Empty];
     for (slot, off) in slots.iter_mut().zip(SLOT_OFFSETS) {
+        if len < off + RECORD_LEN as u64 {
+            // A disk too small for the slot has no record in it.
+            continue;
+        }
         let mut b = [0u8; RECORD_LEN];
         disk.seek(SeekFrom::Start(off))?;
         disk.read_exact(&mut b)?;
@@ -300,6 +305,8 @@ mod tests {
     fn a_fresh_disk_has_no_record() {
         let mut disk = Cursor::new(vec![0u8; 64 << 10]);
         assert_eq!(read(&mut disk).unwrap(), Found::Fresh);
+        let mut tiny = Cursor::new(vec![0u8; 20 << 10]);
+        assert_eq!(read(&mut tiny).unwrap(), Found::Fresh);
     }
 
     #[test]

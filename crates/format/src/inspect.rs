@@ -46,6 +46,54 @@ pub struct Report {
     pub bios_boot: Option<crate::grub_pc::InstalledGrub>,
     /// The image's ISO 9660 view and El Torito entries, if it has them.
     pub iso: Option<crate::iso9660::IsoSummary>,
+    /// What the first-boot record says (see [`crate::firstboot`]).
+    pub first_boot: FirstBootReport,
+}
+
+/// The first-boot state of a copy, as its record says.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum FirstBootReport {
+    /// No record: an image as built, or a copy that never booted persistent.
+    NotStarted,
+    /// The steps done so far, in order, and the GUIDs the copy was built with.
+    Started {
+        /// Names of the steps done.
+        done: Vec<&'static str>,
+        /// Every step done.
+        complete: bool,
+        /// The disk GUID as built.
+        original_disk_guid: crate::Guid,
+        /// The root partition's GUID as built.
+        original_root_guid: crate::Guid,
+    },
+    /// A record that belongs to another copy written here before (its disk GUID does
+    /// not match), which the agent ignores.
+    Stale,
+    /// A record the agent cannot use.
+    Unusable {
+        /// Why.
+        reason: String,
+    },
+}
+
+fn first_boot(found: crate::firstboot::Found, disk_guid: crate::Guid) -> FirstBootReport {
+    use crate::firstboot::{Found, Step};
+    match found {
+        Found::Fresh => FirstBootReport::NotStarted,
+        Found::Unusable(reason) => FirstBootReport::Unusable { reason },
+        Found::State(s) if !s.applies(disk_guid) => FirstBootReport::Stale,
+        Found::State(s) => FirstBootReport::Started {
+            done: Step::ALL
+                .into_iter()
+                .filter(|st| s.is_done(*st))
+                .map(Step::name)
+                .collect(),
+            complete: s.all_done(),
+            original_disk_guid: s.original_disk,
+            original_root_guid: s.original_root,
+        },
+    }
 }
 
 /// Errors from inspecting an image.
@@ -118,6 +166,7 @@ pub fn inspect<R: Read + Seek>(disk: &mut R) -> Result<Report, InspectError> {
         partitions,
         bios_boot: read_bios_boot(disk, size)?,
         iso: crate::iso9660::read_view(disk)?,
+        first_boot: first_boot(crate::firstboot::read(disk)?, table.disk_guid),
     })
 }
 

@@ -430,23 +430,13 @@ mod tests {
     use oneimage_format::testing::{Fuzz, Rng};
     use std::io::Write;
 
+    /// The formats are the shared sniffer's (`oneimage_format::compression`, tested
+    /// there), with zip and raw as the writer names them.
     #[test]
     fn magic_numbers() {
         assert_eq!(detect_magic(&[0x1f, 0x8b, 8, 0]), Format::Gzip);
-        assert_eq!(detect_magic(b"BZh91AY&SY"), Format::Bzip2);
-        assert_eq!(detect_magic(b"BZhx"), Format::Raw);
-        assert_eq!(
-            detect_magic(&[0xfd, b'7', b'z', b'X', b'Z', 0, 0, 4]),
-            Format::Xz
-        );
-        assert_eq!(detect_magic(&[0x28, 0xb5, 0x2f, 0xfd, 0x24]), Format::Zstd);
-        assert_eq!(
-            detect_magic(&[0x5e, 0x2a, 0x4d, 0x18, 0, 0, 0, 0]),
-            Format::Zstd
-        );
         assert_eq!(detect_magic(b"PK\x03\x04\x14\x00"), Format::Zip);
         assert_eq!(detect_magic(&[0u8; 512]), Format::Raw);
-        assert_eq!(detect_magic(b""), Format::Raw);
     }
 
     /// Seeded image bytes: runs of zeros, text and noise, as disk images have.
