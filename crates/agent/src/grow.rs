@@ -65,9 +65,8 @@ pub fn grow_partition(found: &Found, grow: Grow) -> Result<(), String> {
         return Ok(());
     }
     say(&format!(
-        "growing: {dev} is {}, the image {}; moving the backup partition table to the end and the root partition from {} to {}",
+        "growing: {dev} is {}; moving the backup partition table to the end and the root partition from {} to {}",
         format_size(disk_bytes),
-        format_size(table.backup_lba.saturating_add(1).saturating_mul(ss)),
         format_size(root.len(ss)),
         format_size(
             target_end
