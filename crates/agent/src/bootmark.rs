@@ -18,11 +18,10 @@ type Mark = (Vec<fat::ByteRange>, Vec<(String, String)>);
 /// Where the environment block of `disk`'s ESP lies, and what it holds.
 fn read_mark(disk: &mut File) -> Result<Mark, String> {
     let table = gpt::read_table(disk).map_err(|e| e.to_string())?;
-    let esp_type: oneimage_format::Guid = gpt::TYPE_ESP.parse().expect("a GUID constant");
     let esp = table
         .partitions
         .iter()
-        .find(|p| p.type_guid == esp_type)
+        .find(|p| crate::disks::is_esp(p))
         .ok_or("no ESP")?;
     let ss = table.sector_size;
     let (ranges, size) = fat::file_ranges(&mut *disk, esp.offset(ss), esp.len(ss), FILE)
@@ -71,14 +70,10 @@ pub fn pick(candidates: &[Found]) -> Option<usize> {
     let mut marked = Vec::new();
     for (i, f) in candidates.iter().enumerate() {
         let dev = format!("/dev/{}", f.disk);
-        let opened = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&dev);
-        let mut disk = match opened {
+        let mut disk = match crate::disks::open_rw(&dev) {
             Ok(d) => d,
             Err(e) => {
-                say(&format!("boot mark: opening {dev}: {e}"));
+                say(&format!("boot mark: {e}"));
                 continue;
             }
         };

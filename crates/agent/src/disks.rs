@@ -270,3 +270,18 @@ pub fn reread_partitions(disk: &std::fs::File, dev: &str, node: &std::path::Path
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Opens the whole disk `dev` (`/dev/vda`) for reading and writing, for the first-boot
+/// steps, the growth and the boot mark.
+pub fn open_rw(dev: &str) -> Result<std::fs::File, String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .map_err(|e| format!("opening {dev}: {e}"))
+}
+
+/// Whether `p` is an EFI System Partition.
+pub fn is_esp(p: &oneimage_format::gpt::Partition) -> bool {
+    oneimage_format::gpt::type_name(p.type_guid) == Some("esp")
+}

@@ -13,7 +13,7 @@ use crate::cmdline::Grow;
 use crate::disks::Found;
 use crate::log::say;
 use oneimage_format::firstboot::{self as record, Identity, State, Step};
-use oneimage_format::gpt::{self, read_table, write_table, Partition, Table};
+use oneimage_format::gpt::{read_table, write_table, Partition, Table};
 use oneimage_format::Guid;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -27,14 +27,6 @@ pub struct Pending {
     started: Instant,
     /// Whether any step ran in this boot (the total time is reported then).
     worked: bool,
-}
-
-fn open_disk(dev: &str) -> Result<File, String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .map_err(|e| format!("opening {dev}: {e}"))
 }
 
 /// Writes the next record and makes sure it is on the disk before anything else happens.
@@ -75,7 +67,7 @@ fn new_seed() -> Result<[u8; 32], String> {
 pub fn before_mount(found: &Found, grow: Grow) -> Result<Option<Pending>, String> {
     let started = Instant::now();
     let dev = format!("/dev/{}", found.disk);
-    let mut disk = open_disk(&dev)?;
+    let mut disk = crate::disks::open_rw(&dev)?;
     let table =
         read_table(&mut disk).map_err(|e| format!("reading the partition table of {dev}: {e}"))?;
     let found_record = record::read(&mut disk)
@@ -163,7 +155,7 @@ pub fn before_mount(found: &Found, grow: Grow) -> Result<Option<Pending>, String
             pending.worked = false;
             return Ok(Some(pending));
         }
-        let mut disk = open_disk(&dev)?;
+        let mut disk = crate::disks::open_rw(&dev)?;
         state = state.with_done(Step::GrowPartition);
         record_step(&mut disk, &dev, &state)?;
         say("first boot: step grow-partition done");
@@ -178,7 +170,7 @@ pub fn after_mount(p: Pending, found: &Found, mountpoint: &str) -> Result<(), St
     if state.is_done(Step::GrowPartition) && !state.is_done(Step::GrowFilesystem) {
         crate::grow::grow_filesystem(found, mountpoint)
             .map_err(|e| format!("could not grow the root filesystem: {e}"))?;
-        let mut disk = open_disk(&p.dev)?;
+        let mut disk = crate::disks::open_rw(&p.dev)?;
         state = state.with_done(Step::GrowFilesystem);
         record_step(&mut disk, &p.dev, &state)?;
         say("first boot: step grow-filesystem done");
@@ -204,8 +196,7 @@ fn give_identity(
 ) -> Result<(), String> {
     set_ext4_uuid(&found.node, id.root_fs_uuid)?;
     let ss = table.sector_size;
-    let esp_type: Guid = gpt::TYPE_ESP.parse().expect("a GUID constant");
-    for esp in table.partitions.iter().filter(|p| p.type_guid == esp_type) {
+    for esp in table.partitions.iter().filter(|p| crate::disks::is_esp(p)) {
         set_fat_volume_id(disk, dev, esp, ss, id.esp_volume_id)?;
     }
     let parts: Vec<Partition> = table

@@ -33,11 +33,7 @@ pub fn grow_partition(found: &Found, grow: Grow) -> Result<(), String> {
         return Ok(());
     }
     let dev = format!("/dev/{}", found.disk);
-    let mut disk = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&dev)
-        .map_err(|e| format!("opening {dev}: {e}"))?;
+    let mut disk = crate::disks::open_rw(&dev)?;
     let table =
         read_table(&mut disk).map_err(|e| format!("reading the partition table of {dev}: {e}"))?;
     // read_table checked the table against the disk's size: the partitions lie inside
