@@ -28,7 +28,7 @@ initramfs = "$kind"
 EOS
   "$bin" build "$work/$kind.toml" -o "$work" >/dev/null 2>&1
 done
-size() { "$bin" inspect --json "$work/$1.img" | python3 -c 'import json,sys; print([f["size"] for f in json.load(sys.stdin)["partitions"][0]["boot_files"] if f["path"]=="/oneimage/initrd.img"][0])'; }
+size() { "$bin" inspect --json "$work/$1.img" | python3 -c 'import json,sys; print([f["size"] for f in json.load(sys.stdin)["partitions"][0]["boot_files"] if f["path"].startswith("/oneimage/initrd-")][0])'; }
 boot() {
   local s e
   s=$(date +%s.%N)

@@ -10,32 +10,87 @@ use oneimage_format::size::{align_up, format_size};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Where the kernel and initramfs go on the ESP.
-pub const KERNEL_PATH: &str = "/oneimage/vmlinuz";
-/// Where the initramfs goes on the ESP.
-pub const INITRD_PATH: &str = "/oneimage/initrd.img";
+/// The ESP directory holding the kernels and initramfs images.
+pub const BOOT_DIR: &str = "/oneimage";
 
-/// What the boot menu needs to know.
+/// One kernel the boot menu offers: its release and its files on the ESP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootKernel {
+    /// Kernel release, e.g. `6.1.0-50-amd64`.
+    pub version: String,
+    /// Path of the kernel image on the ESP.
+    pub kernel: String,
+    /// Path of the initramfs on the ESP.
+    pub initrd: String,
+}
+
+impl BootKernel {
+    /// The ESP names of kernel `version` with these contents. Names carry a digest of the
+    /// content, so a rebuilt initramfs or a reinstalled kernel is written under a new name
+    /// and never over a file the current menu boots.
+    pub fn named(version: &str, kernel: &[u8], initrd: &[u8]) -> BootKernel {
+        BootKernel {
+            version: version.to_string(),
+            kernel: format!("{BOOT_DIR}/vmlinuz-{version}-{}", short_digest(kernel)),
+            initrd: format!("{BOOT_DIR}/initrd-{version}-{}.img", short_digest(initrd)),
+        }
+    }
+
+    /// The kernel release that an ESP file name made by [`BootKernel::named`] belongs to.
+    pub fn version_of(file_name: &str) -> Option<&str> {
+        let rest = file_name
+            .strip_prefix("vmlinuz-")
+            .or_else(|| file_name.strip_prefix("initrd-"))?;
+        let rest = rest.strip_suffix(".img").unwrap_or(rest);
+        let (version, digest) = rest.rsplit_once('-')?;
+        (digest.len() == 12 && digest.bytes().all(|b| b.is_ascii_hexdigit()) && !version.is_empty())
+            .then_some(version)
+    }
+}
+
+fn short_digest(data: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(data);
+    d[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the boot menu says and passes, apart from the kernels: fixed at build time and
+/// kept in the root filesystem ([`MENU_SETTINGS_PATH`]), so that a kernel update writes
+/// the same menu the build did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MenuSettings {
+    /// Menu entry title.
+    pub title: String,
+    /// Kernel command line, apart from `root=` and `oneimage.esp=` (which grub.cfg
+    /// adds).
+    pub cmdline: String,
+    /// The root partition's GUID as built (what a copy keeps until its first boot),
+    /// used when GRUB cannot read the disk's table.
+    pub root_partuuid: String,
+    /// The root partition's number in the table.
+    pub root_number: u32,
+    /// GRUB menu timeout in seconds.
+    pub timeout: u32,
+    /// Timestamp for the files the menu's initramfs images hold.
+    pub epoch: i64,
+}
+
+/// Where the root filesystem keeps its [`MenuSettings`] (TOML).
+pub const MENU_SETTINGS_PATH: &str = "/etc/oneimage/boot.toml";
+
+/// What the ESP needs to know.
 pub struct EspParams<'a> {
     /// Volume label.
     pub label: &'a str,
     /// FAT volume id.
     pub volume_id: u32,
-    /// Timestamp for every file.
-    pub epoch: i64,
-    /// Fixed size or content plus headroom.
+    /// Size: fixed, or content plus headroom.
     pub size: SizePolicy,
-    /// Menu entry title.
-    pub title: &'a str,
-    /// Kernel command line, apart from `root=` and `oneimage.esp=` (which grub.cfg
-    /// adds).
-    pub cmdline: String,
-    /// The root partition's GUID as built (what a copy keeps until its first boot).
-    pub root_partuuid: oneimage_format::Guid,
-    /// The root partition's number in the table.
-    pub root_number: u32,
-    /// GRUB menu timeout.
-    pub timeout: u32,
+    /// The boot menu.
+    pub menu: &'a MenuSettings,
+    /// Leave room for two more kernels and their initramfs images (kernel updates).
+    pub room_for_updates: bool,
     /// Boot through Debian's signed shim and GRUB (Secure Boot) instead of our own GRUB.
     pub signed: Option<SignedLoaders>,
 }
@@ -80,23 +135,27 @@ pub const BOOT_MARK_FILE: &str = "oneimage.env";
 /// The variable of that mark.
 pub const BOOT_MARK_VAR: &str = "oneimage_booted";
 
-/// The GRUB configuration written to `/EFI/BOOT/grub.cfg`: the persistent entry (the
-/// default) and a live one, both reachable by hotkey (`p`, `l`) from a serial console.
+/// The GRUB configuration written to `/EFI/BOOT/grub.cfg`, for `kernels`, newest first.
+///
+/// The newest kernel gets the persistent entry (the default) and a live one, both
+/// reachable by hotkey (`p`, `l`) from a serial console; the one before it gets a
+/// persistent (`o`, for "older") and a live entry; any further kernel (the running one,
+/// kept after its package was removed) one persistent entry.
 ///
 /// The kernel is told the root and the ESP of the disk GRUB started from, read from
 /// that disk's table at boot (`probe`): every copy gets its own GUIDs on its first boot,
 /// so the values of the build could name another disk's root. They are the fallback
 /// when GRUB cannot read them. Copies that never booted carry the same GUIDs: the
-/// persistent entry also sets `oneimage_booted=1` in the environment block of the ESP
-/// it started from (not on a disc, which cannot be written), and the agent, finding
+/// persistent entries also set `oneimage_booted=1` in the environment block of the ESP
+/// they started from (not on a disc, which cannot be written), and the agent, finding
 /// several disks alike, takes the one marked.
-pub fn grub_cfg(p: &EspParams) -> String {
-    let title = p.title.replace('\'', "");
+pub fn grub_cfg(m: &MenuSettings, kernels: &[BootKernel]) -> String {
+    let title = m.title.replace(['\'', '\n', '\r'], "");
     let args = format!(
         "root=PARTUUID=${{oneimage_root}} oneimage.esp=${{oneimage_esp}} {}",
-        p.cmdline
+        m.cmdline
     );
-    format!(
+    let mut cfg = format!(
         "# Written by oneimage.\n\
          serial --unit=0 --speed=115200\n\
          terminal_input console serial\n\
@@ -110,26 +169,59 @@ pub fn grub_cfg(p: &EspParams) -> String {
          probe --set=oneimage_esp --part-uuid $root\n\
          if regexp --set=1:oneimage_disk '^(.*),gpt[0-9]+$' $root; then\n\
          \tprobe --set=oneimage_root --part-uuid (${{oneimage_disk}},gpt{number})\n\
-         fi\n\
-         menuentry '{title}' --id persistent --hotkey=p {{\n\
-         \tif ! regexp '^cd' $root; then\n\
-         \t\tset {mark}=1\n\
-         \t\tsave_env --file ($root){prefix}/{file} {mark}\n\
-         \tfi\n\
-         \tlinux {KERNEL_PATH} {args}\n\
-         \tinitrd {INITRD_PATH}\n\
-         }}\n\
-         menuentry '{title} (live: nothing is written to the disk)' --id live --hotkey=l {{\n\
-         \tlinux {KERNEL_PATH} {args} oneimage.mode=live\n\
-         \tinitrd {INITRD_PATH}\n\
-         }}\n",
-        timeout = p.timeout,
-        root = p.root_partuuid,
-        number = p.root_number,
-        mark = BOOT_MARK_VAR,
-        file = BOOT_MARK_FILE,
-        prefix = crate::grub::PREFIX,
-    )
+         fi\n",
+        timeout = m.timeout,
+        root = m.root_partuuid,
+        number = m.root_number,
+    );
+    let persistent = |id: &str, hotkey: Option<char>, title: &str, k: &BootKernel| {
+        let hotkey = hotkey.map(|c| format!(" --hotkey={c}")).unwrap_or_default();
+        format!(
+            "menuentry '{title}' --id {id}{hotkey} {{\n\
+             \tif ! regexp '^cd' $root; then\n\
+             \t\tset {mark}=1\n\
+             \t\tsave_env --file ($root){prefix}/{file} {mark}\n\
+             \tfi\n\
+             \tlinux {kernel} {args}\n\
+             \tinitrd {initrd}\n\
+             }}\n",
+            mark = BOOT_MARK_VAR,
+            file = BOOT_MARK_FILE,
+            prefix = crate::grub::PREFIX,
+            kernel = k.kernel,
+            initrd = k.initrd,
+        )
+    };
+    let live = |id: &str, hotkey: Option<char>, title: &str, k: &BootKernel| {
+        let hotkey = hotkey.map(|c| format!(" --hotkey={c}")).unwrap_or_default();
+        format!(
+            "menuentry '{title} (live: nothing is written to the disk)' --id {id}{hotkey} {{\n\
+             \tlinux {kernel} {args} oneimage.mode=live\n\
+             \tinitrd {initrd}\n\
+             }}\n",
+            kernel = k.kernel,
+            initrd = k.initrd,
+        )
+    };
+    for (i, k) in kernels.iter().enumerate() {
+        let v = k.version.replace(['\'', '\n', '\r'], "");
+        match i {
+            0 => {
+                cfg += &persistent("persistent", Some('p'), &title, k);
+                cfg += &live("live", Some('l'), &title, k);
+            }
+            1 => {
+                let t = format!("{title}, previous kernel {v}");
+                cfg += &persistent("previous", Some('o'), &t, k);
+                cfg += &live("previous-live", None, &t, k);
+            }
+            _ => {
+                let t = format!("{title}, kernel {v}");
+                cfg += &persistent(&format!("kernel-{i}"), None, &t, k);
+            }
+        }
+    }
+    cfg
 }
 
 /// Makes the ESP filesystem image at `out`; returns its size in bytes.
@@ -163,19 +255,36 @@ pub fn make_esp(
             crate::grub::make_efi(work, &boot.join("BOOTX64.EFI"), cancel)?;
         }
     }
-    std::fs::write(boot.join("grub.cfg"), grub_cfg(p))?;
-    std::fs::write(
-        boot.join(BOOT_MARK_FILE),
-        oneimage_format::grubenv::block(&[(BOOT_MARK_VAR, "0")]).expect("fits"),
-    )?;
-    std::fs::copy(&kernel.image, ours.join("vmlinuz"))
-        .with_context(|| format!("copying kernel {}", kernel.image.display()))?;
     let initrd = kernel
         .initrd
         .as_ref()
         .context("no initramfs to boot with")?;
-    std::fs::copy(initrd, ours.join("initrd.img"))
-        .with_context(|| format!("copying initramfs {}", initrd.display()))?;
+    let kernel_bytes = std::fs::read(&kernel.image)
+        .with_context(|| format!("reading kernel {}", kernel.image.display()))?;
+    let initrd_bytes =
+        std::fs::read(initrd).with_context(|| format!("reading initramfs {}", initrd.display()))?;
+    let entry = BootKernel::named(&kernel.version, &kernel_bytes, &initrd_bytes);
+    for (path, bytes) in [
+        (&entry.kernel, &kernel_bytes),
+        (&entry.initrd, &initrd_bytes),
+    ] {
+        std::fs::write(stage.join(path.trim_start_matches('/')), bytes)?;
+    }
+    std::fs::write(boot.join("grub.cfg"), grub_cfg(p.menu, &[entry]))?;
+    std::fs::write(
+        boot.join(BOOT_MARK_FILE),
+        oneimage_format::grubenv::block(&[(BOOT_MARK_VAR, "0")]).expect("fits"),
+    )?;
+    // A kernel update writes the new kernel and initramfs before it removes the old
+    // ones (and keeps the previous kernel as a fallback): room for two more of each,
+    // a quarter larger, as kernels grow.
+    let updates = if p.room_for_updates {
+        2 * (align_up(kernel_bytes.len() as u64, 4096) + align_up(initrd_bytes.len() as u64, 4096))
+            * 5
+            / 4
+    } else {
+        0
+    };
 
     let mut content = 0u64;
     let mut paths = Vec::new();
@@ -186,7 +295,7 @@ pub fn make_esp(
     }
     // Children first, so setting a file's time does not change its directory's again.
     for path in paths.iter().rev() {
-        set_times(path, p.epoch)?;
+        set_times(path, p.menu.epoch)?;
     }
     let size = match p.size {
         SizePolicy::Fixed(n) => {
@@ -199,9 +308,10 @@ pub fn make_esp(
             }
             align_up(n, 1 << 20)
         }
-        SizePolicy::Minimal { headroom } => {
-            align_up((content + headroom + content / 10).max(64 << 20), 1 << 20)
-        }
+        SizePolicy::Minimal { headroom } => align_up(
+            (content + updates + headroom + content / 10).max(64 << 20),
+            1 << 20,
+        ),
     };
     let f = std::fs::File::create(out)?;
     f.set_len(size)?;
@@ -219,7 +329,7 @@ pub fn make_esp(
     let mut mcopy = Command::new("mcopy");
     mcopy
         .env("MTOOLS_SKIP_CHECK", "1")
-        .env("SOURCE_DATE_EPOCH", p.epoch.to_string())
+        .env("SOURCE_DATE_EPOCH", p.menu.epoch.to_string())
         .args(["-s", "-p", "-m", "-Q", "-i"])
         .arg(out)
         .arg(stage.join("EFI"))

@@ -1,7 +1,8 @@
-//! oneimage's own initramfs, generated from the image's root filesystem: the agent
-//! `oneimage-init` as `/init`, the kernel modules the boot needs (with their
-//! dependencies, from `modules.dep`, decompressed), and the tools the agent runs
-//! (`e2fsck`, an emergency `/bin/sh`) with their shared libraries. No root, no chroot.
+//! oneimage's own initramfs, generated from the image's root filesystem (at build time)
+//! or from the running system (on a kernel update): the agent `oneimage-init` as
+//! `/init`, the kernel modules the boot needs (with their dependencies, from
+//! `modules.dep`, decompressed), and the tools the agent runs (`e2fsck`, an emergency
+//! `/bin/sh`) with their shared libraries. No root, no chroot.
 
 use crate::rootfs::{Kind, Tree};
 use anyhow::{bail, Context, Result};
@@ -85,6 +86,42 @@ const LIB_DIRS: &[&str] = &[
     "/lib",
 ];
 
+/// Where an initramfs takes its files from.
+pub trait RootFiles {
+    /// The regular file `path` (absolute) names, symlinks on the way followed inside the
+    /// root, or `None` when it names nothing or something else.
+    fn file(&self, path: &str) -> Option<PathBuf>;
+    /// `path` with symlinks resolved, if it names a directory.
+    fn dir(&self, path: &str) -> Option<String>;
+}
+
+impl RootFiles for Tree {
+    fn file(&self, path: &str) -> Option<PathBuf> {
+        Tree::file(self, path)
+    }
+    fn dir(&self, path: &str) -> Option<String> {
+        self.resolve_path(path)
+            .filter(|r| matches!(self.entries.get(r).map(|e| &e.kind), Some(Kind::Dir)))
+    }
+}
+
+/// The root filesystem of the running system, `/`: what a kernel update reads.
+pub struct RunningSystem;
+
+impl RootFiles for RunningSystem {
+    fn file(&self, path: &str) -> Option<PathBuf> {
+        let p = PathBuf::from(path);
+        std::fs::metadata(&p).ok()?.is_file().then_some(p)
+    }
+    fn dir(&self, path: &str) -> Option<String> {
+        let real = std::fs::canonicalize(path).ok()?;
+        std::fs::metadata(&real)
+            .ok()?
+            .is_dir()
+            .then(|| real.to_string_lossy().into_owned())
+    }
+}
+
 /// What went into an initramfs, for the build log.
 pub struct Summary {
     /// Modules included, in load order.
@@ -158,7 +195,7 @@ impl Contents {
 }
 
 /// Adds `program` (a path in the tree) as `dest`, with its interpreter and libraries.
-fn add_program(tree: &Tree, c: &mut Contents, program: &str, dest: &str) -> Result<bool> {
+fn add_program(tree: &dyn RootFiles, c: &mut Contents, program: &str, dest: &str) -> Result<bool> {
     let Some(file) = tree.file(program) else {
         return Ok(false);
     };
@@ -202,7 +239,7 @@ fn add_program(tree: &Tree, c: &mut Contents, program: &str, dest: &str) -> Resu
 /// the module names in load order and the wanted modules that are neither there nor
 /// built in.
 fn add_modules(
-    tree: &Tree,
+    tree: &dyn RootFiles,
     c: &mut Contents,
     version: &str,
     moddir: &str,
@@ -275,7 +312,7 @@ fn add_modules(
 
 /// Writes the initramfs for kernel `version` of `tree` to `out` (zstd-compressed cpio).
 pub fn make_initramfs(
-    tree: &Tree,
+    tree: &dyn RootFiles,
     version: &str,
     agent: &Path,
     epoch: i64,
@@ -298,10 +335,7 @@ pub fn make_initramfs(
         format!("/lib/modules/{version}"),
     ]
     .into_iter()
-    .find_map(|d| {
-        tree.resolve_path(&d)
-            .filter(|r| matches!(tree.entries.get(r).map(|e| &e.kind), Some(Kind::Dir)))
-    });
+    .find_map(|d| tree.dir(&d));
     let (list, modules, missing) = match moddir {
         Some(dir) => add_modules(tree, &mut c, version, &dir)?,
         // A kernel with every driver built in needs no modules.
@@ -348,29 +382,39 @@ pub fn make_initramfs(
 /// Where the `oneimage-init` agent is: `$ONEIMAGE_INIT`, next to this program, or where
 /// `scripts/build-agent.sh` puts it in a cargo target directory.
 pub fn find_agent() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("ONEIMAGE_INIT") {
+    find_static_program("oneimage-init", "ONEIMAGE_INIT", "the static boot agent")
+}
+
+/// Where the statically linked `oneimage` program that images carry is (for kernel
+/// updates and `install`): `$ONEIMAGE_STATIC`, this program if it is static, or where
+/// `scripts/build-agent.sh` puts it.
+pub fn find_static_tool() -> Result<PathBuf> {
+    find_static_program(
+        "oneimage",
+        "ONEIMAGE_STATIC",
+        "a statically linked oneimage program",
+    )
+}
+
+fn is_static(path: &Path) -> bool {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| oneimage_format::elf::needs(&b))
+        .is_some_and(|n| n.interpreter.is_none())
+}
+
+fn find_static_program(name: &str, var: &str, what: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(var) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe().context("locating the oneimage program")?;
     let dir = exe.parent().unwrap_or(Path::new("."));
-    let candidates = [
-        dir.join("oneimage-init"),
-        dir.join("../agent/oneimage-init"),
-    ];
-    for c in &candidates {
-        if c.exists() {
-            if let Some(n) = std::fs::read(c)
-                .ok()
-                .and_then(|b| oneimage_format::elf::needs(&b))
-            {
-                if n.interpreter.is_none() {
-                    return Ok(c.clone());
-                }
-            }
-        }
+    let candidates = [dir.join(name), dir.join("../agent").join(name)];
+    if let Some(c) = candidates.iter().find(|c| is_static(c)) {
+        return Ok(c.clone());
     }
     bail!(
-        "the static boot agent oneimage-init was not found (looked for $ONEIMAGE_INIT, {} and {}); build it with scripts/build-agent.sh",
+        "{what} ({name}) was not found (looked for ${var}, {} and {}); build it with scripts/build-agent.sh",
         candidates[0].display(),
         candidates[1].display()
     )

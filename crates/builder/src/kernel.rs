@@ -17,8 +17,8 @@ pub struct Kernel {
     pub initrd: Option<PathBuf>,
 }
 
-/// Compares kernel versions numerically where they are numbers (`6.10` > `6.9`).
-fn version_cmp(a: &str, b: &str) -> Ordering {
+/// Compares kernel releases numerically where they are numbers (`6.10` > `6.9`).
+pub fn version_cmp(a: &str, b: &str) -> Ordering {
     let split = |s: &str| -> Vec<(u64, String)> {
         s.split(|c: char| !c.is_ascii_alphanumeric())
             .map(|p| (p.parse::<u64>().unwrap_or(0), p.to_string()))

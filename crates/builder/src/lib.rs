@@ -11,6 +11,7 @@ pub mod ext4;
 pub mod grub;
 pub mod initramfs;
 pub mod kernel;
+pub mod kernel_updates;
 pub mod plan;
 pub mod progress;
 pub mod rootfs;
@@ -135,6 +136,42 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
     // Without a given epoch, the newest file time is the only one the inputs fix.
     let epoch =
         *epoch.get_or_insert_with(|| tree.entries.values().map(|e| e.mtime).max().unwrap_or(0));
+    let ids = plan::Ids::from_seed(&checked.seed);
+    // root= and oneimage.esp= are added by grub.cfg, from the disk GRUB started on.
+    let mut cmdline = String::from("rw");
+    match checked.grow {
+        None => {}
+        Some(0) => cmdline.push_str(" oneimage.grow=off"),
+        Some(n) => cmdline.push_str(&format!(" oneimage.grow={n}")),
+    }
+    if !spec.boot.cmdline.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(&spec.boot.cmdline);
+    }
+    let menu = esp::MenuSettings {
+        title: spec.boot.title.clone().unwrap_or_else(|| spec.name.clone()),
+        cmdline,
+        root_partuuid: ids.root_part.to_string(),
+        root_number: plan::ROOT_NUMBER,
+        timeout: spec.boot.timeout,
+        epoch,
+    };
+    // Kernel updates rebuild oneimage's initramfs inside the running system, so the
+    // image carries the programs that make it. A root read in place from a directory is
+    // never changed.
+    let kernel_updates = spec.boot.initramfs == "oneimage" && !tree.borrowed;
+    if kernel_updates {
+        kernel_updates::add_to_root(
+            &mut tree,
+            &menu,
+            &initramfs::find_static_tool()?,
+            &initramfs::find_agent()?,
+        )?;
+    } else if spec.boot.initramfs == "oneimage" {
+        progress.warn(
+            "the root filesystem is read in place from a directory, which oneimage does not change: kernel updates installed in the image will not reach its boot menu",
+        );
+    }
     cancel.check()?;
     tree.pin_times(epoch)?;
     let mut kernel = kernel::find_kernel(&tree)
@@ -172,31 +209,15 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
         _ => {}
     }
 
-    let ids = plan::Ids::from_seed(&checked.seed);
-    // root= and oneimage.esp= are added by grub.cfg, from the disk GRUB started on.
-    let mut cmdline = String::from("rw");
-    match checked.grow {
-        None => {}
-        Some(0) => cmdline.push_str(" oneimage.grow=off"),
-        Some(n) => cmdline.push_str(&format!(" oneimage.grow={n}")),
-    }
-    if !spec.boot.cmdline.is_empty() {
-        cmdline.push(' ');
-        cmdline.push_str(&spec.boot.cmdline);
-    }
     let esp_img = w.join("esp.img");
     let esp_bytes = esp::make_esp(
         &kernel,
         &esp::EspParams {
             label: &spec.esp.label,
             volume_id: ids.esp_volume_id,
-            epoch,
             size: checked.esp_size,
-            title: spec.boot.title.as_deref().unwrap_or(&spec.name),
-            cmdline,
-            root_partuuid: ids.root_part,
-            root_number: plan::ROOT_NUMBER,
-            timeout: spec.boot.timeout,
+            menu: &menu,
+            room_for_updates: kernel_updates,
             signed: if spec.boot.secure_boot {
                 Some(esp::find_signed_loaders(&tree)?)
             } else {

@@ -3,6 +3,7 @@
 mod bmap_cmd;
 mod inspect;
 mod interrupt;
+mod update_boot_cmd;
 mod write_cmd;
 
 use anyhow::{bail, Context, Result};
@@ -77,9 +78,10 @@ enum Cmd {
         /// Write the serial console to FILE (needs --headless).
         #[arg(long, value_name = "FILE", requires = "headless")]
         console_log: Option<PathBuf>,
-        /// Pick this boot menu entry for this run only: persistent or live (needs
-        /// --headless; the image's default stays).
-        #[arg(long, value_name = "ENTRY", requires = "headless", value_parser = ["persistent", "live"])]
+        /// Pick this boot menu entry for this run only: persistent, live, or previous
+        /// (the previous kernel, after a kernel update) (needs --headless; the image's
+        /// default stays).
+        #[arg(long, value_name = "ENTRY", requires = "headless", value_parser = ["persistent", "live", "previous"])]
         entry: Option<String>,
         /// After TEXT appears, press the power button and wait for a clean shutdown
         /// (needs --expect), so the image is consistent afterwards.
@@ -117,6 +119,10 @@ enum Cmd {
     Write(write_cmd::WriteArgs),
     /// Create a block map (bmap 2.0) for an image.
     Bmap(bmap_cmd::BmapArgs),
+    /// Inside a running oneimage system: put its newest kernels, with initramfs images
+    /// made from it, on the ESP it started from, and switch its boot menu to them.
+    /// Debian's kernel packages run this after installing or removing a kernel.
+    UpdateBoot(update_boot_cmd::UpdateBootArgs),
 }
 
 /// `--firmware` takes the names the VM runner defines.
@@ -191,6 +197,7 @@ fn run(cli: Cli, cancel: Option<Arc<AtomicBool>>) -> Result<()> {
         Cmd::Inspect { image, json } => inspect::run(&image, json),
         Cmd::Write(a) => write_cmd::run(a, cancel),
         Cmd::Bmap(a) => bmap_cmd::run(a),
+        Cmd::UpdateBoot(a) => update_boot_cmd::run(a),
         Cmd::Qemu {
             image,
             snapshot,

@@ -95,14 +95,31 @@ fn demo_image_passes_independent_checks() {
         .iter()
         .map(|f| f["path"].as_str().unwrap())
         .collect();
-    for want in [
-        "/EFI/BOOT/BOOTX64.EFI",
-        "/EFI/BOOT/grub.cfg",
-        "/oneimage/vmlinuz",
-        "/oneimage/initrd.img",
-    ] {
+    for want in ["/EFI/BOOT/BOOTX64.EFI", "/EFI/BOOT/grub.cfg"] {
         assert!(files.contains(&want), "{want} missing from {files:?}");
     }
+    // The kernel and initramfs carry their release and a digest of their content, so
+    // that a kernel update writes new files under new names.
+    let named = |prefix: &str| -> String {
+        let found: Vec<&&str> = files.iter().filter(|f| f.starts_with(prefix)).collect();
+        assert_eq!(found.len(), 1, "{prefix}: {files:?}");
+        found[0].to_string()
+    };
+    let kernel_path = named("/oneimage/vmlinuz-");
+    let initrd_path = named("/oneimage/initrd-");
+    let release = kernel_path
+        .trim_start_matches("/oneimage/vmlinuz-")
+        .rsplit_once('-')
+        .map(|(r, digest)| {
+            assert_eq!(digest.len(), 12, "{kernel_path}");
+            r.to_string()
+        })
+        .unwrap();
+    assert!(release.ends_with("-amd64"), "{kernel_path}");
+    assert!(
+        initrd_path.starts_with(&format!("/oneimage/initrd-{release}-")),
+        "{initrd_path}"
+    );
     let root_guid = parts[1]["guid"].as_str().unwrap();
     let sg = ok(Command::new("sgdisk").arg("--info=2").arg(image)).to_lowercase();
     assert!(sg.contains(root_guid), "{sg}");
@@ -141,7 +158,7 @@ fn demo_image_passes_independent_checks() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|f| f["path"] == "/oneimage/initrd.img")
+        .find(|f| f["path"] == initrd_path.as_str())
         .unwrap()["size"]
         .as_u64()
         .unwrap();
@@ -153,7 +170,7 @@ fn demo_image_passes_independent_checks() {
         .env("MTOOLS_SKIP_CHECK", "1")
         .arg("-i")
         .arg(&esp)
-        .arg("::/oneimage/initrd.img")
+        .arg(format!("::{initrd_path}"))
         .arg(&cpio));
     let unpacked = output(Command::new("zstd").arg("-dc").arg(&cpio));
     assert!(unpacked.status.success(), "zstd -dc {}", cpio.display());
@@ -361,33 +378,6 @@ fn first_boot_grows_the_root_once_and_keeps_what_it_wrote() {
     );
 }
 
-/// A small seeded generator (splitmix64), so that a campaign's cut points can be
-/// replayed from its seed.
-struct Seeded(u64);
-
-impl Seeded {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
-
 /// Lines of the first boot's work that a power cut is timed from: the cut falls up to
 /// `CUT_SPREAD_MS` after one of them, so the cuts spread over every step.
 /// The first three (what the suite's three points use) are the start, the middle and
@@ -407,22 +397,6 @@ fn last_agent_line(console: &str) -> &str {
         .lines()
         .rfind(|l| l.starts_with("oneimage-init:"))
         .unwrap_or("(no agent line: the cut came before the agent spoke)")
-}
-
-/// Cuts the power of `image`'s VM `ms` milliseconds after `trigger` appears; returns
-/// the console up to the cut.
-fn cut_power(image: &Path, trigger: &str, ms: u64, extra: &[&str]) -> String {
-    let d = tempfile::tempdir().unwrap();
-    let log = d.path().join("console.log");
-    ok(oneimage()
-        .arg("qemu")
-        .arg(image)
-        .args(["--headless", "--quiet", "--expect", trigger])
-        .args(["--power-cut-after", &ms.to_string()])
-        .args(["--timeout", "900", "--console-log"])
-        .arg(&log)
-        .args(extra));
-    String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned()
 }
 
 /// After the first boot's work: the copy has identifiers of its own everywhere (disk,

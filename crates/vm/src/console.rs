@@ -221,6 +221,9 @@ fn cut_power(
 const POWEROFF_WAIT: Duration = Duration::from_secs(180);
 
 /// Presses the power button and waits for QEMU to exit, logging the console meanwhile.
+/// How long to wait after a power button press before pressing it again.
+const PRESS_AGAIN: Duration = Duration::from_secs(20);
+
 fn power_off(
     mut child: Child,
     sock: &std::path::Path,
@@ -230,7 +233,15 @@ fn power_off(
 ) -> Result<Outcome> {
     crate::qmp::press_power_button(sock)?;
     let start = Instant::now();
+    let mut pressed = start;
     while start.elapsed() < POWEROFF_WAIT {
+        // A press that comes before the guest listens to the button (udev still
+        // setting up devices after the marker) is lost: press again, as a person would.
+        if pressed.elapsed() >= PRESS_AGAIN {
+            // The guest may be gone already: then the socket is too.
+            let _ = crate::qmp::press_power_button(sock);
+            pressed = Instant::now();
+        }
         match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(chunk) => {
                 if let Some(f) = log.as_mut() {

@@ -48,7 +48,8 @@ pub struct QemuOptions {
     pub echo_console: bool,
     /// Write the serial console to this file (headless runs).
     pub console_log: Option<PathBuf>,
-    /// Boot menu entry to pick for this run (`persistent` or `live`), headless runs only.
+    /// Boot menu entry to pick for this run (`persistent`, `live`, or `previous`: the
+    /// previous kernel's persistent entry), headless runs only.
     pub entry: Option<String>,
     /// Once the expected text appeared, press the power button and wait for the guest to
     /// shut down cleanly instead of stopping QEMU at once.
@@ -373,7 +374,8 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
             // entry's title, which says when GRUB is ready for a key.
             Some("live") => Some((MENU_READY.to_string(), b"l".to_vec())),
             Some("persistent") => Some((MENU_READY.to_string(), b"p".to_vec())),
-            Some(other) => bail!("--entry {other}: expected persistent or live"),
+            Some("previous") => Some((MENU_READY.to_string(), b"o".to_vec())),
+            Some(other) => bail!("--entry {other}: expected persistent, live or previous"),
         },
     };
     let outcome = console::watch(child, &expect)?;

@@ -224,3 +224,47 @@ pub fn e2fsck_clean(fs: &Path) {
         fs.display()
     );
 }
+
+/// A small seeded generator (splitmix64), so that a campaign's cut points can be
+/// replayed from its seed.
+pub struct Seeded(pub u64);
+
+impl Seeded {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A number from the environment variable `name`, or `default`.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+/// Cuts the power of `image`'s VM `ms` milliseconds after `trigger` appears; returns
+/// the console up to the cut.
+pub fn cut_power(image: &Path, trigger: &str, ms: u64, extra: &[&str]) -> String {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("console.log");
+    ok(oneimage()
+        .arg("qemu")
+        .arg(image)
+        .args(["--headless", "--quiet", "--expect", trigger])
+        .args(["--power-cut-after", &ms.to_string()])
+        .args(["--timeout", "900", "--console-log"])
+        .arg(&log)
+        .args(extra));
+    String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned()
+}

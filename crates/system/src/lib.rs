@@ -1,0 +1,7 @@
+//! The life of an installed oneimage system, run inside it: `update-boot` (kernel
+//! updates reach the boot menu) and what it needs to know about the disk the system
+//! started from.
+
+pub mod boot_disk;
+pub mod esp_mount;
+pub mod update_boot;
