@@ -19,11 +19,21 @@ fn tmp() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
 }
 
+/// `ONEIMAGE_SECURE_BOOT=1` (scripts/kernel-updates.sh): the image boots through
+/// Debian's signed shim and GRUB, under enforcing Secure Boot.
+fn secure_boot() -> bool {
+    std::env::var("ONEIMAGE_SECURE_BOOT").as_deref() == Ok("1")
+}
+
 /// The demo with the test runner, sharing the demo's cached root filesystem; built once.
 fn test_image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let dir = tmp().join("installed-system");
+        let dir = tmp().join(if secure_boot() {
+            "installed-system-secure"
+        } else {
+            "installed-system"
+        });
         let _ = std::fs::remove_dir_all(&dir);
         let overlay = dir.join("overlay");
         std::fs::create_dir_all(&overlay).unwrap();
@@ -41,6 +51,14 @@ fn test_image() -> &'static Path {
             .replace(
                 "overlay = \"debian-overlay\"",
                 &format!("overlay = \"{}\"", overlay.display()),
+            )
+            .replace(
+                "[boot]\n",
+                if secure_boot() {
+                    "[boot]\nsecure-boot = true\n"
+                } else {
+                    "[boot]\n"
+                },
             );
         let spec = dir.join("test.toml");
         std::fs::write(&spec, text).unwrap();
@@ -142,8 +160,9 @@ fn run_script(image: &Path, disk: &Path, extra: &[&str]) -> String {
     ok(oneimage()
         .arg("qemu")
         .arg(image)
+        .args(firmware())
         .args(["--headless", "--quiet", "--poweroff"])
-        .args(["--expect", "oneimage-test: finished", "--timeout", "1500"])
+        .args(["--expect", "oneimage-test: finished", "--timeout", "3000"])
         .arg("--extra-disk")
         .arg(disk)
         .arg("--console-log")
@@ -151,11 +170,29 @@ fn run_script(image: &Path, disk: &Path, extra: &[&str]) -> String {
         .args(extra));
     let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
     assert!(console.contains(MARKER), "no demo marker:\n{console}");
+    if secure_boot() {
+        assert!(
+            console.contains("oneimage-demo: secure boot 1"),
+            "Secure Boot is not enforcing:\n{console}"
+        );
+    }
     assert!(
         console.contains("oneimage-test: finished 0"),
         "the script failed:\n{console}"
     );
     console
+}
+
+/// The firmware every boot uses.
+fn firmware() -> [&'static str; 2] {
+    [
+        "--firmware",
+        if secure_boot() {
+            "uefi-secure-boot"
+        } else {
+            "uefi"
+        },
+    ]
 }
 
 /// The kernel release the script saw running.
@@ -169,9 +206,17 @@ fn running_kernel(console: &str) -> String {
 }
 
 /// The files under /oneimage on the image's ESP, and its grub.cfg; the ESP must pass
-/// fsck.fat.
-fn esp_state(image: &Path, dir: &Path) -> (Vec<String>, String) {
+/// fsck.fat. After a power cut (`cut`), Linux keeps the FAT's dirty flag (set while
+/// mounted) until fsck.fat clears it, which the image does not carry; it is cleared in
+/// the extracted copy, and everything else must be clean.
+fn esp_state(image: &Path, dir: &Path, cut: bool) -> (Vec<String>, String) {
     let esp = extract_partition(image, 1, dir);
+    if cut {
+        let mut bytes = std::fs::read(&esp).unwrap();
+        // BS_Reserved1 of the FAT32 boot sector: bit 0 is Linux's "not unmounted".
+        bytes[0x41] &= !1;
+        std::fs::write(&esp, bytes).unwrap();
+    }
     ok(Command::new("fsck.fat").arg("-n").arg(&esp));
     let mtools = |args: &[&str]| {
         ok(Command::new(args[0])
@@ -224,7 +269,7 @@ fn kernel_updates_reach_the_boot_and_removal_keeps_the_running_kernel() {
         console.contains(&format!("oneimage: update-boot: default: kernel {new}")),
         "{console}"
     );
-    let (files, cfg) = esp_state(&image, d.path());
+    let (files, cfg) = esp_state(&image, d.path(), false);
     for v in [&old, &new] {
         assert!(
             files
@@ -267,7 +312,12 @@ fn kernel_updates_reach_the_boot_and_removal_keeps_the_running_kernel() {
             &image,
             "oneimage: update-boot: kernel",
             ms,
-            &["--extra-disk", disk.to_str().unwrap()],
+            &[
+                "--extra-disk",
+                disk.to_str().unwrap(),
+                firmware()[0],
+                firmware()[1],
+            ],
         );
         let fell = cut
             .lines()
@@ -281,7 +331,7 @@ fn kernel_updates_reach_the_boot_and_removal_keeps_the_running_kernel() {
     // The next update finishes the work.
     let finish = script_disk(d.path(), "finish", "oneimage update-boot\n", &[]);
     run_script(&image, &finish, &[]);
-    let (files, cfg) = esp_state(&image, d.path());
+    let (files, cfg) = esp_state(&image, d.path(), points > 0);
     assert_eq!(files.len(), 4, "{files:?}");
     assert!(cfg.contains(&format!("previous kernel {old}")), "{cfg}");
 
@@ -298,7 +348,7 @@ fn kernel_updates_reach_the_boot_and_removal_keeps_the_running_kernel() {
         console.contains("its package is gone, but it is running: kept on the menu"),
         "{console}"
     );
-    let (files, _) = esp_state(&image, d.path());
+    let (files, _) = esp_state(&image, d.path(), points > 0);
     assert!(
         files
             .iter()
@@ -311,7 +361,7 @@ fn kernel_updates_reach_the_boot_and_removal_keeps_the_running_kernel() {
     let update = script_disk(d.path(), "update", "oneimage update-boot\n", &[]);
     let console = run_script(&image, &update, &[]);
     assert_eq!(running_kernel(&console), new);
-    let (files, cfg) = esp_state(&image, d.path());
+    let (files, cfg) = esp_state(&image, d.path(), points > 0);
     assert_eq!(files.len(), 2, "{files:?}");
     assert!(files.iter().all(|f| f.contains(&new)), "{files:?}");
     assert!(!cfg.contains("previous kernel"), "{cfg}");
