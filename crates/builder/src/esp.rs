@@ -361,3 +361,105 @@ fn set_times(path: &Path, epoch: i64) -> Result<()> {
     )
     .with_context(|| format!("setting times of {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> MenuSettings {
+        MenuSettings {
+            title: "Demo".into(),
+            cmdline: "rw console=ttyS0".into(),
+            root_partuuid: "01234567-89ab-cdef-0123-456789abcdef".into(),
+            root_number: 2,
+            timeout: 3,
+            epoch: 0,
+        }
+    }
+
+    #[test]
+    fn names_carry_the_release_and_a_digest_of_the_content() {
+        let a = BootKernel::named("6.1.0-50-amd64", b"kernel", b"initrd");
+        assert!(a.kernel.starts_with("/oneimage/vmlinuz-6.1.0-50-amd64-"));
+        assert!(a.initrd.starts_with("/oneimage/initrd-6.1.0-50-amd64-"));
+        assert!(a.initrd.ends_with(".img"));
+        // Other content, other names; the same content, the same names.
+        let b = BootKernel::named("6.1.0-50-amd64", b"kernel", b"initrd, rebuilt");
+        assert_eq!(a.kernel, b.kernel);
+        assert_ne!(a.initrd, b.initrd);
+        assert_eq!(a, BootKernel::named("6.1.0-50-amd64", b"kernel", b"initrd"));
+        for path in [&a.kernel, &a.initrd, &b.initrd] {
+            let name = path.rsplit('/').next().unwrap();
+            assert_eq!(
+                BootKernel::version_of(name),
+                Some("6.1.0-50-amd64"),
+                "{name}"
+            );
+        }
+        for other in [
+            "vmlinuz",
+            "initrd.img",
+            "vmlinuz-6.1-xyz",
+            "grub.cfg",
+            "vmlinuz--0123456789ab",
+        ] {
+            assert_eq!(BootKernel::version_of(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn the_menu_offers_the_newest_kernel_first_and_the_previous_as_fallback() {
+        let new = BootKernel::named("6.12.7+deb12-amd64", b"k2", b"i2");
+        let old = BootKernel::named("6.1.0-50-amd64", b"k1", b"i1");
+        let kept = BootKernel::named("6.1.0-40-amd64", b"k0", b"i0");
+        let cfg = grub_cfg(&settings(), &[new.clone(), old.clone(), kept.clone()]);
+        let entries = oneimage_format::grubcfg::entries("grub.cfg", &cfg);
+        let ids: Vec<_> = entries.iter().map(|e| e.id.clone().unwrap()).collect();
+        assert_eq!(
+            ids,
+            [
+                "persistent",
+                "live",
+                "previous",
+                "previous-live",
+                "kernel-2"
+            ]
+        );
+        let kernels: Vec<&str> = entries
+            .iter()
+            .map(|e| e.kernel.as_deref().unwrap())
+            .collect();
+        assert_eq!(
+            kernels,
+            [
+                &new.kernel,
+                &new.kernel,
+                &old.kernel,
+                &old.kernel,
+                &kept.kernel
+            ]
+            .map(String::as_str)
+        );
+        assert!(cfg.contains("set default=persistent\n"));
+        assert!(cfg.contains("--id previous --hotkey=o {"));
+        assert!(cfg.contains("'Demo, previous kernel 6.1.0-50-amd64'"));
+        // Live entries write nothing, not even the boot mark.
+        for e in &entries {
+            let live = e.id.as_deref().unwrap().ends_with("live");
+            assert_eq!(
+                e.cmdline.as_deref().unwrap().contains("oneimage.mode=live"),
+                live,
+                "{e:?}"
+            );
+        }
+        assert_eq!(cfg.matches("save_env").count(), 3);
+    }
+
+    #[test]
+    fn titles_cannot_break_out_of_their_quotes() {
+        let mut m = settings();
+        m.title = "It's\nmenuentry 'x' {".into();
+        let cfg = grub_cfg(&m, &[BootKernel::named("6.1", b"k", b"i")]);
+        assert_eq!(oneimage_format::grubcfg::entries("grub.cfg", &cfg).len(), 2);
+    }
+}
