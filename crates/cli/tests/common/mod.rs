@@ -162,12 +162,14 @@ fn rustix_uid() -> u32 {
 pub fn unprivileged_oneimage(shared: &Path) -> Command {
     let program = shared.join("oneimage");
     if !program.exists() {
-        std::fs::copy(env!("CARGO_BIN_EXE_oneimage"), &program).unwrap();
-        // The static boot agent goes next to it, where `oneimage build` looks first.
-        let agent =
-            Path::new(env!("CARGO_BIN_EXE_oneimage")).with_file_name("../agent/oneimage-init");
-        std::fs::copy(&agent, shared.join("oneimage-init"))
-            .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-agent.sh)", agent.display()));
+        // The statically linked oneimage (which images carry) and the static boot agent
+        // next to it, where `oneimage build` looks first.
+        let agents = Path::new(env!("CARGO_BIN_EXE_oneimage")).with_file_name("../agent");
+        for name in ["oneimage", "oneimage-init"] {
+            let from = agents.join(name);
+            std::fs::copy(&from, shared.join(name))
+                .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-agent.sh)", from.display()));
+        }
     }
     if is_root() {
         let mut c = Command::new("setpriv");
