@@ -864,31 +864,12 @@ fn assert_zeros_after(image: &Path, len: u64) {
 fn secure_demo() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let dir = tmp().join("secure-demo");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let examples = repo().join("examples");
-        let text = std::fs::read_to_string(examples.join("debian.toml"))
-            .unwrap()
-            .replace(
-                "overlay = \"debian-overlay\"",
-                &format!(
-                    "overlay = \"{}\"",
-                    examples.join("debian-overlay").display()
-                ),
-            )
-            .replace("[boot]\n", "[boot]\nsecure-boot = true\n");
-        let spec = dir.join("secure.toml");
-        std::fs::write(&spec, text).unwrap();
-        let out = dir.join("out");
-        ok(oneimage()
-            .arg("build")
-            .arg(&spec)
-            .arg("-o")
-            .arg(&out)
-            .arg("--rootfs-cache")
-            .arg(cache()));
-        let image = out.join("debian-demo.img");
+        let image = build_demo_variant(
+            &tmp().join("secure-demo"),
+            &repo().join("examples/debian-overlay"),
+            true,
+            &cache(),
+        );
         let files = inspect(&image)["partitions"][0]["boot_files"].to_string();
         assert!(
             files.contains("/EFI/BOOT/grubx64.efi") && files.contains("/EFI/BOOT/mmx64.efi"),

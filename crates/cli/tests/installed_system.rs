@@ -34,8 +34,9 @@ fn test_image() -> &'static Path {
         } else {
             "installed-system"
         });
-        let _ = std::fs::remove_dir_all(&dir);
-        let overlay = dir.join("overlay");
+        // The overlay lives beside the variant's directory, which the build empties.
+        let overlay = dir.with_extension("overlay");
+        let _ = std::fs::remove_dir_all(&overlay);
         std::fs::create_dir_all(&overlay).unwrap();
         for from in [
             repo().join("examples/debian-overlay"),
@@ -46,31 +47,7 @@ fn test_image() -> &'static Path {
                 .arg(format!("{}/.", from.display()))
                 .arg(&overlay));
         }
-        let text = std::fs::read_to_string(repo().join("examples/debian.toml"))
-            .unwrap()
-            .replace(
-                "overlay = \"debian-overlay\"",
-                &format!("overlay = \"{}\"", overlay.display()),
-            )
-            .replace(
-                "[boot]\n",
-                if secure_boot() {
-                    "[boot]\nsecure-boot = true\n"
-                } else {
-                    "[boot]\n"
-                },
-            );
-        let spec = dir.join("test.toml");
-        std::fs::write(&spec, text).unwrap();
-        let out = dir.join("out");
-        ok(oneimage()
-            .arg("build")
-            .arg(&spec)
-            .arg("-o")
-            .arg(&out)
-            .arg("--rootfs-cache")
-            .arg(tmp().join("rootfs-cache")));
-        out.join("debian-demo.img")
+        build_demo_variant(&dir, &overlay, secure_boot(), &tmp().join("rootfs-cache"))
     })
 }
 

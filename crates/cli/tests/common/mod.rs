@@ -270,3 +270,36 @@ pub fn cut_power(image: &Path, trigger: &str, ms: u64, extra: &[&str]) -> String
         .args(extra));
     String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned()
 }
+
+/// Builds a variant of the demo (examples/debian.toml) in `dir` (emptied first): its
+/// root filesystem from `rootfs_cache`, the overlay `overlay`, and with `secure_boot`
+/// through Debian's signed shim and GRUB. Returns the image.
+pub fn build_demo_variant(
+    dir: &Path,
+    overlay: &Path,
+    secure_boot: bool,
+    rootfs_cache: &Path,
+) -> PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let mut text = std::fs::read_to_string(repo().join("examples/debian.toml"))
+        .unwrap()
+        .replace(
+            "overlay = \"debian-overlay\"",
+            &format!("overlay = \"{}\"", overlay.display()),
+        );
+    if secure_boot {
+        text = text.replace("[boot]\n", "[boot]\nsecure-boot = true\n");
+    }
+    let spec = dir.join("variant.toml");
+    std::fs::write(&spec, text).unwrap();
+    let out = dir.join("out");
+    ok(oneimage()
+        .arg("build")
+        .arg(&spec)
+        .arg("-o")
+        .arg(&out)
+        .arg("--rootfs-cache")
+        .arg(rootfs_cache));
+    out.join("debian-demo.img")
+}
