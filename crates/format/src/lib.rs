@@ -9,6 +9,7 @@ pub mod compressed_size;
 pub mod compression;
 pub mod cpio;
 pub mod elf;
+pub mod ext4_used;
 pub mod fat;
 pub mod firstboot;
 pub mod gpt;
