@@ -444,19 +444,30 @@ pub fn move_backup_to_end<D: Read + Write + Seek>(disk: &mut D) -> Result<bool, 
     let Ok(table) = read_table(disk) else {
         return Ok(false);
     };
-    let ss = table.sector_size;
-    if backup_at_end(disk, ss) {
+    if backup_at_end(disk, table.sector_size) {
         return Ok(false);
     }
-    // A hybrid MBR (partitions of its own next to the GPT, as on isohybrid images) is
-    // kept as it is; a protective one is made to cover the larger disk.
+    rewrite_table(disk, &table)?;
+    Ok(true)
+}
+
+/// Writes `table` (its disk GUID and partitions) onto `disk` for the disk's current
+/// length: both GPT copies, the backup in the last sector. A hybrid MBR (partitions of
+/// its own next to the GPT, as on isohybrid images) is kept as it is; a protective one
+/// is made to cover the whole disk.
+pub fn rewrite_table<D: Read + Write + Seek>(disk: &mut D, table: &Table) -> Result<(), GptError> {
     let mut mbr = [0u8; 512];
     disk.seek(std::io::SeekFrom::Start(0))?;
     disk.read_exact(&mut mbr)?;
     let types: Vec<u8> = (0..4).map(|i| mbr[446 + 16 * i + 4]).collect();
     let protective = types[0] == 0xee && types[1..].iter().all(|&t| t == 0);
-    write_gpt(disk, ss, table.disk_guid, &table.partitions, protective)?;
-    Ok(true)
+    write_gpt(
+        disk,
+        table.sector_size,
+        table.disk_guid,
+        &table.partitions,
+        protective,
+    )
 }
 
 /// True when `disk` holds a valid backup GPT (header and entries) in its last sector.
