@@ -11,6 +11,7 @@
 use crate::bmap::{self, Bmap};
 use crate::progress::{Mode, Progress};
 use crate::signature::{self, Keys};
+use crate::source::disk_view::DiskView;
 use crate::source::Source;
 use crate::tap::Tap;
 use crate::target::{Checks, Target};
@@ -58,6 +59,9 @@ pub struct WriteOptions {
     pub during_copy: Option<DuringCopy>,
     /// Set (by a signal handler) to stop the write; the target is then erased.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Read this view of a disk as the image instead of the file `source` (`install`
+    /// copying the medium it booted from; no signature applies to it).
+    pub view: Option<DiskView>,
 }
 
 impl WriteOptions {
@@ -78,6 +82,7 @@ impl WriteOptions {
             before_verify: None,
             during_copy: None,
             cancel: None,
+            view: None,
         }
     }
 }
@@ -110,7 +115,10 @@ pub struct WriteReport {
 /// Writes `opts.source` to `opts.target`, or explains why not.
 pub fn write(opts: &WriteOptions) -> Result<WriteReport> {
     let mut progress = Progress::new(opts.progress);
-    let src = Source::open(&opts.source)?;
+    let src = match &opts.view {
+        Some(v) => Source::from_view(v.clone())?,
+        None => Source::open(&opts.source)?,
+    };
     progress.message(
         "info",
         &format!(
@@ -144,7 +152,7 @@ pub fn write(opts: &WriteOptions) -> Result<WriteReport> {
     for u in &plan.report.unchecked {
         progress.message("warning", &format!("signature not checked: {u}"));
     }
-    if plan.provable == 0 {
+    if plan.provable == 0 && src.view.is_none() {
         let msg = format!("NO VERIFIED SIGNATURE for {}: its origin and integrity are not proven (give keys with --keyring / --pubkey, put the .asc/.sig/.minisig next to it)", src.path.display());
         if opts.require_signature {
             bail!("{msg}; --require-signature was given, nothing was written");

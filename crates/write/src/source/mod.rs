@@ -2,6 +2,7 @@
 //! the image is decompressed in-process on a producer thread (and on several threads
 //! where the format allows it), so the writer only sees a stream of image bytes.
 
+pub mod disk_view;
 pub mod pipe;
 pub mod seekable;
 
@@ -39,6 +40,8 @@ pub enum Format {
     ZstdSeekable,
     /// A zip archive holding exactly one file.
     Zip,
+    /// A disk read as an image ([`disk_view::DiskView`]): the medium `install` copies.
+    DiskView,
 }
 
 impl fmt::Display for Format {
@@ -51,6 +54,7 @@ impl fmt::Display for Format {
             Format::Zstd => "zstd",
             Format::ZstdSeekable => "zstd (seekable)",
             Format::Zip => "zip",
+            Format::DiskView => "disk",
         })
     }
 }
@@ -113,6 +117,8 @@ pub struct Source {
     /// Size of the image when the container records it (raw, xz index, zstd frame
     /// headers, seekable zstd table, zip directory).
     pub image_size: Option<u64>,
+    /// For [`Format::DiskView`], what is read of the disk.
+    pub view: Option<Arc<disk_view::DiskView>>,
 }
 
 impl Source {
@@ -135,6 +141,21 @@ impl Source {
             format,
             file_size: meta.len(),
             image_size,
+            view: None,
+        })
+    }
+
+    /// Opens the device of `view` to read it as an image of `view.extent` bytes.
+    pub fn from_view(view: disk_view::DiskView) -> Result<Source> {
+        let f = File::open(&view.device)
+            .with_context(|| format!("opening {}", view.device.display()))?;
+        Ok(Source {
+            path: view.device.clone(),
+            file: Arc::new(f),
+            format: Format::DiskView,
+            file_size: view.extent,
+            image_size: Some(view.extent),
+            view: Some(Arc::new(view)),
         })
     }
 
@@ -150,6 +171,9 @@ impl Source {
             Format::Zip => Some(zip_member(&mut input.untapped(), &self.path)?.0),
             _ => None,
         };
+        if let Some(view) = &self.view {
+            return Ok(view.reader(self.file.clone()));
+        }
         if format == Format::ZstdSeekable {
             let table = seekable::read_seek_table(&mut input.untapped())?.with_context(|| {
                 format!("{}: the zstd seek table vanished", self.path.display())
@@ -190,7 +214,7 @@ impl Source {
                             .map_err(io::Error::other)?;
                         sink.copy_from(&mut member)?
                     }
-                    Format::ZstdSeekable => unreachable!("handled above"),
+                    Format::ZstdSeekable | Format::DiskView => unreachable!("handled above"),
                 }
             }
             input.finish()
@@ -201,7 +225,7 @@ impl Source {
 /// The image size `format` records, read without decompressing.
 fn recorded_size(format: Format, f: &mut TappedFile, path: &Path) -> Result<Option<u64>> {
     Ok(match format {
-        Format::Raw => Some(f.len),
+        Format::Raw | Format::DiskView => Some(f.len),
         Format::ZstdSeekable => seekable::read_seek_table(f)?.map(|t| t.decompressed_size()),
         Format::Zip => Some(zip_member(f, path)?.1),
         Format::Xz => Some(oneimage_format::compressed_size::xz_uncompressed_size(f)?),
