@@ -2,6 +2,7 @@
 
 mod bmap_cmd;
 mod inspect;
+mod install_cmd;
 mod interrupt;
 mod update_boot_cmd;
 mod write_cmd;
@@ -123,6 +124,10 @@ enum Cmd {
     /// made from it, on the ESP it started from, and switch its boot menu to them.
     /// Debian's kernel packages run this after installing or removing a kernel.
     UpdateBoot(update_boot_cmd::UpdateBootArgs),
+    /// Inside a live session started from a oneimage stick or DVD: copy it onto a disk
+    /// of this machine (only the root filesystem's used blocks), verified; the copy
+    /// boots on its own, takes its own identity and grows on its first boot.
+    Install(install_cmd::InstallArgs),
 }
 
 /// `--firmware` takes the names the VM runner defines.
@@ -143,7 +148,11 @@ fn main() {
     let cli = Cli::parse();
     // Only the commands that make files catch signals, to remove what they made; the
     // others are ended by them as usual (QEMU gets a terminal's Ctrl-C itself).
-    let cancel = matches!(cli.command, Cmd::Build { .. } | Cmd::Write(_)).then(interrupt::install);
+    let cancel = matches!(
+        cli.command,
+        Cmd::Build { .. } | Cmd::Write(_) | Cmd::Install(_)
+    )
+    .then(interrupt::install);
     let is_write = matches!(cli.command, Cmd::Write(_));
     if let Err(e) = run(cli, cancel.clone()) {
         let asked = cancel.is_some_and(|c| c.load(Ordering::SeqCst));
@@ -198,6 +207,7 @@ fn run(cli: Cli, cancel: Option<Arc<AtomicBool>>) -> Result<()> {
         Cmd::Write(a) => write_cmd::run(a, cancel),
         Cmd::Bmap(a) => bmap_cmd::run(a),
         Cmd::UpdateBoot(a) => update_boot_cmd::run(a),
+        Cmd::Install(a) => install_cmd::run(a, cancel),
         Cmd::Qemu {
             image,
             snapshot,
