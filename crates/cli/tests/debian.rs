@@ -992,32 +992,13 @@ fn demo_boots_from_a_usb_stick_under_uefi() {
     );
 }
 
-/// A used stick: `len` bytes, the first 200 MiB and the last 8 MiB seeded random (old
-/// partitions, an old backup GPT), the rest sparse.
-fn used_stick(path: &Path, len: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::create(path).unwrap();
-    f.set_len(len).unwrap();
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut buf = vec![0u8; 1 << 20];
-    for at in (0..200u64).chain((len >> 20) - 8..len >> 20) {
-        for c in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            c.copy_from_slice(&x.to_le_bytes());
-        }
-        f.write_all_at(&buf, at << 20).unwrap();
-    }
-}
-
 #[test]
 fn demo_written_over_a_used_stick_is_exact_and_boots() {
     let d = tempfile::tempdir().unwrap();
     let image = demo();
     let size = std::fs::metadata(image).unwrap().len();
     let stick = d.path().join("stick");
-    used_stick(&stick, size + (256 << 20));
+    used_disk(&stick, size + (256 << 20));
     let dev = ok(Command::new("losetup").args(["-f", "--show"]).arg(&stick))
         .trim()
         .to_string();

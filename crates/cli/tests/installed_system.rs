@@ -368,3 +368,284 @@ fn kernel_updates_reach_the_boot_and_removal_keeps_the_running_kernel() {
     assert!(!cfg.contains("previous kernel"), "{cfg}");
     assert!(!cfg.contains(&old), "{cfg}");
 }
+
+/// Shell functions for the install scripts: `disk_of SECTORS` names the virtio disk of
+/// that size; `refused WHAT REASON COMMAND...` runs a command that must fail with REASON
+/// in its messages.
+const INSTALL_HELPERS: &str = r#"
+disk_of() { for b in /sys/block/vd*; do if [ "$(cat "$b/size")" = "$1" ]; then echo "/dev/${b##*/}"; fi; done; }
+refused() {
+  what=$1; reason=$2; shift 2
+  if "$@" > /tmp/out 2>&1; then cat /tmp/out; echo "oneimage-test: $what was not refused"; return 1; fi
+  cat /tmp/out
+  if ! grep -q -- "$reason" /tmp/out; then echo "oneimage-test: $what was refused, but not because $reason"; return 1; fi
+  echo "oneimage-test: refused: $what"
+}
+"#;
+
+/// Size of the internal disks the image is installed onto (sectors: 6291456).
+const INTERNAL: u64 = 3 << 30;
+
+/// Boots `disk` alone twice: the first boot is a fresh copy's (its own identity, growth
+/// to the disk) and writes a file, the second finds it. Returns the first console.
+fn boots_alone_grows_and_persists(disk: &Path, dir: &Path, name: &str) -> String {
+    let write = script_disk(
+        dir,
+        &format!("{name}-write"),
+        &format!("echo {name} > /root/kept\nsync\n"),
+        &[],
+    );
+    let console = run_script(disk, &write, &[]);
+    for step in [
+        "first boot: a new copy",
+        "step identity done",
+        "step grow-partition done",
+        "step grow-filesystem done",
+    ] {
+        assert!(console.contains(step), "{name}: no {step:?}:\n{console}");
+    }
+    let read = script_disk(
+        dir,
+        &format!("{name}-read"),
+        &format!(
+            "test \"$(cat /root/kept)\" = {name}\necho \"oneimage-test: kept $(cat /root/kept)\"\n"
+        ),
+        &[],
+    );
+    let console2 = run_script(disk, &read, &[]);
+    assert!(
+        console2.contains(&format!("oneimage-test: kept {name}")),
+        "{console2}"
+    );
+    let grown = inspect(disk);
+    let root = grown["partitions"][1]["size"].as_u64().unwrap();
+    assert!(
+        root > INTERNAL - (200 << 20),
+        "{name}: the root was not grown: {root} bytes"
+    );
+    let root_fs = extract_partition(disk, 2, dir);
+    e2fsck_clean(&root_fs);
+    std::fs::remove_file(root_fs).unwrap();
+    console
+}
+
+/// The disk written by `install`, before its first boot: a table sgdisk accepts over the
+/// whole disk, a clean ESP and root, the image's identity and no first-boot record.
+fn assert_installed_copy(disk: &Path, dir: &Path) {
+    let out = ok(Command::new("sgdisk")
+        .env("LC_ALL", "C")
+        .arg("-v")
+        .arg(disk));
+    assert!(out.contains("No problems found"), "{out}");
+    let copy = inspect(disk);
+    let image = inspect(test_image());
+    assert_eq!(copy["backup_at_end"], true, "{copy}");
+    assert_eq!(copy["disk_guid"], image["disk_guid"]);
+    assert_eq!(
+        copy["first_boot"]["state"], "not-started",
+        "{}",
+        copy["first_boot"]
+    );
+    for i in 0..3 {
+        assert_eq!(
+            copy["partitions"][i]["guid"],
+            image["partitions"][i]["guid"]
+        );
+        assert_eq!(
+            copy["partitions"][i]["size"],
+            image["partitions"][i]["size"]
+        );
+    }
+    let root = extract_partition(disk, 2, dir);
+    e2fsck_clean(&root);
+    std::fs::remove_file(root).unwrap();
+    let esp = extract_partition(disk, 1, dir);
+    ok(Command::new("fsck.fat").arg("-n").arg(&esp));
+    std::fs::remove_file(esp).unwrap();
+}
+
+/// From a stick booted live: `install` lists the disks, refuses its own medium, a too
+/// small disk, a mounted one, and a run with no --yes and no terminal, then installs
+/// onto a used internal disk. That disk then boots alone, takes its own identity, grows
+/// and keeps what was written on it. With both attached, each boots its own root, and
+/// they differ in every identifier.
+#[test]
+fn install_from_a_live_stick_gives_a_disk_that_lives_on_its_own() {
+    let d = tempfile::tempdir().unwrap();
+    let stick = d.path().join("stick.img");
+    let image_len = std::fs::metadata(test_image()).unwrap().len();
+    used_disk(&stick, image_len + (512 << 20));
+    ok(oneimage()
+        .args(["write", "--yes"])
+        .arg(test_image())
+        .arg(&stick));
+    let internal = d.path().join("internal.img");
+    used_disk(&internal, INTERNAL);
+    let small = d.path().join("small.img");
+    std::fs::File::create(&small)
+        .unwrap()
+        .set_len(image_len - (64 << 20))
+        .unwrap();
+    let script = format!(
+        "{INSTALL_HELPERS}
+internal=$(disk_of {}); small=$(disk_of {})
+test -n \"$internal\" && test -n \"$small\"
+medium=/dev/$(lsblk -no PKNAME \"$(findmnt -no SOURCE /run/oneimage/lower)\")
+oneimage install
+refused 'its own medium' 'the medium this system was started from' oneimage install --yes \"$medium\"
+refused 'a too small disk' 'is too small' oneimage install --yes \"$small\"
+mkfs.ext4 -q -F \"$small\"
+mount \"$small\" /mnt
+refused 'a mounted disk' 'is mounted on /mnt' oneimage install --yes \"$small\"
+umount /mnt
+refused 'no --yes and no terminal' 'standard input is not a terminal' oneimage install \"$internal\" < /dev/null
+oneimage install --yes \"$internal\"
+echo 'oneimage-test: installed'
+",
+        INTERNAL / 512,
+        (image_len - (64 << 20)) / 512
+    );
+    let disk = script_disk(d.path(), "install", &script, &[]);
+    let console = run_script(
+        &stick,
+        &disk,
+        &[
+            "--media",
+            "usb",
+            "--entry",
+            "live",
+            "--extra-disk",
+            internal.to_str().unwrap(),
+            "--extra-disk",
+            small.to_str().unwrap(),
+        ],
+    );
+    for what in [
+        "its own medium",
+        "a too small disk",
+        "a mounted disk",
+        "no --yes and no terminal",
+    ] {
+        assert!(
+            console.contains(&format!("oneimage-test: refused: {what}")),
+            "{what}:\n{console}"
+        );
+    }
+    assert!(
+        console.contains("can be used: oneimage install /dev/vd"),
+        "{console}"
+    );
+    assert!(console.contains("oneimage-test: installed"), "{console}");
+    // A live session writes nothing to its stick.
+    assert_eq!(inspect(&stick)["first_boot"]["state"], "not-started");
+    assert_installed_copy(&internal, d.path());
+
+    boots_alone_grows_and_persists(&internal, d.path(), "internal");
+
+    // Both attached, the stick booted persistent (its own first boot), then the
+    // internal disk: each mounts its own root.
+    let on_stick = script_disk(
+        d.path(),
+        "on-stick",
+        "test ! -e /root/kept\necho stick > /root/stick\nsync\necho 'oneimage-test: the stick has its own root'\n",
+        &[],
+    );
+    let console = run_script(
+        &stick,
+        &on_stick,
+        &["--media", "usb", "--extra-disk", internal.to_str().unwrap()],
+    );
+    assert!(
+        console.contains("oneimage-test: the stick has its own root"),
+        "{console}"
+    );
+    let on_internal = script_disk(
+        d.path(),
+        "on-internal",
+        "test -e /root/kept\ntest ! -e /root/stick\necho 'oneimage-test: the internal disk has its own root'\n",
+        &[],
+    );
+    let console = run_script(
+        &internal,
+        &on_internal,
+        &["--extra-disk", stick.to_str().unwrap()],
+    );
+    assert!(
+        console.contains("oneimage-test: the internal disk has its own root"),
+        "{console}"
+    );
+    let (a, b) = (inspect(&stick), inspect(&internal));
+    assert_ne!(a["disk_guid"], b["disk_guid"], "disk GUIDs");
+    for i in 0..3 {
+        assert_ne!(
+            a["partitions"][i]["guid"], b["partitions"][i]["guid"],
+            "partition {i}"
+        );
+    }
+    for i in 0..2 {
+        let (fa, fb) = (
+            &a["partitions"][i]["filesystem"]["uuid"],
+            &b["partitions"][i]["filesystem"]["uuid"],
+        );
+        assert!(fa.is_string(), "{a}");
+        assert_ne!(
+            fa,
+            fb,
+            "filesystem UUID / ESP volume id of partition {}",
+            i + 1
+        );
+    }
+    // blkid, independently.
+    for (n, what) in [(1u32, "UUID"), (2, "UUID")] {
+        let ids: Vec<String> = [&stick, &internal]
+            .iter()
+            .map(|disk| {
+                let p = extract_partition(disk, n, d.path());
+                let id = ok(Command::new("blkid")
+                    .env("LC_ALL", "C")
+                    .args(["-p", "-s", what, "-o", "value"])
+                    .arg(&p));
+                std::fs::remove_file(p).unwrap();
+                id.trim().to_string()
+            })
+            .collect();
+        assert!(!ids[0].is_empty());
+        assert_ne!(ids[0], ids[1], "blkid {what} of partition {n}");
+    }
+}
+
+/// From a DVD (always live): `install` onto a used internal disk, which then boots
+/// alone, grows and keeps what was written on it.
+#[test]
+fn install_from_a_dvd_gives_a_disk_that_lives_on_its_own() {
+    let d = tempfile::tempdir().unwrap();
+    let internal = d.path().join("internal.img");
+    used_disk(&internal, INTERNAL);
+    let script = format!(
+        "{INSTALL_HELPERS}
+internal=$(disk_of {})
+test -n \"$internal\"
+oneimage install --yes \"$internal\"
+echo 'oneimage-test: installed'
+",
+        INTERNAL / 512
+    );
+    let disk = script_disk(d.path(), "install", &script, &[]);
+    let console = run_script(
+        test_image(),
+        &disk,
+        &[
+            "--media",
+            "cdrom",
+            "--extra-disk",
+            internal.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        console.contains("image on the disc in /dev/sr0"),
+        "{console}"
+    );
+    assert!(console.contains("oneimage-test: installed"), "{console}");
+    assert_installed_copy(&internal, d.path());
+    boots_alone_grows_and_persists(&internal, d.path(), "from-dvd");
+}

@@ -303,3 +303,22 @@ pub fn build_demo_variant(
         .arg(rootfs_cache));
     out.join("debian-demo.img")
 }
+
+/// A used disk (a stick, an internal disk): `len` bytes, the first 200 MiB and the last
+/// 8 MiB seeded random (old partitions, an old backup GPT), the rest sparse.
+pub fn used_disk(path: &Path, len: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(len).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for at in (0..200u64).chain((len >> 20) - 8..len >> 20) {
+        for c in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all_at(&buf, at << 20).unwrap();
+    }
+}
