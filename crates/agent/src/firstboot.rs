@@ -13,10 +13,11 @@ use crate::cmdline::Grow;
 use crate::disks::Found;
 use crate::log::say;
 use oneimage_format::firstboot::{self as record, Identity, State, Step};
-use oneimage_format::gpt::{read_table, write_table, Partition, Table};
+use oneimage_format::gpt::{read_table, Table};
+use oneimage_format::identity::UuidChange;
 use oneimage_format::Guid;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::Instant;
 
@@ -184,9 +185,8 @@ pub fn after_mount(p: Pending, found: &Found, mountpoint: &str) -> Result<(), St
     Ok(())
 }
 
-/// Gives this copy its own identifiers: the root filesystem's UUID, the ESP's volume id,
-/// then the disk and partition GUIDs (one table write, backup first). Each write sets
-/// a value derived from the seed, so doing it again after a power cut is harmless.
+/// Gives this copy its own identifiers (see `oneimage_format::identity`), then has the
+/// kernel read the new table.
 fn give_identity(
     disk: &mut File,
     dev: &str,
@@ -194,34 +194,17 @@ fn give_identity(
     found: &Found,
     id: &Identity,
 ) -> Result<(), String> {
-    set_ext4_uuid(&found.node, id.root_fs_uuid)?;
-    let ss = table.sector_size;
-    for esp in table.partitions.iter().filter(|p| crate::disks::is_esp(p)) {
-        set_fat_volume_id(disk, dev, esp, ss, id.esp_volume_id)?;
-    }
-    let parts: Vec<Partition> = table
-        .partitions
-        .iter()
-        .map(|p| Partition {
-            guid: id.partition(p.number),
-            ..p.clone()
-        })
-        .collect();
-    write_table(disk, ss, id.disk, &parts)
-        .map_err(|e| format!("writing the partition table of {dev}: {e}"))?;
+    oneimage_format::identity::apply(disk, table, id, &mut |uuid| {
+        set_ext4_uuid(&found.node, uuid)
+    })
+    .map_err(|e| format!("{dev}: {e}"))?;
     disk.sync_all().map_err(|e| format!("syncing {dev}: {e}"))?;
     crate::disks::reread_partitions(disk, dev, &found.node);
     Ok(())
 }
 
-/// ext4 superblock fields (see the kernel's ext4.h).
-const INCOMPAT_CSUM_SEED: u32 = 0x2000;
-const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
-
-/// Sets the UUID of the ext4 filesystem on `node` with tune2fs. With metadata
-/// checksums, only a filesystem whose checksums do not depend on the UUID
-/// (metadata_csum_seed, which oneimage's images have) is changed: otherwise tune2fs
-/// would rewrite every checksum, which a power cut could leave half done.
+/// Sets the UUID of the ext4 filesystem on `node` with tune2fs, unless that would
+/// rewrite every checksum (see `oneimage_format::identity::UuidChange`).
 fn set_ext4_uuid(node: &Path, uuid: Guid) -> Result<(), String> {
     let mut sb = [0u8; 1024];
     File::open(node)
@@ -230,46 +213,20 @@ fn set_ext4_uuid(node: &Path, uuid: Guid) -> Result<(), String> {
             f.read_exact(&mut sb)
         })
         .map_err(|e| format!("reading the superblock of {}: {e}", node.display()))?;
-    if u16::from_le_bytes([sb[56], sb[57]]) != 0xEF53 {
-        return Err(format!("{} holds no ext4 filesystem", node.display()));
+    match oneimage_format::identity::uuid_change(&sb, uuid)
+        .map_err(|e| format!("{}: {e}", node.display()))?
+    {
+        UuidChange::Done => Ok(()),
+        UuidChange::Keep => {
+            say(&format!(
+                "first boot: the root filesystem on {} keeps its UUID: it lacks metadata_csum_seed, and changing it would rewrite every checksum",
+                node.display()
+            ));
+            Ok(())
+        }
+        UuidChange::Tune2fs => crate::run::tool(
+            "/sbin/tune2fs",
+            &["-U", &uuid.to_string(), &node.display().to_string()],
+        ),
     }
-    if sb[104..120] == uuid.0 {
-        return Ok(());
-    }
-    let le32 = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]);
-    if le32(100) & RO_COMPAT_METADATA_CSUM != 0 && le32(96) & INCOMPAT_CSUM_SEED == 0 {
-        say(&format!(
-            "first boot: the root filesystem on {} keeps its UUID: it lacks metadata_csum_seed, and changing it would rewrite every checksum",
-            node.display()
-        ));
-        return Ok(());
-    }
-    crate::run::tool(
-        "/sbin/tune2fs",
-        &["-U", &uuid.to_string(), &node.display().to_string()],
-    )
-}
-
-/// Sets the volume id of the FAT filesystem in partition `esp` (boot sector and its
-/// FAT32 backup).
-fn set_fat_volume_id(
-    disk: &mut File,
-    dev: &str,
-    esp: &Partition,
-    ss: u64,
-    id: u32,
-) -> Result<(), String> {
-    let (at, len) = (esp.offset(ss), esp.len(ss));
-    let mut boot = [0u8; 512];
-    disk.seek(SeekFrom::Start(at))
-        .and_then(|_| disk.read_exact(&mut boot))
-        .map_err(|e| format!("reading the ESP's boot sector on {dev}: {e}"))?;
-    let offsets = oneimage_format::fat::volume_id_offsets(&boot, len)
-        .map_err(|e| format!("the ESP (partition {}) on {dev}: {e}", esp.number))?;
-    for o in offsets {
-        disk.seek(SeekFrom::Start(at + o))
-            .and_then(|_| disk.write_all(&id.to_le_bytes()))
-            .map_err(|e| format!("writing the ESP's volume id on {dev}: {e}"))?;
-    }
-    disk.sync_all().map_err(|e| format!("syncing {dev}: {e}"))
 }

@@ -18,6 +18,7 @@ pub mod grubcfg;
 pub mod grubenv;
 pub mod guid;
 pub mod hash;
+pub mod identity;
 pub mod inspect;
 pub mod iso9660;
 pub mod probe;
