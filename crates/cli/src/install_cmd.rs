@@ -56,7 +56,7 @@ pub fn run(a: InstallArgs, cancel: Option<Arc<AtomicBool>>) -> Result<()> {
         &say,
     )?;
     say(&format!(
-        "{} holds the system now ({} written, all of it read back). Restart from it: on its first boot it takes its own identity and grows to fill the disk",
+        "{} holds the system now ({} written, all of it read back, under its own identity). Restart from it: its first boot grows it to fill the disk",
         target.display(),
         format_size(r.written + r.zeroed)
     ));

@@ -125,8 +125,8 @@ enum Cmd {
     /// Debian's kernel packages run this after installing or removing a kernel.
     UpdateBoot(update_boot_cmd::UpdateBootArgs),
     /// Inside a live session started from a oneimage stick or DVD: copy it onto a disk
-    /// of this machine (only the root filesystem's used blocks), verified; the copy
-    /// boots on its own, takes its own identity and grows on its first boot.
+    /// of this machine (only the root filesystem's used blocks), verified, and give the
+    /// copy its own identity; it boots on its own and grows on its first boot.
     Install(install_cmd::InstallArgs),
 }
 

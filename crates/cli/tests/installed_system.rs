@@ -386,9 +386,10 @@ refused() {
 /// Size of the internal disks the image is installed onto (sectors: 6291456).
 const INTERNAL: u64 = 3 << 30;
 
-/// Boots `disk` alone twice: the first boot is a fresh copy's (its own identity, growth
-/// to the disk) and writes a file, the second finds it. Returns the first console.
-fn boots_alone_grows_and_persists(disk: &Path, dir: &Path, name: &str) -> String {
+/// Boots `disk`, an installed copy, alone twice: the first boot resumes its first-boot
+/// sequence after the identity `install` gave it (growth to the disk) and writes a file,
+/// the second finds it, and `install` there refuses to copy a persistent session.
+fn boots_alone_grows_and_persists(disk: &Path, dir: &Path, name: &str) {
     let write = script_disk(
         dir,
         &format!("{name}-write"),
@@ -397,8 +398,8 @@ fn boots_alone_grows_and_persists(disk: &Path, dir: &Path, name: &str) -> String
     );
     let console = run_script(disk, &write, &[]);
     for step in [
-        "first boot: a new copy",
-        "step identity done",
+        "first boot: resuming on /dev/",
+        "; done so far: identity",
         "step grow-partition done",
         "step grow-filesystem done",
     ] {
@@ -408,16 +409,25 @@ fn boots_alone_grows_and_persists(disk: &Path, dir: &Path, name: &str) -> String
         dir,
         &format!("{name}-read"),
         &format!(
-            "test \"$(cat /root/kept)\" = {name}\necho \"oneimage-test: kept $(cat /root/kept)\"\n"
+            "{INSTALL_HELPERS}\ntest \"$(cat /root/kept)\" = {name}\necho \"oneimage-test: kept $(cat /root/kept)\"\nrefused 'a persistent session' 'choose the live entry (l)' oneimage install --yes /dev/vdz\n"
         ),
         &[],
     );
-    let console2 = run_script(disk, &read, &[]);
+    let console = run_script(disk, &read, &[]);
     assert!(
-        console2.contains(&format!("oneimage-test: kept {name}")),
-        "{console2}"
+        console.contains(&format!("oneimage-test: kept {name}")),
+        "{console}"
+    );
+    assert!(
+        console.contains("oneimage-test: refused: a persistent session"),
+        "{console}"
     );
     let grown = inspect(disk);
+    assert_eq!(
+        grown["first_boot"]["complete"], true,
+        "{}",
+        grown["first_boot"]
+    );
     let root = grown["partitions"][1]["size"].as_u64().unwrap();
     assert!(
         root > INTERNAL - (200 << 20),
@@ -426,11 +436,12 @@ fn boots_alone_grows_and_persists(disk: &Path, dir: &Path, name: &str) -> String
     let root_fs = extract_partition(disk, 2, dir);
     e2fsck_clean(&root_fs);
     std::fs::remove_file(root_fs).unwrap();
-    console
 }
 
 /// The disk written by `install`, before its first boot: a table sgdisk accepts over the
-/// whole disk, a clean ESP and root, the image's identity and no first-boot record.
+/// whole disk, a clean ESP and root, the image's partitions under an identity of its own
+/// (disk and partition GUIDs, filesystem UUID, ESP volume id), recorded as the first
+/// step of its first boot.
 fn assert_installed_copy(disk: &Path, dir: &Path) {
     let out = ok(Command::new("sgdisk")
         .env("LC_ALL", "C")
@@ -440,21 +451,23 @@ fn assert_installed_copy(disk: &Path, dir: &Path) {
     let copy = inspect(disk);
     let image = inspect(test_image());
     assert_eq!(copy["backup_at_end"], true, "{copy}");
-    assert_eq!(copy["disk_guid"], image["disk_guid"]);
-    assert_eq!(
-        copy["first_boot"]["state"], "not-started",
-        "{}",
-        copy["first_boot"]
-    );
+    assert_ne!(copy["disk_guid"], image["disk_guid"]);
+    let fb = &copy["first_boot"];
+    assert_eq!(fb["state"], "started", "{fb}");
+    assert_eq!(fb["done"], serde_json::json!(["identity"]), "{fb}");
+    assert_eq!(fb["original_disk_guid"], image["disk_guid"], "{fb}");
     for i in 0..3 {
-        assert_eq!(
-            copy["partitions"][i]["guid"],
-            image["partitions"][i]["guid"]
+        let (c, b) = (&copy["partitions"][i], &image["partitions"][i]);
+        assert_ne!(c["guid"], b["guid"], "partition {}", i + 1);
+        assert_eq!(c["size"], b["size"], "partition {}", i + 1);
+    }
+    for i in 0..2 {
+        let (c, b) = (
+            &copy["partitions"][i]["filesystem"]["uuid"],
+            &image["partitions"][i]["filesystem"]["uuid"],
         );
-        assert_eq!(
-            copy["partitions"][i]["size"],
-            image["partitions"][i]["size"]
-        );
+        assert!(c.is_string(), "{copy}");
+        assert_ne!(c, b, "filesystem of partition {}", i + 1);
     }
     let root = extract_partition(disk, 2, dir);
     e2fsck_clean(&root);

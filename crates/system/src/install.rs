@@ -433,7 +433,126 @@ pub fn install(
     };
     w.progress = o.progress;
     w.cancel = o.cancel;
-    oneimage_write::write::write(&w)
+    let report = oneimage_write::write::write(&w)?;
+    give_identity(&o.target, medium.root_number, say).with_context(|| {
+        format!(
+            "{} holds a complete copy, but giving it its own identity failed (its first boot will)",
+            o.target.display()
+        )
+    })?;
+    Ok(report)
+}
+
+/// Gives the copy on `target` its own identity, the first step of its first boot, through
+/// the same record the agent keeps: a record with a new seed, the identity, then the
+/// record of it done. A power cut anywhere leaves no record (the first boot does it all)
+/// or one the first boot resumes with the same seed.
+fn give_identity(target: &Path, root_number: u32, say: &dyn Fn(&str)) -> Result<()> {
+    use oneimage_format::firstboot::{self as record, State, Step};
+    let mut disk = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(target)
+        .with_context(|| format!("opening {}", target.display()))?;
+    let table = gpt::read_table(&mut disk)
+        .with_context(|| format!("reading the partition table of {}", target.display()))?;
+    let root = table
+        .partitions
+        .iter()
+        .find(|p| p.number == root_number)
+        .with_context(|| format!("{} has no partition {root_number}", target.display()))?;
+    let mut seed = [0u8; 32];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .context("reading /dev/urandom")?;
+    let state = State::new(table.disk_guid, root.guid, root_number, seed);
+    let save = |disk: &mut File, state: &State| -> Result<()> {
+        record::write(disk, state)
+            .and_then(|_| disk.sync_all())
+            .with_context(|| format!("writing the first-boot record on {}", target.display()))
+    };
+    save(&mut disk, &state)?;
+    let node = partition_node(&disk, target, root_number)?;
+    let id = state.identity();
+    oneimage_format::identity::apply(&mut disk, &table, &id, &mut |uuid| {
+        set_ext4_uuid(&node, uuid)
+    })
+    .map_err(|e| anyhow::anyhow!("{}: {e}", target.display()))?;
+    disk.sync_all()?;
+    oneimage_write::gpt_fix::reread_partitions(&disk);
+    save(&mut disk, &state.with_done(Step::Identity))?;
+    say(&format!(
+        "the copy has its own identity: disk {}, root filesystem {}, ESP volume id {}",
+        id.disk,
+        id.root_fs_uuid,
+        oneimage_format::fat::volume_id_text(id.esp_volume_id)
+    ));
+    Ok(())
+}
+
+/// The device node of partition `number` of the whole disk `disk`, once the kernel has
+/// read its table (asked here) and made the node.
+fn partition_node(disk: &File, path: &Path, number: u32) -> Result<PathBuf> {
+    oneimage_write::gpt_fix::reread_partitions(disk);
+    let name = std::fs::canonicalize(path)?
+        .file_name()
+        .context("a disk's name")?
+        .to_string_lossy()
+        .into_owned();
+    let started = std::time::Instant::now();
+    loop {
+        let found = std::fs::read_dir(format!("/sys/class/block/{name}"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|e| {
+                std::fs::read_to_string(e.path().join("partition"))
+                    .is_ok_and(|n| n.trim() == number.to_string())
+            })
+            .map(|e| PathBuf::from("/dev").join(e.file_name()));
+        match found {
+            Some(node) if node.exists() => return Ok(node),
+            _ if started.elapsed() > std::time::Duration::from_secs(10) => bail!(
+                "the kernel shows no partition {number} on {} after reading its table",
+                path.display()
+            ),
+            _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Sets the UUID of the ext4 filesystem on `node` with tune2fs, unless that would
+/// rewrite every checksum (see `oneimage_format::identity::UuidChange`).
+fn set_ext4_uuid(node: &Path, uuid: oneimage_format::Guid) -> Result<(), String> {
+    use oneimage_format::identity::{uuid_change, UuidChange};
+    let mut sb = [0u8; 1024];
+    File::open(node)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::Start(1024))?;
+            f.read_exact(&mut sb)
+        })
+        .map_err(|e| format!("reading the superblock of {}: {e}", node.display()))?;
+    match uuid_change(&sb, uuid).map_err(|e| format!("{}: {e}", node.display()))? {
+        UuidChange::Done | UuidChange::Keep => Ok(()),
+        UuidChange::Tune2fs => {
+            let out = std::process::Command::new("tune2fs")
+                .env("LC_ALL", "C")
+                .arg("-U")
+                .arg(uuid.to_string())
+                .arg(node)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .map_err(|e| format!("running tune2fs: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "tune2fs -U {uuid} {} failed: {}",
+                    node.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
