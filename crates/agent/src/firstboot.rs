@@ -14,10 +14,9 @@ use crate::disks::Found;
 use crate::log::say;
 use oneimage_format::firstboot::{self as record, Identity, State, Step};
 use oneimage_format::gpt::{read_table, Table};
-use oneimage_format::identity::UuidChange;
+use oneimage_format::identity::{uuid_change_of, UuidChange};
 use oneimage_format::Guid;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::Instant;
 
@@ -206,16 +205,11 @@ fn give_identity(
 /// Sets the UUID of the ext4 filesystem on `node` with tune2fs, unless that would
 /// rewrite every checksum (see `oneimage_format::identity::UuidChange`).
 fn set_ext4_uuid(node: &Path, uuid: Guid) -> Result<(), String> {
-    let mut sb = [0u8; 1024];
-    File::open(node)
-        .and_then(|mut f| {
-            f.seek(SeekFrom::Start(1024))?;
-            f.read_exact(&mut sb)
-        })
-        .map_err(|e| format!("reading the superblock of {}: {e}", node.display()))?;
-    match oneimage_format::identity::uuid_change(&sb, uuid)
-        .map_err(|e| format!("{}: {e}", node.display()))?
-    {
+    let change = File::open(node)
+        .map_err(|e| e.to_string())
+        .and_then(|mut f| uuid_change_of(&mut f, uuid))
+        .map_err(|e| format!("{}: {e}", node.display()))?;
+    match change {
         UuidChange::Done => Ok(()),
         UuidChange::Keep => {
             say(&format!(

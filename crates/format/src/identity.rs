@@ -27,6 +27,16 @@ pub enum UuidChange {
     Keep,
 }
 
+/// Decides how the filesystem on `fs` (a partition's bytes) gets UUID `uuid`, from its
+/// superblock.
+pub fn uuid_change_of<R: Read + Seek>(fs: &mut R, uuid: Guid) -> Result<UuidChange, String> {
+    let mut sb = [0u8; 1024];
+    fs.seek(SeekFrom::Start(1024))
+        .and_then(|_| fs.read_exact(&mut sb))
+        .map_err(|e| format!("reading its superblock: {e}"))?;
+    uuid_change(&sb, uuid)
+}
+
 /// Decides how the filesystem with superblock `sb` gets UUID `uuid`.
 pub fn uuid_change(sb: &[u8], uuid: Guid) -> Result<UuidChange, String> {
     if sb.len() < 1024 || u16::from_le_bytes([sb[56], sb[57]]) != 0xEF53 {

@@ -524,15 +524,12 @@ fn partition_node(disk: &File, path: &Path, number: u32) -> Result<PathBuf> {
 /// Sets the UUID of the ext4 filesystem on `node` with tune2fs, unless that would
 /// rewrite every checksum (see `oneimage_format::identity::UuidChange`).
 fn set_ext4_uuid(node: &Path, uuid: oneimage_format::Guid) -> Result<(), String> {
-    use oneimage_format::identity::{uuid_change, UuidChange};
-    let mut sb = [0u8; 1024];
-    File::open(node)
-        .and_then(|mut f| {
-            f.seek(SeekFrom::Start(1024))?;
-            f.read_exact(&mut sb)
-        })
-        .map_err(|e| format!("reading the superblock of {}: {e}", node.display()))?;
-    match uuid_change(&sb, uuid).map_err(|e| format!("{}: {e}", node.display()))? {
+    use oneimage_format::identity::{uuid_change_of, UuidChange};
+    let change = File::open(node)
+        .map_err(|e| e.to_string())
+        .and_then(|mut f| uuid_change_of(&mut f, uuid))
+        .map_err(|e| format!("{}: {e}", node.display()))?;
+    match change {
         UuidChange::Done | UuidChange::Keep => Ok(()),
         UuidChange::Tune2fs => {
             let out = std::process::Command::new("tune2fs")
