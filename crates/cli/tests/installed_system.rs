@@ -549,6 +549,9 @@ echo 'oneimage-test: installed'
         "{console}"
     );
     assert!(console.contains("oneimage-test: installed"), "{console}");
+    for l in console.lines().filter(|l| l.contains("oneimage: install:")) {
+        eprintln!("{l}");
+    }
     // A live session writes nothing to its stick.
     assert_eq!(inspect(&stick)["first_boot"]["state"], "not-started");
     assert_installed_copy(&internal, d.path());
@@ -608,7 +611,34 @@ echo 'oneimage-test: installed'
             i + 1
         );
     }
-    // blkid, independently.
+    // sgdisk and blkid, independently.
+    let sgdisk_guids = |disk: &Path| -> Vec<String> {
+        let mut v = vec![ok(Command::new("sgdisk")
+            .env("LC_ALL", "C")
+            .arg("-p")
+            .arg(disk))
+        .lines()
+        .find_map(|l| l.strip_prefix("Disk identifier (GUID): "))
+        .expect("sgdisk -p names the disk GUID")
+        .to_string()];
+        for n in 1..=3 {
+            v.push(
+                ok(Command::new("sgdisk")
+                    .env("LC_ALL", "C")
+                    .arg(format!("-i{n}"))
+                    .arg(disk))
+                .lines()
+                .find_map(|l| l.strip_prefix("Partition unique GUID: "))
+                .expect("sgdisk -i names the partition GUID")
+                .to_string(),
+            );
+        }
+        v
+    };
+    let (ga, gb) = (sgdisk_guids(&stick), sgdisk_guids(&internal));
+    for (x, y) in ga.iter().zip(&gb) {
+        assert_ne!(x, y, "sgdisk: {ga:?} / {gb:?}");
+    }
     for (n, what) in [(1u32, "UUID"), (2, "UUID")] {
         let ids: Vec<String> = [&stick, &internal]
             .iter()
