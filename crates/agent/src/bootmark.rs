@@ -21,7 +21,7 @@ fn read_mark(disk: &mut File) -> Result<Mark, String> {
     let esp = table
         .partitions
         .iter()
-        .find(|p| crate::disks::is_esp(p))
+        .find(|p| p.is_esp())
         .ok_or("no ESP")?;
     let ss = table.sector_size;
     let (ranges, size) = fat::file_ranges(&mut *disk, esp.offset(ss), esp.len(ss), FILE)

@@ -280,8 +280,3 @@ pub fn open_rw(dev: &str) -> Result<std::fs::File, String> {
         .open(dev)
         .map_err(|e| format!("opening {dev}: {e}"))
 }
-
-/// Whether `p` is an EFI System Partition.
-pub fn is_esp(p: &oneimage_format::gpt::Partition) -> bool {
-    oneimage_format::gpt::type_name(p.type_guid) == Some("esp")
-}

@@ -94,6 +94,11 @@ pub struct Partition {
 }
 
 impl Partition {
+    /// Whether it is an EFI System Partition.
+    pub fn is_esp(&self) -> bool {
+        type_name(self.type_guid) == Some("esp")
+    }
+
     /// Byte offset of the partition on a disk with `sector` bytes per LBA (saturating:
     /// a table [`read_table`] accepts never comes near the limit, a hand-made one may).
     pub fn offset(&self, sector: u64) -> u64 {

@@ -64,11 +64,7 @@ pub fn apply<D: Read + Write + Seek>(
 ) -> Result<(), String> {
     set_root_uuid(id.root_fs_uuid)?;
     let ss = table.sector_size;
-    for esp in table
-        .partitions
-        .iter()
-        .filter(|p| gpt::type_name(p.type_guid) == Some("esp"))
-    {
+    for esp in table.partitions.iter().filter(|p| p.is_esp()) {
         set_fat_volume_id(disk, esp, ss, id.esp_volume_id)?;
     }
     let parts: Vec<Partition> = table

@@ -95,10 +95,7 @@ fn find_with(cmdline: &str, root: &Path) -> Result<BootDisk> {
     // GRUB read the ESP's GUID before the agent gave a fresh copy its own identity on
     // its first boot: then the GUID named is the build's, and the root's disk has one
     // ESP under its new GUID.
-    let is_esp = |p: &&oneimage_format::gpt::Partition| {
-        oneimage_format::gpt::type_name(p.type_guid) == Some("esp")
-    };
-    let esps: Vec<_> = table.partitions.iter().filter(is_esp).collect();
+    let esps: Vec<_> = table.partitions.iter().filter(|p| p.is_esp()).collect();
     let part = match table.partitions.iter().find(|p| p.guid == esp) {
         Some(p) => p,
         None if esps.len() == 1 => esps[0],
