@@ -17,6 +17,7 @@ pub mod progress;
 pub mod rootfs;
 pub mod run;
 pub mod spec;
+pub mod vm_formats;
 
 use anyhow::{bail, Context, Result};
 use oneimage_format::size::format_size;

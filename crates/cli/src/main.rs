@@ -1,6 +1,7 @@
 //! The `oneimage` command: parses arguments and calls the libraries.
 
 mod bmap_cmd;
+mod convert_cmd;
 mod inspect;
 mod install_cmd;
 mod interrupt;
@@ -118,6 +119,8 @@ enum Cmd {
     },
     /// Write an image (raw or compressed) to a USB stick, disk or file, safely and verified.
     Write(write_cmd::WriteArgs),
+    /// Convert an image to a virtual machine disk: qcow2, vmdk, vhdx, vdi, or an ova.
+    Convert(convert_cmd::ConvertArgs),
     /// Create a block map (bmap 2.0) for an image.
     Bmap(bmap_cmd::BmapArgs),
     /// Inside a running oneimage system: put its newest kernels, with initramfs images
@@ -150,7 +153,7 @@ fn main() {
     // others are ended by them as usual (QEMU gets a terminal's Ctrl-C itself).
     let cancel = matches!(
         cli.command,
-        Cmd::Build { .. } | Cmd::Write(_) | Cmd::Install(_)
+        Cmd::Build { .. } | Cmd::Write(_) | Cmd::Install(_) | Cmd::Convert(_)
     )
     .then(interrupt::install);
     let is_write = matches!(cli.command, Cmd::Write(_));
@@ -208,6 +211,7 @@ fn run(cli: Cli, cancel: Option<Arc<AtomicBool>>) -> Result<()> {
         Cmd::Bmap(a) => bmap_cmd::run(a),
         Cmd::UpdateBoot(a) => update_boot_cmd::run(a),
         Cmd::Install(a) => install_cmd::run(a, cancel),
+        Cmd::Convert(a) => convert_cmd::run(a, cancel),
         Cmd::Qemu {
             image,
             snapshot,

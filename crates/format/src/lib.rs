@@ -26,6 +26,7 @@ pub mod size;
 pub mod slice;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod vm_disk;
 pub mod zstd_seekable;
 
 pub use guid::Guid;

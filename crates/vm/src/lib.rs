@@ -229,6 +229,34 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
         .map(|c| format!(",cache={c}"))
         .unwrap_or_default();
     let cdrom = opts.media.is_disc();
+    let format = {
+        let mut head = Vec::with_capacity(512);
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(
+                std::fs::File::open(image)
+                    .with_context(|| format!("opening {}", image.display()))?,
+                512,
+            ),
+            &mut head,
+        )?;
+        oneimage_format::vm_disk::sniff(&head)
+    };
+    let fmt = format.qemu_name();
+    if format != oneimage_format::vm_disk::DiskFormat::Raw {
+        if cdrom {
+            bail!(
+                "{} is a {fmt} file: a DVD holds a raw image (--media {})",
+                image.display(),
+                opts.media.name()
+            );
+        }
+        if opts.disk_size.is_some() && !opts.snapshot {
+            bail!(
+                "{} is a {fmt} file: --disk-size enlarges raw images in place; add --snapshot to boot it on a larger disk, or resize it with qemu-img resize",
+                image.display()
+            );
+        }
+    }
     if cdrom && opts.disk_size.is_some() {
         bail!(
             "--disk-size makes no sense for a DVD (--media {})",
@@ -243,14 +271,21 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
     } else if opts.snapshot {
         // A qcow2 overlay keeps the image untouched and can be larger than it.
         let overlay = tmp.path().join("overlay.qcow2");
-        let size = opts.disk_size.unwrap_or(meta.len()).max(meta.len());
+        // A raw image's size is its file's; other formats know their own (qemu-img
+        // takes the backing file's size when none is given).
+        let size = match format {
+            oneimage_format::vm_disk::DiskFormat::Raw => {
+                Some(opts.disk_size.unwrap_or(meta.len()).max(meta.len()))
+            }
+            _ => opts.disk_size,
+        };
         let abs = std::fs::canonicalize(image)?;
         let mut cmd = Command::new("qemu-img");
         cmd.env("LC_ALL", "C")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b"])
             .arg(&abs)
             .arg(&overlay)
-            .arg(size.to_string());
+            .args(size.map(|s| s.to_string()));
         let out = cmd
             .output()
             .context("running qemu-img (apt-get install qemu-utils)")?;
@@ -269,7 +304,7 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
             grow_image(image, size)?;
         }
         format!(
-            "file={},format=raw,if=none,id=disk0{cache}",
+            "file={},format={fmt},if=none,id=disk0{cache}",
             image.display()
         )
     };
