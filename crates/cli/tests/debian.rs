@@ -1085,3 +1085,125 @@ fn of_two_fresh_copies_attached_the_one_booted_is_the_one_used() {
         );
     }
 }
+
+/// `qemu-img info --output=json` of `disk`.
+fn qemu_img_info(disk: &Path) -> serde_json::Value {
+    let text = ok(Command::new("qemu-img")
+        .env("LC_ALL", "C")
+        .args(["info", "--output=json"])
+        .arg(disk));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The demo as qcow2, VMDK (sparse and streamOptimized), VHDX, VDI and OVA: qemu-img
+/// checks each and reports its format and the image's size, every one but VHDX comes out
+/// byte-identical twice, the OVA holds the OVF first, a manifest whose sums match, an
+/// OVF that is well-formed XML naming the disk's capacity and UEFI, and a VMDK qemu-img
+/// accepts. The formats in `ONEIMAGE_VM_FORMAT_BOOTS` (default qcow2;
+/// scripts/vm-formats.sh: all) boot to the marker.
+#[test]
+fn vm_formats_are_checked_by_qemu_img_and_boot() {
+    let d = tempfile::tempdir().unwrap();
+    let image = d.path().join("demo.img");
+    ok(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(demo())
+        .arg(&image));
+    let size = std::fs::metadata(&image).unwrap().len();
+    let boots = std::env::var("ONEIMAGE_VM_FORMAT_BOOTS").unwrap_or_else(|_| "qcow2".into());
+    let convert = |to: &str, extra: &[&str], out: &Path| {
+        ok(oneimage()
+            .args(["convert", "--to", to])
+            .args(extra)
+            .arg(&image)
+            .arg("-o")
+            .arg(out));
+    };
+    let mut to_boot: Vec<(String, PathBuf)> = Vec::new();
+    for (to, extra, qemu_format, reproducible) in [
+        ("qcow2", &[][..], "qcow2", true),
+        ("qcow2", &["--compress"][..], "qcow2", true),
+        ("vmdk", &[][..], "vmdk", true),
+        ("vmdk", &["--stream-optimized"][..], "vmdk", true),
+        ("vhdx", &[][..], "vhdx", false),
+        ("vdi", &[][..], "vdi", true),
+    ] {
+        let what = format!("{to} {extra:?}");
+        let dir = d.path().join(format!("{to}{}", extra.len()));
+        std::fs::create_dir_all(dir.join("again")).unwrap();
+        let out = dir.join(format!("demo.{to}"));
+        convert(to, extra, &out);
+        ok(Command::new("qemu-img")
+            .env("LC_ALL", "C")
+            .arg("check")
+            .arg(&out));
+        let info = qemu_img_info(&out);
+        assert_eq!(info["format"], qemu_format, "{what}: {info}");
+        assert_eq!(info["virtual-size"], size, "{what}: {info}");
+        let again = dir.join("again").join(format!("demo.{to}"));
+        convert(to, extra, &again);
+        assert_eq!(
+            sha256(&out) == sha256(&again),
+            reproducible,
+            "{what}: two conversions are{} identical",
+            if reproducible { " not" } else { "" }
+        );
+        std::fs::remove_file(&again).unwrap();
+        eprintln!("{what}: {} bytes", std::fs::metadata(&out).unwrap().len());
+        if extra.is_empty() && boots.split(',').any(|b| b == to) {
+            to_boot.push((what, out));
+        }
+    }
+
+    // The OVA.
+    let ova = d.path().join("demo.ova");
+    convert("ova", &[], &ova);
+    let again = d.path().join("again.ova");
+    convert("ova", &[], &again);
+    assert_eq!(sha256(&ova), sha256(&again), "two OVAs differ");
+    std::fs::remove_file(&again).unwrap();
+    let list = ok(Command::new("tar").env("LC_ALL", "C").arg("-tf").arg(&ova));
+    let names: Vec<&str> = list.lines().collect();
+    assert_eq!(names, ["demo.ovf", "demo.mf", "demo-disk1.vmdk"], "{list}");
+    let x = d.path().join("ova");
+    std::fs::create_dir_all(&x).unwrap();
+    ok(Command::new("tar").arg("-xf").arg(&ova).arg("-C").arg(&x));
+    let manifest = std::fs::read_to_string(x.join("demo.mf")).unwrap();
+    for name in ["demo.ovf", "demo-disk1.vmdk"] {
+        let line = format!("SHA256({name})= {}", sha256(&x.join(name)));
+        assert!(manifest.lines().any(|l| l == line), "{line}\n{manifest}");
+    }
+    let ovf = x.join("demo.ovf");
+    ok(Command::new("xmllint").arg("--noout").arg(&ovf));
+    let text = std::fs::read_to_string(&ovf).unwrap();
+    let disk = x.join("demo-disk1.vmdk");
+    for want in [
+        format!(r#"ovf:capacity="{size}""#),
+        format!(
+            r#"ovf:href="demo-disk1.vmdk" ovf:size="{}""#,
+            std::fs::metadata(&disk).unwrap().len()
+        ),
+        r#"vmw:key="firmware" vmw:value="efi""#.to_string(),
+        "<rasd:ResourceSubType>AHCI</rasd:ResourceSubType>".to_string(),
+    ] {
+        assert!(text.contains(&want), "{want}:\n{text}");
+    }
+    ok(Command::new("qemu-img")
+        .env("LC_ALL", "C")
+        .arg("check")
+        .arg(&disk));
+    assert_eq!(qemu_img_info(&disk)["virtual-size"], size);
+    if boots.split(',').any(|b| b == "ova") {
+        to_boot.push(("the OVA's VMDK".into(), disk));
+    }
+
+    assert!(
+        !to_boot.is_empty(),
+        "ONEIMAGE_VM_FORMAT_BOOTS={boots} names no format"
+    );
+    for (what, disk) in to_boot {
+        let console = boot_until(&disk, MARKER, &["--snapshot"]);
+        assert!(console.contains(MARKER), "{what}");
+        eprintln!("{what}: booted to the marker");
+    }
+}
