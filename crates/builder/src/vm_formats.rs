@@ -89,6 +89,27 @@ pub fn convert(
     if !meta.is_file() {
         bail!("{} is not an image file", image.display());
     }
+    if opts.compress && format != VmFormat::Qcow2 {
+        bail!("--compress applies to qcow2 only (not {})", format.name());
+    }
+    if opts.stream_optimized && format != VmFormat::Vmdk {
+        bail!(
+            "--stream-optimized applies to vmdk only (an ova always holds one; not {})",
+            format.name()
+        );
+    }
+    let mut head = Vec::with_capacity(512);
+    File::open(image)
+        .and_then(|f| f.take(512).read_to_end(&mut head))
+        .with_context(|| format!("reading {}", image.display()))?;
+    let found = oneimage_format::vm_disk::sniff(&head);
+    if found != oneimage_format::vm_disk::DiskFormat::Raw {
+        bail!(
+            "{} is a {} file; expected a raw image (what `oneimage build` makes)",
+            image.display(),
+            found.qemu_name()
+        );
+    }
     let out = match out {
         Some(o) => o.to_path_buf(),
         None => image.with_extension(format.name()),

@@ -1155,6 +1155,33 @@ fn vm_formats_are_checked_by_qemu_img_and_boot() {
         }
     }
 
+    // Only a raw image is converted; options say which format they belong to.
+    let qcow2 = d.path().join("qcow20").join("demo.qcow2");
+    for (args, says) in [
+        (
+            vec!["convert", "--to", "vdi", qcow2.to_str().unwrap()],
+            "is a qcow2 file; expected a raw image",
+        ),
+        (
+            vec![
+                "convert",
+                "--to",
+                "vdi",
+                "--compress",
+                image.to_str().unwrap(),
+            ],
+            "--compress applies to qcow2 only",
+        ),
+    ] {
+        let out = output(oneimage().args(&args));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!d.path().join("qcow20").join("demo.vdi").exists());
+
     // The OVA.
     let ova = d.path().join("demo.ova");
     convert("ova", &[], &ova);
