@@ -1185,7 +1185,9 @@ fn vm_formats_are_checked_by_qemu_img_and_boot() {
     // The OVA.
     let ova = d.path().join("demo.ova");
     convert("ova", &[], &ova);
-    let again = d.path().join("again.ova");
+    // The OVA names its members after its own file name: the same name, elsewhere.
+    std::fs::create_dir_all(d.path().join("again")).unwrap();
+    let again = d.path().join("again").join("demo.ova");
     convert("ova", &[], &again);
     assert_eq!(sha256(&ova), sha256(&again), "two OVAs differ");
     std::fs::remove_file(&again).unwrap();
