@@ -73,20 +73,18 @@ fn find_with(cmdline: &str, root: &Path) -> Result<BootDisk> {
             "the root filesystem is not on a disk partition (a live session, or a disc)",
         ));
     }
-    let sys = std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}"))
-        .with_context(|| format!("finding the root's device {major}:{minor} in /sys"))?;
-    if !sys.join("partition").exists() {
+    let (sys, part) = sys_partition((major, minor))?;
+    let Some(SysPartition {
+        disk_sys,
+        disk_name: name,
+        ..
+    }) = part
+    else {
         bail!(
             "the root filesystem is on {}, which is not a partition of a disk",
             sys.display()
         );
-    }
-    let disk_sys = sys.parent().context("a partition's disk")?;
-    let name = disk_sys
-        .file_name()
-        .context("a disk's name")?
-        .to_string_lossy()
-        .into_owned();
+    };
     let disk = PathBuf::from(format!("/dev/{name}"));
     let mut f =
         std::fs::File::open(&disk).with_context(|| format!("opening {}", disk.display()))?;
@@ -105,7 +103,7 @@ fn find_with(cmdline: &str, root: &Path) -> Result<BootDisk> {
             esps.len()
         ),
     };
-    for item in std::fs::read_dir(disk_sys)? {
+    for item in std::fs::read_dir(&disk_sys)? {
         let item = item?;
         let number = std::fs::read_to_string(item.path().join("partition")).unwrap_or_default();
         if number.trim() == part.number.to_string() {
@@ -125,6 +123,44 @@ fn find_with(cmdline: &str, root: &Path) -> Result<BootDisk> {
         disk.display(),
         part.number
     )
+}
+
+/// A partition as sysfs shows it.
+pub(crate) struct SysPartition {
+    /// Its number in the disk's table.
+    pub number: u32,
+    /// The whole disk's sysfs directory.
+    pub disk_sys: PathBuf,
+    /// The whole disk's kernel name, e.g. `sda`.
+    pub disk_name: String,
+}
+
+/// Looks device `devnum` up in /sys: its sysfs directory, and what makes it a partition
+/// of a disk (nothing when it is not one).
+pub(crate) fn sys_partition(devnum: (u32, u32)) -> Result<(PathBuf, Option<SysPartition>)> {
+    let (major, minor) = devnum;
+    let sys = std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}"))
+        .with_context(|| format!("finding the device {major}:{minor} in /sys"))?;
+    let Some(number) = std::fs::read_to_string(sys.join("partition"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    else {
+        return Ok((sys, None));
+    };
+    let disk_sys = sys.parent().context("a partition's disk")?.to_path_buf();
+    let disk_name = disk_sys
+        .file_name()
+        .context("a disk's name")?
+        .to_string_lossy()
+        .into_owned();
+    Ok((
+        sys,
+        Some(SysPartition {
+            number,
+            disk_sys,
+            disk_name,
+        }),
+    ))
 }
 
 #[cfg(test)]

@@ -64,12 +64,9 @@ fn rdev_of(p: &Path) -> Option<DevNum> {
 
 /// The device number mounted at `point` in mountinfo `text`.
 fn mounted_at(text: &str, point: &str) -> Option<DevNum> {
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.len() > 4 && mounts::unescape(f[4]) == point)
-            .then(|| mounts::parse_devnum(f[2]))
-            .flatten()
-    })
+    mounts::parse_mountinfo(text)
+        .into_iter()
+        .find_map(|(d, points)| points.iter().any(|p| p == point).then_some(d))
 }
 
 /// Finds the medium of the running live session, or says why there is none: a
@@ -84,28 +81,17 @@ pub fn find_medium() -> Result<Medium> {
         }
         bail!("this system was not started by oneimage (no oneimage.esp= on the kernel command line and no live root at {LIVE_LOWER}); boot the oneimage stick or DVD to install it");
     };
-    let sys = std::fs::canonicalize(format!("/sys/dev/block/{}:{}", lower.0, lower.1))
-        .with_context(|| {
-            format!(
-                "finding the live root's device {}:{} in /sys",
-                lower.0, lower.1
-            )
-        })?;
-    let number: u32 = std::fs::read_to_string(sys.join("partition"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .with_context(|| {
-            format!(
-                "the live root {} is not a partition of a disk",
-                sys.display()
-            )
-        })?;
-    let disk_sys = sys.parent().context("a partition's disk")?;
-    let name = disk_sys
-        .file_name()
-        .context("a disk's name")?
-        .to_string_lossy()
-        .into_owned();
+    let (sys, part) = crate::boot_disk::sys_partition(lower)?;
+    let crate::boot_disk::SysPartition {
+        number,
+        disk_sys,
+        disk_name: name,
+    } = part.with_context(|| {
+        format!(
+            "the live root {} is not a partition of a disk",
+            sys.display()
+        )
+    })?;
     let devnum = whole_disk(lower).context("the live root's disk")?;
     let disc = std::fs::read_to_string(disk_sys.join("loop/backing_file"))
         .ok()
