@@ -518,22 +518,15 @@ fn set_ext4_uuid(node: &Path, uuid: oneimage_format::Guid) -> Result<(), String>
     match change {
         UuidChange::Done | UuidChange::Keep => Ok(()),
         UuidChange::Tune2fs => {
-            let out = std::process::Command::new("tune2fs")
-                .env("LC_ALL", "C")
-                .arg("-U")
-                .arg(uuid.to_string())
-                .arg(node)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .map_err(|e| format!("running tune2fs: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "tune2fs -U {uuid} {} failed: {}",
-                    node.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-            Ok(())
+            let mut cmd = std::process::Command::new("tune2fs");
+            cmd.arg("-U").arg(uuid.to_string()).arg(node);
+            oneimage_builder::run::run(
+                &mut cmd,
+                "setting the root filesystem's UUID",
+                Default::default(),
+            )
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"))
         }
     }
 }
