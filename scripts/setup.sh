@@ -27,6 +27,6 @@ for p in "${pkgs[@]}"; do
   }
 done
 if ! command -v cargo >/dev/null; then
-  echo "setup: cargo not found; install Rust (1.85 or newer) with rustup: https://rustup.rs" >&2
+  echo "setup: cargo not found; install Rust (1.88 or newer) with rustup: https://rustup.rs" >&2
   exit 1
 fi

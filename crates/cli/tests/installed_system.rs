@@ -660,6 +660,7 @@ echo 'oneimage-test: installed'
 /// From a DVD (always live): `install` onto a used internal disk, which then boots
 /// alone, grows and keeps what was written on it.
 #[test]
+#[ignore = "campaign: scripts/long-tests.sh (the suite keeps one test per route)"]
 fn install_from_a_dvd_gives_a_disk_that_lives_on_its_own() {
     let d = tempfile::tempdir().unwrap();
     let internal = d.path().join("internal.img");

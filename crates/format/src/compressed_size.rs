@@ -1366,7 +1366,7 @@ mod tests {
             // footer still gives a usable backward size, so the damage reaches the index
             // records, the padding and the walk back, not only the CRC checks.
             let n = f.len();
-            if n >= 12 && n % 4 == 0 {
+            if n >= 12 && n.is_multiple_of(4) {
                 let backward = (u64::from(le_u32(&f[n - 8..n - 4])) + 1) * 4;
                 fix_footer_crc(f, n);
                 if let Some(index_pos) = (n as u64 - 12).checked_sub(backward) {

@@ -413,8 +413,9 @@ pub fn used_ranges<R: Read + Seek>(fs: &mut R) -> Result<UsedBlocks, Ext4Error> 
         }
         read_block(fs, &l, block_bitmap, &mut bitmap)?;
         let bit = |i: u64| bitmap[(i / 8) as usize] >> (i % 8) & 1 == 1;
-        let whole =
-            |i: u64, byte: u8| i % 8 == 0 && i + 8 <= count && bitmap[(i / 8) as usize] == byte;
+        let whole = |i: u64, byte: u8| {
+            i.is_multiple_of(8) && i + 8 <= count && bitmap[(i / 8) as usize] == byte
+        };
         let mut i = 0;
         while i < count {
             while i < count && !bit(i) {

@@ -243,7 +243,7 @@ impl<R: Read + Seek> Volume<R> {
         match self.g.kind {
             Kind::Fat12 => {
                 let v = le16(&self.fat, c + c / 2);
-                if c % 2 == 0 {
+                if c.is_multiple_of(2) {
                     v & 0xFFF
                 } else {
                     v >> 4

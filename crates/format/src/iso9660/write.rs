@@ -186,7 +186,7 @@ fn check_extent(what: &str, offset: u64, len: u64, image_bytes: u64) -> Result<(
     let fits = offset
         .checked_add(len)
         .is_some_and(|end| end <= image_bytes);
-    if offset % SECTOR != 0 || offset < END || !fits {
+    if !offset.is_multiple_of(SECTOR) || offset < END || !fits {
         return Err(IsoError::BadExtent {
             what: what.to_string(),
             offset,

@@ -255,9 +255,10 @@ impl Target {
         let Target::Device { direct, .. } = self else {
             return Ok(());
         };
-        if off % 512 == 0 && len % 512 == 0 && len > 0 {
-            const BLKZEROOUT: rustix::ioctl::Opcode = 0x127f; // _IO(0x12, 127)
-                                                              // SAFETY: BLKZEROOUT reads a u64[2] (offset, length) that lives for the call.
+        if off.is_multiple_of(512) && len.is_multiple_of(512) && len > 0 {
+            // _IO(0x12, 127)
+            const BLKZEROOUT: rustix::ioctl::Opcode = 0x127f;
+            // SAFETY: BLKZEROOUT reads a u64[2] (offset, length) that lives for the call.
             let r = unsafe {
                 rustix::ioctl::ioctl(
                     direct,
@@ -360,7 +361,9 @@ impl Target {
 }
 
 fn is_aligned(buf: &[u8], off: u64) -> bool {
-    buf.as_ptr().align_offset(ALIGN) == 0 && buf.len() % ALIGN == 0 && off % ALIGN as u64 == 0
+    buf.as_ptr().align_offset(ALIGN) == 0
+        && buf.len().is_multiple_of(ALIGN)
+        && off.is_multiple_of(ALIGN as u64)
 }
 
 /// Shows the device and asks for `yes` on the terminal; refuses without a terminal.
