@@ -41,7 +41,7 @@ unshare --mount --propagation private bash -euo pipefail -c '
   mount --rbind /dev "$root/dev" && mount -t proc proc "$root/proc"
   mount -o bind,ro "$2" "$root/ws"
   mount --bind "$3" "$root/tgt" && mount --bind "$4" "$root/cargo/registry"
-  exec env -i PATH=/usr/bin:/bin HOME=/root CARGO_HOME=/cargo \
+  exec env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CARGO_HOME=/cargo \
     CARGO_TARGET_DIR=/tgt/aarch64-build CARGO_BUILD_TARGET=aarch64-unknown-linux-gnu \
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
     CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar \

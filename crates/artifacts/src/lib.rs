@@ -1,6 +1,7 @@
 //! Download artifacts next to a built image: `NAME.img.zst` (zstd seekable format),
 //! `NAME.img.xz` (multi-block, decodable in parallel by xz 5.4+), `NAME.img.bmap`
-//! (bmap 2.0) and `SHA256SUMS`. All are written under temporary names and renamed
+//! (bmap 2.0), virtual machine disks (`NAME.qcow2`, `.vmdk`, `.vhdx`, `.vdi`, `.ova`,
+//! which the builder makes with qemu-img) and `SHA256SUMS`. All are written under temporary names and renamed
 //! together at the end, and each depends only on the image and the settings, never on
 //! time or thread count. The builder makes them after an image; `oneimage bmap` makes a
 //! block map of any image.
@@ -8,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod bmap;
+pub mod vm;
 pub mod zstd;
 
 use oneimage_format::hash::{hex, sha256};
@@ -49,6 +51,16 @@ pub struct ArtifactsSpec {
     /// Write `SHA256SUMS` covering the image and the other artifacts.
     #[serde(default = "yes")]
     pub sha256sums: bool,
+    /// Virtual machine disks to make from the image, each `NAME.FORMAT` (the image's
+    /// name without `.img`).
+    #[serde(default)]
+    pub vm_formats: Vec<vm::VmFormat>,
+    /// Compress the qcow2's clusters.
+    #[serde(default)]
+    pub qcow2_compress: bool,
+    /// Make the VMDK streamOptimized (compressed, what uploads and OVAs take).
+    #[serde(default)]
+    pub vmdk_stream_optimized: bool,
 }
 
 fn yes() -> bool {
@@ -78,6 +90,9 @@ impl Default for ArtifactsSpec {
             xz_block_size: xz_block_size(),
             bmap: true,
             sha256sums: true,
+            vm_formats: Vec::new(),
+            qcow2_compress: false,
+            vmdk_stream_optimized: false,
         }
     }
 }
@@ -89,6 +104,17 @@ impl ArtifactsSpec {
                 "[artifacts] zstd-level = {}: expected 1 to 19",
                 self.zstd_level
             );
+        }
+        for (i, f) in self.vm_formats.iter().enumerate() {
+            if self.vm_formats[..i].contains(f) {
+                bail!("[artifacts] vm-formats: {:?} is listed twice", f.name());
+            }
+        }
+        if self.qcow2_compress && !self.vm_formats.contains(&vm::VmFormat::Qcow2) {
+            bail!("[artifacts] qcow2-compress = true: vm-formats has no \"qcow2\"");
+        }
+        if self.vmdk_stream_optimized && !self.vm_formats.contains(&vm::VmFormat::Vmdk) {
+            bail!("[artifacts] vmdk-stream-optimized = true: vm-formats has no \"vmdk\"");
         }
         if self.xz_level > 9 {
             bail!("[artifacts] xz-level = {}: expected 0 to 9", self.xz_level);
@@ -193,16 +219,28 @@ impl Staged {
     }
 }
 
+/// Checks the settings of `spec` that a spec file's parser cannot (ranges, sizes, options
+/// of formats not asked for).
+pub fn check_spec(spec: &ArtifactsSpec) -> Result<()> {
+    spec.check().map(|_| ())
+}
+
+/// An artifact the caller made itself (the builder's virtual machine disks): a finished
+/// file under a temporary name in the scratch directory, and its final path.
+pub type StagedFile = (TempPath, PathBuf);
+
 /// Makes the artifacts `spec` asks for from `image`, for an image that will be at
 /// `dest`: they are named after `dest` (and `SHA256SUMS` merged with the one next to
 /// `dest`), but written under temporary names in `scratch`, which must be on the same
-/// filesystem as `dest`; each one started is told to `say`. Fails with "interrupted"
-/// soon after `cancel` is set.
+/// filesystem as `dest`; each one started is told to `say`. `made` are artifacts the
+/// caller already staged: they are committed with the others and listed in
+/// `SHA256SUMS`. Fails with "interrupted" soon after `cancel` is set.
 pub fn stage(
     image: &Path,
     dest: &Path,
     spec: &ArtifactsSpec,
     scratch: &Path,
+    made: Vec<StagedFile>,
     say: &dyn Fn(&str),
     cancel: Option<&AtomicBool>,
 ) -> Result<Staged> {
@@ -221,7 +259,7 @@ pub fn stage(
             cancel,
         })
     };
-    let mut files = Vec::new();
+    let mut files = made;
     if spec.zstd {
         check(cancel)?;
         let out = dest.with_file_name(format!("{name}.zst"));
@@ -295,13 +333,27 @@ pub fn emit(image: &Path, spec: &ArtifactsSpec) -> Result<Vec<PathBuf>> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    stage(image, image, spec, dir, &|_| {}, None)?.commit()
+    stage(image, image, spec, dir, Vec::new(), &|_| {}, None)?.commit()
+}
+
+/// Whether `name` is `image` or one of its artifacts: `IMAGE.*`, or a virtual machine
+/// disk named after the image without its extension (`NAME.qcow2` for `NAME.img`).
+fn made_for(name: &str, image: &str) -> bool {
+    let stem = Path::new(image)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or(image);
+    name == image
+        || name.starts_with(&format!("{image}."))
+        || vm::VmFormat::ALL
+            .iter()
+            .any(|f| name == format!("{stem}.{}", f.name()))
 }
 
 /// The text of `SHA256SUMS` at `path` with `ours` (file name, hex digest) in it: lines of
 /// other images built into the same directory stay while their files exist, so several
 /// images can share one output directory; old lines of `image` and its artifacts
-/// (`IMAGE.*`) go. Lines are sorted by file name.
+/// (`IMAGE.*`, `NAME.qcow2`...) go. Lines are sorted by file name.
 fn merged_sums(path: &Path, image: &str, ours: Vec<(String, String)>) -> Result<String> {
     let mut lines: std::collections::BTreeMap<String, String> = ours.into_iter().collect();
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -312,8 +364,7 @@ fn merged_sums(path: &Path, image: &str, ours: Vec<(String, String)>) -> Result<
             };
             let name = name.trim_start_matches('*');
             let plain = !name.contains('/') && !name.is_empty();
-            let this_image = name == image || name.starts_with(&format!("{image}."));
-            if plain && !this_image && dir.join(name).is_file() {
+            if plain && !made_for(name, image) && dir.join(name).is_file() {
                 lines.insert(name.to_string(), digest.to_string());
             }
         }
@@ -332,18 +383,24 @@ mod tests {
     fn sums_of_other_images_in_the_directory_are_kept() {
         let d = tempfile::tempdir().unwrap();
         let sums = d.path().join("SHA256SUMS");
-        for f in ["a.img", "b.img.xz"] {
+        for f in ["a.img", "a.qcow2", "b.img.xz", "b.vdi", "b.qcow2"] {
             std::fs::write(d.path().join(f), b"x").unwrap();
         }
         std::fs::write(
             &sums,
-            "11  a.img\n22  gone.img\n33  b.img\n55  b.img.xz\nnot a sum line\n",
+            "11  a.img\n12  a.qcow2\n22  gone.img\n33  b.img\n55  b.img.xz\n66  b.vdi\n\
+             77  b.qcow2\nnot a sum line\n",
         )
         .unwrap();
-        let text = merged_sums(&sums, "b.img", vec![("b.img".into(), "44".into())]).unwrap();
-        // a.img kept (it exists), gone.img dropped, b.img replaced by the new digest, and
-        // b.img.xz, left over from an earlier build of b.img, no longer listed.
-        assert_eq!(text, "11  a.img\n44  b.img\n");
+        let ours = vec![
+            ("b.img".into(), "44".into()),
+            ("b.qcow2".into(), "88".into()),
+        ];
+        let text = merged_sums(&sums, "b.img", ours).unwrap();
+        // a.img and its qcow2 kept (they exist), gone.img dropped, b.img and b.qcow2
+        // replaced by the new digests, and b.img.xz and b.vdi, left over from an earlier
+        // build of b.img, no longer listed.
+        assert_eq!(text, "11  a.img\n12  a.qcow2\n44  b.img\n88  b.qcow2\n");
     }
 
     #[test]
@@ -369,17 +426,26 @@ mod tests {
             v
         };
         // Dropped before commit: nothing anywhere but the image.
-        let staged = stage(&image, &dest, &spec, &scratch, &|_| {}, None).unwrap();
+        let staged = stage(&image, &dest, &spec, &scratch, Vec::new(), &|_| {}, None).unwrap();
         assert_eq!(listing(&out), Vec::<String>::new());
         drop(staged);
         assert_eq!(listing(&scratch), ["x.img"]);
         // Asked to stop: an error, and nothing left either.
         let stop = AtomicBool::new(true);
-        let e = stage(&image, &dest, &spec, &scratch, &|_| {}, Some(&stop)).unwrap_err();
+        let e = stage(
+            &image,
+            &dest,
+            &spec,
+            &scratch,
+            Vec::new(),
+            &|_| {},
+            Some(&stop),
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("interrupted"), "{e:#}");
         assert_eq!(listing(&scratch), ["x.img"]);
         // Committed: every artifact under its final name, named after `dest`.
-        let staged = stage(&image, &dest, &spec, &scratch, &|_| {}, None).unwrap();
+        let staged = stage(&image, &dest, &spec, &scratch, Vec::new(), &|_| {}, None).unwrap();
         std::fs::rename(&image, &dest).unwrap();
         let made = staged.commit().unwrap();
         assert_eq!(made.last().unwrap(), &out.join("SHA256SUMS"));
@@ -411,6 +477,20 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.check().unwrap_err().to_string().contains("zstd-level"));
+        let s: ArtifactsSpec = toml::from_str("vm-formats = [\"qcow2\", \"ova\"]").unwrap();
+        assert_eq!(s.vm_formats, [vm::VmFormat::Qcow2, vm::VmFormat::Ova]);
+        let e = toml::from_str::<ArtifactsSpec>("vm-formats = [\"vbox\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected one of qcow2"), "{e}");
+        let twice: ArtifactsSpec = toml::from_str("vm-formats = [\"vdi\", \"vdi\"]").unwrap();
+        assert!(twice.check().unwrap_err().to_string().contains("twice"));
+        let orphan: ArtifactsSpec = toml::from_str("qcow2-compress = true").unwrap();
+        let e = orphan.check().unwrap_err().to_string();
+        assert!(
+            e.contains("qcow2-compress") && e.contains("no \"qcow2\""),
+            "{e}"
+        );
     }
 
     #[test]

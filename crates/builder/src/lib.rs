@@ -294,11 +294,31 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
     cancel.check()?;
     // The artifacts are made from the image where it is, under temporary names, so
     // that nothing appears in the output directory before everything is complete.
+    let mut vm_disks = Vec::new();
+    for &format in &spec.artifacts.vm_formats {
+        let opts = vm_formats::ConvertOptions {
+            compress: spec.artifacts.qcow2_compress && format == vm_formats::VmFormat::Qcow2,
+            stream_optimized: spec.artifacts.vmdk_stream_optimized
+                && format == vm_formats::VmFormat::Vmdk,
+        };
+        say(
+            "artifact",
+            &format!(
+                "converting to {}",
+                image.with_extension(format.name()).display()
+            ),
+        );
+        vm_disks.push(
+            vm_formats::stage(&partial, &image, format, opts, w, cancel)
+                .with_context(|| format!("{}: [artifacts] vm-formats", spec_path.display()))?,
+        );
+    }
     let artifacts = oneimage_artifacts::stage(
         &partial,
         &image,
         &spec.artifacts,
         w,
+        vm_disks,
         &|m: &str| say("artifact", m),
         cancel.flag(),
     )

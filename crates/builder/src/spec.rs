@@ -302,6 +302,7 @@ impl Spec {
                 self.architecture
             );
         }
+        oneimage_artifacts::check_spec(&self.artifacts).with_context(|| format!("{p}"))?;
         if self.root.filesystem != "ext4" {
             bail!(
                 "{p}: root.filesystem = \"{}\": only \"ext4\" is supported so far",

@@ -20,52 +20,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A virtual machine disk format `convert` writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VmFormat {
-    /// QEMU's qcow2.
-    Qcow2,
-    /// VMware's VMDK (monolithic sparse, or streamOptimized).
-    Vmdk,
-    /// Hyper-V's VHDX.
-    Vhdx,
-    /// VirtualBox's VDI.
-    Vdi,
-    /// An OVF package in one tar file, holding a streamOptimized VMDK.
-    Ova,
-}
-
-impl VmFormat {
-    /// Every format, in the order they are listed.
-    pub const ALL: [VmFormat; 5] = [
-        VmFormat::Qcow2,
-        VmFormat::Vmdk,
-        VmFormat::Vhdx,
-        VmFormat::Vdi,
-        VmFormat::Ova,
-    ];
-
-    /// The name on the command line and in specs, which is also the file extension.
-    pub fn name(self) -> &'static str {
-        match self {
-            VmFormat::Qcow2 => "qcow2",
-            VmFormat::Vmdk => "vmdk",
-            VmFormat::Vhdx => "vhdx",
-            VmFormat::Vdi => "vdi",
-            VmFormat::Ova => "ova",
-        }
-    }
-}
-
-impl std::str::FromStr for VmFormat {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<VmFormat> {
-        VmFormat::ALL
-            .into_iter()
-            .find(|f| f.name() == s)
-            .with_context(|| format!("{s:?}: expected one of qcow2, vmdk, vhdx, vdi, ova"))
-    }
-}
+pub use oneimage_artifacts::vm::VmFormat;
 
 /// How to convert.
 #[derive(Debug, Clone, Copy, Default)]
@@ -114,17 +69,60 @@ pub fn convert(
         Some(o) => o.to_path_buf(),
         None => image.with_extension(format.name()),
     };
-    let name = out
-        .file_name()
-        .with_context(|| format!("{}: expected a file name", out.display()))?
-        .to_owned();
     let dir = match out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let (work, made) = make(image, format, &out, opts, &dir, cancel)?;
+    std::fs::rename(&made, &out)
+        .with_context(|| format!("renaming {} to {}", made.display(), out.display()))?;
+    drop(work);
+    Ok(out)
+}
+
+/// Makes `format` from the raw `image` for the build's artifacts: named after `dest`, the
+/// image's final path (`NAME.FORMAT`), under a temporary name in `scratch`, which is on
+/// the same filesystem as `dest`.
+pub fn stage(
+    image: &Path,
+    dest: &Path,
+    format: VmFormat,
+    opts: ConvertOptions,
+    scratch: &Path,
+    cancel: Cancel,
+) -> Result<oneimage_artifacts::StagedFile> {
+    let out = dest.with_extension(format.name());
+    let (work, made) = make(image, format, &out, opts, scratch, cancel)?;
+    let name = out.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}.partial-"))
+        .tempfile_in(scratch)
+        .with_context(|| format!("creating a temporary file in {}", scratch.display()))?
+        .into_temp_path();
+    std::fs::rename(&made, &tmp)
+        .with_context(|| format!("renaming {} to {}", made.display(), tmp.display()))?;
+    drop(work);
+    Ok((tmp, out))
+}
+
+/// Converts `image` into `format` in a new temporary directory in `dir`, under the file
+/// name of `out` (a VMDK and an OVA name their own file inside); returns the directory
+/// (deleted when dropped) and the synced file in it.
+fn make(
+    image: &Path,
+    format: VmFormat,
+    out: &Path,
+    opts: ConvertOptions,
+    dir: &Path,
+    cancel: Cancel,
+) -> Result<(tempfile::TempDir, PathBuf)> {
+    let name = out
+        .file_name()
+        .with_context(|| format!("{}: expected a file name", out.display()))?
+        .to_owned();
     let work = tempfile::Builder::new()
         .prefix(&format!(".{}.partial-", name.to_string_lossy()))
-        .tempdir_in(&dir)
+        .tempdir_in(dir)
         .with_context(|| format!("creating a temporary directory in {}", dir.display()))?;
     let made = work.path().join(&name);
     let id = image_id(image, cancel)?;
@@ -135,9 +133,7 @@ pub fn convert(
     File::open(&made)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("syncing {}", made.display()))?;
-    std::fs::rename(&made, &out)
-        .with_context(|| format!("renaming {} to {}", made.display(), out.display()))?;
-    Ok(out)
+    Ok((work, made))
 }
 
 /// A digest of the image's bytes: the seed of the ids the formats need.
@@ -392,15 +388,6 @@ fn xml_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn format_names_round_trip_and_others_are_refused() {
-        for f in VmFormat::ALL {
-            assert_eq!(f.name().parse::<VmFormat>().unwrap(), f);
-        }
-        let e = "qcow".parse::<VmFormat>().unwrap_err().to_string();
-        assert!(e.contains("expected one of qcow2"), "{e}");
-    }
 
     #[test]
     fn the_descriptor_escapes_names() {

@@ -264,6 +264,118 @@ fn same_inputs_same_bytes_with_different_seeds_differing() {
     assert_ne!(ja["partitions"][1]["guid"], jc["partitions"][1]["guid"]);
 }
 
+/// `[artifacts] vm-formats`: every format is made by the build, listed in SHA256SUMS,
+/// accepted by `qemu-img check`, holds the image's bytes, and all but VHDX (random GUIDs
+/// under checksums) are the same bytes when built again.
+#[test]
+fn vm_disks_are_build_artifacts_listed_in_sha256sums() {
+    let d = tempfile::tempdir().unwrap();
+    write_tarball(&d.path().join("root.tar"), &base_items());
+    let s = spec(
+        d.path(),
+        "name = \"vm\"\nsource-date-epoch = 1700000000\n[rootfs]\ntarball = \"root.tar\"\n\
+         [artifacts]\nvm-formats = [\"qcow2\", \"vmdk\", \"vhdx\", \"vdi\", \"ova\"]\n\
+         qcow2-compress = true\n",
+    );
+    for out in ["a", "b"] {
+        ok(oneimage()
+            .arg("build")
+            .arg(&s)
+            .arg("-o")
+            .arg(d.path().join(out)));
+    }
+    let a = d.path().join("a");
+    let sums = std::fs::read_to_string(a.join("SHA256SUMS")).unwrap();
+    let listed: Vec<&str> = sums
+        .lines()
+        .map(|l| l.split_once("  ").unwrap().1)
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "vm.img",
+            "vm.img.bmap",
+            "vm.ova",
+            "vm.qcow2",
+            "vm.vdi",
+            "vm.vhdx",
+            "vm.vmdk"
+        ]
+    );
+    let check = ok(std::process::Command::new("sha256sum")
+        .env("LC_ALL", "C")
+        .arg("-c")
+        .arg("SHA256SUMS")
+        .current_dir(&a));
+    assert_eq!(check.matches(": OK").count(), 7, "{check}");
+    let mut files = leftovers(&a);
+    files.sort();
+    // Nothing but what SHA256SUMS lists, and itself: no temporary files left over.
+    assert_eq!(files.len(), 8, "{files:?}");
+    assert!(files.iter().all(|f| f == "SHA256SUMS" || listed.contains(&f.as_str())));
+    for (file, format) in [
+        ("vm.qcow2", "qcow2"),
+        ("vm.vmdk", "vmdk"),
+        ("vm.vhdx", "vhdx"),
+        ("vm.vdi", "vdi"),
+    ] {
+        let disk = a.join(file);
+        let info = ok(std::process::Command::new("qemu-img")
+            .env("LC_ALL", "C")
+            .args(["info", "--output=json"])
+            .arg(&disk));
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+        assert_eq!(info["format"], format, "{file}: {info}");
+        ok(std::process::Command::new("qemu-img")
+            .env("LC_ALL", "C")
+            .args(["check", "-f", format])
+            .arg(&disk));
+        let same = ok(std::process::Command::new("qemu-img")
+            .env("LC_ALL", "C")
+            .args(["compare", "-f", "raw", "-F", format])
+            .arg(a.join("vm.img"))
+            .arg(&disk));
+        assert!(same.contains("Images are identical"), "{file}: {same}");
+        let again = sha256(&d.path().join("b").join(file));
+        if format == "vhdx" {
+            assert_ne!(sha256(&disk), again, "VHDX was expected to differ");
+        } else {
+            assert_eq!(sha256(&disk), again, "{file} differs between builds");
+        }
+    }
+    assert_eq!(
+        sha256(&a.join("vm.ova")),
+        sha256(&d.path().join("b/vm.ova"))
+    );
+    let qcow2: serde_json::Value =
+        serde_json::from_str(&ok(std::process::Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(a.join("vm.qcow2"))))
+        .unwrap();
+    // The compressed qcow2 is smaller than the bytes the image's data takes up.
+    assert!(
+        qcow2["actual-size"].as_u64().unwrap()
+            < std::fs::metadata(a.join("vm.img")).unwrap().len() / 4,
+        "{qcow2}"
+    );
+}
+
+#[test]
+fn vm_disk_options_without_their_format_are_refused() {
+    let err = refused(
+        "name = \"x\"\n[rootfs]\ntarball = \"root.tar\"\n[artifacts]\nvm-formats = [\"vdi\"]\n\
+         vmdk-stream-optimized = true\n",
+    );
+    assert!(
+        err.contains("vmdk-stream-optimized") && err.contains("spec.toml"),
+        "{err}"
+    );
+    let err = refused(
+        "name = \"x\"\n[rootfs]\ntarball = \"root.tar\"\n[artifacts]\nvm-formats = [\"vbox\"]\n",
+    );
+    assert!(err.contains("expected one of qcow2"), "{err}");
+}
+
 /// Runs a build that must fail; returns stderr after checking nothing was left behind.
 fn failing_build(dir: &Path, body: &str) -> String {
     let s = spec(dir, body);
