@@ -6,6 +6,7 @@ use crate::kernel::Kernel;
 use crate::run::{run, Cancel};
 use crate::spec::SizePolicy;
 use anyhow::{bail, Context, Result};
+use oneimage_format::arch::Arch;
 use oneimage_format::size::{align_up, format_size};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -81,6 +82,10 @@ pub const MENU_SETTINGS_PATH: &str = "/etc/oneimage/boot.toml";
 
 /// What the ESP needs to know.
 pub struct EspParams<'a> {
+    /// The image's architecture (which loader, which GRUB).
+    pub arch: Arch,
+    /// The root filesystem, whose GRUB modules are used when it has them.
+    pub tree: Option<&'a crate::rootfs::Tree>,
     /// Volume label.
     pub label: &'a str,
     /// FAT volume id.
@@ -98,20 +103,26 @@ pub struct EspParams<'a> {
 /// Debian's Microsoft-signed shim, its MOK manager, and the GRUB Debian signed for it.
 #[derive(Debug, Clone)]
 pub struct SignedLoaders {
-    /// `shimx64.efi.signed` (package shim-signed).
+    /// `shimx64.efi.signed` / `shimaa64.efi.signed` (package shim-signed).
     pub shim: PathBuf,
-    /// `mmx64.efi.signed` (package shim-signed).
+    /// `mmx64.efi.signed` / `mmaa64.efi.signed` (package shim-signed).
     pub mok_manager: PathBuf,
-    /// `grubx64.efi.signed` (package grub-efi-amd64-signed).
+    /// `grubx64.efi.signed` / `grubaa64.efi.signed` (grub-efi-amd64-signed,
+    /// grub-efi-arm64-signed).
     pub grub: PathBuf,
 }
 
-const SIGNED_SHIM: &str = "/usr/lib/shim/shimx64.efi.signed";
-const SIGNED_MOK: &str = "/usr/lib/shim/mmx64.efi.signed";
-const SIGNED_GRUB: &str = "/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed";
+/// The EFI names' architecture suffix (`x64`, `aa64`).
+fn efi_suffix(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "x64",
+        Arch::Arm64 => "aa64",
+    }
+}
 
-/// Finds the signed boot loaders in the root filesystem, or else on the build host.
-pub fn find_signed_loaders(tree: &crate::rootfs::Tree) -> Result<SignedLoaders> {
+/// Finds the signed boot loaders for `arch` in the root filesystem, or else on the build
+/// host.
+pub fn find_signed_loaders(tree: &crate::rootfs::Tree, arch: Arch) -> Result<SignedLoaders> {
     let find = |path: &str, package: &str| -> Result<PathBuf> {
         if let Some(file) = tree.file(path) {
             return Ok(file);
@@ -122,10 +133,18 @@ pub fn find_signed_loaders(tree: &crate::rootfs::Tree) -> Result<SignedLoaders> 
         }
         bail!("boot.secure-boot = true needs {path} (package {package}) in the root filesystem or on the build host")
     };
+    let x = efi_suffix(arch);
+    let grub_package = format!("grub-efi-{}-signed", arch.debian());
     Ok(SignedLoaders {
-        shim: find(SIGNED_SHIM, "shim-signed")?,
-        mok_manager: find(SIGNED_MOK, "shim-signed")?,
-        grub: find(SIGNED_GRUB, "grub-efi-amd64-signed")?,
+        shim: find(&format!("/usr/lib/shim/shim{x}.efi.signed"), "shim-signed")?,
+        mok_manager: find(&format!("/usr/lib/shim/mm{x}.efi.signed"), "shim-signed")?,
+        grub: find(
+            &format!(
+                "/usr/lib/grub/{}-signed/grub{x}.efi.signed",
+                arch.grub_efi_platform()
+            ),
+            &grub_package,
+        )?,
     })
 }
 
@@ -242,17 +261,19 @@ pub fn make_esp(
         // check the kernel. That GRUB reads grub.cfg from the directory it was loaded
         // from when there is no /EFI/debian.
         Some(l) => {
+            let x = efi_suffix(p.arch);
             for (src, name) in [
-                (&l.shim, "BOOTX64.EFI"),
-                (&l.grub, "grubx64.efi"),
-                (&l.mok_manager, "mmx64.efi"),
+                (&l.shim, p.arch.efi_loader().to_string()),
+                (&l.grub, format!("grub{x}.efi")),
+                (&l.mok_manager, format!("mm{x}.efi")),
             ] {
                 std::fs::copy(src, boot.join(name))
                     .with_context(|| format!("copying {}", src.display()))?;
             }
         }
         None => {
-            crate::grub::make_efi(work, &boot.join("BOOTX64.EFI"), cancel)?;
+            let loader = boot.join(p.arch.efi_loader());
+            crate::grub::make_efi(p.arch, p.tree, work, &loader, cancel)?;
         }
     }
     let initrd = kernel

@@ -1,5 +1,5 @@
-//! GRUB images made with `grub-mkimage`: one for UEFI (x86_64-efi) and two for BIOS
-//! (i386-pc for disks, i386-pc-eltorito for discs). All carry the same modules and read
+//! GRUB images made with `grub-mkimage`: one for UEFI (x86_64-efi or arm64-efi) and, on
+//! x86_64, two for BIOS (i386-pc for disks, i386-pc-eltorito for discs). All carry the same modules and read
 //! `/EFI/BOOT/grub.cfg` from the ESP of the disk they started from:
 //!
 //! - the UEFI image takes the device the firmware loaded it from (the ESP on a disk; on
@@ -11,8 +11,10 @@
 //! disk gets a volume id of its own on its first boot, and a search would find another
 //! disk's ESP when several copies are attached.
 
+use crate::rootfs::Tree;
 use crate::run::{run, Cancel};
 use anyhow::{bail, Result};
+use oneimage_format::arch::Arch;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -84,13 +86,17 @@ fn early_config_file(esp_volume_id: u32, work: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn modules_dir(platform: &str, package: &str) -> Result<PathBuf> {
-    let d = PathBuf::from("/usr/lib/grub").join(platform);
+/// GRUB's modules for `platform`: the root filesystem's when it has them (they match its
+/// distribution, and a foreign architecture's cannot be installed on the build host),
+/// else the build host's.
+fn modules_dir(platform: &str, package: &str, tree: Option<&Tree>) -> Result<PathBuf> {
+    let dir = format!("/usr/lib/grub/{platform}");
+    if let Some(d) = tree.and_then(|t| t.file(&format!("{dir}/normal.mod"))) {
+        return Ok(d.parent().expect("a file in a directory").to_path_buf());
+    }
+    let d = PathBuf::from(&dir);
     if !d.join("normal.mod").exists() {
-        bail!(
-            "GRUB for {platform} not found in {} (apt-get install {package})",
-            d.display()
-        );
+        bail!("GRUB for {platform} not found in the root filesystem's or this host's {dir} (package {package}: add it to the root filesystem, or apt-get install it here)");
     }
     Ok(d)
 }
@@ -137,11 +143,19 @@ fn own_device_config(work: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Makes GRUB's EFI application (`BOOTX64.EFI`) at `out`.
-pub fn make_efi(work: &Path, out: &Path, cancel: Cancel) -> Result<()> {
+/// Makes GRUB's EFI application for `arch` (`BOOTX64.EFI`, `BOOTAA64.EFI`) at `out`,
+/// from the modules of `tree` or the build host.
+pub fn make_efi(
+    arch: Arch,
+    tree: Option<&Tree>,
+    work: &Path,
+    out: &Path,
+    cancel: Cancel,
+) -> Result<()> {
     let early = own_device_config(work)?;
-    let dir = modules_dir("x86_64-efi", "grub-efi-amd64-bin")?;
-    mkimage("x86_64-efi", PREFIX, &dir, &early, EFI_MODULES, out, cancel)
+    let platform = arch.grub_efi_platform();
+    let dir = modules_dir(platform, arch.grub_efi_package(), tree)?;
+    mkimage(platform, PREFIX, &dir, &early, EFI_MODULES, out, cancel)
 }
 
 /// GRUB for BIOS: `core` is core.img for a disk (its first sector is diskboot), `cdrom`
@@ -158,7 +172,7 @@ pub struct BiosImages {
 /// Makes GRUB's BIOS images in `work`.
 pub fn make_bios(esp_volume_id: u32, work: &Path, cancel: Cancel) -> Result<BiosImages> {
     let early = early_config_file(esp_volume_id, work)?;
-    let dir = modules_dir("i386-pc", "grub-pc-bin")?;
+    let dir = modules_dir("i386-pc", "grub-pc-bin", None)?;
     let core = work.join("core.img");
     let cdrom = work.join("eltorito.img");
     mkimage(

@@ -6,6 +6,7 @@
 
 use crate::rootfs::{Kind, Tree};
 use anyhow::{bail, Context, Result};
+use oneimage_format::arch::Arch;
 use oneimage_format::cpio::{CpioKind, CpioWriter};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -76,15 +77,19 @@ const TOOLS: &[(&str, &str)] = &[
 /// off the machine when started as one of them.
 const AGENT_LINKS: &[&str] = &["/bin/reboot", "/bin/poweroff"];
 
-/// Directories searched for shared libraries, as the dynamic loader does.
-const LIB_DIRS: &[&str] = &[
-    "/usr/lib/x86_64-linux-gnu",
-    "/lib/x86_64-linux-gnu",
-    "/usr/lib64",
-    "/lib64",
-    "/usr/lib",
-    "/lib",
-];
+/// Directories searched for shared libraries, as the dynamic loader does, for a program
+/// of `arch`.
+fn lib_dirs(arch: Arch) -> [String; 6] {
+    let m = arch.multiarch();
+    [
+        format!("/usr/lib/{m}"),
+        format!("/lib/{m}"),
+        "/usr/lib64".into(),
+        "/lib64".into(),
+        "/usr/lib".into(),
+        "/lib".into(),
+    ]
+}
 
 /// Where an initramfs takes its files from.
 pub trait RootFiles {
@@ -195,7 +200,13 @@ impl Contents {
 }
 
 /// Adds `program` (a path in the tree) as `dest`, with its interpreter and libraries.
-fn add_program(tree: &dyn RootFiles, c: &mut Contents, program: &str, dest: &str) -> Result<bool> {
+fn add_program(
+    tree: &dyn RootFiles,
+    c: &mut Contents,
+    program: &str,
+    dest: &str,
+    arch: Arch,
+) -> Result<bool> {
     let Some(file) = tree.file(program) else {
         return Ok(false);
     };
@@ -211,12 +222,12 @@ fn add_program(tree: &dyn RootFiles, c: &mut Contents, program: &str, dest: &str
             wanted.push((interp.clone(), interp));
         }
         for lib in needs.libraries {
-            let found = LIB_DIRS
+            let found = lib_dirs(arch)
                 .iter()
                 .map(|d| format!("{d}/{lib}"))
                 .find(|p| tree.file(p).is_some());
             match found {
-                Some(p) => wanted.push((p.clone(), format!("/usr/lib/x86_64-linux-gnu/{lib}"))),
+                Some(p) => wanted.push((p.clone(), format!("/usr/lib/{}/{lib}", arch.multiarch()))),
                 None => bail!("{program} needs {lib}, which the root filesystem does not have"),
             }
         }
@@ -310,9 +321,11 @@ fn add_modules(
     Ok((list, modules, missing))
 }
 
-/// Writes the initramfs for kernel `version` of `tree` to `out` (zstd-compressed cpio).
+/// Writes the initramfs for kernel `version` of `tree`, an `arch` root filesystem, to
+/// `out` (zstd-compressed cpio).
 pub fn make_initramfs(
     tree: &dyn RootFiles,
+    arch: Arch,
     version: &str,
     agent: &Path,
     epoch: i64,
@@ -349,7 +362,7 @@ pub fn make_initramfs(
 
     let mut tools = Vec::new();
     for (src, dst) in TOOLS {
-        if add_program(tree, &mut c, src, dst)? {
+        if add_program(tree, &mut c, src, dst, arch)? {
             tools.push(dst.to_string());
         }
     }
@@ -379,44 +392,79 @@ pub fn make_initramfs(
     })
 }
 
-/// Where the `oneimage-init` agent is: `$ONEIMAGE_INIT`, next to this program, or where
-/// `scripts/build-agent.sh` puts it in a cargo target directory.
-pub fn find_agent() -> Result<PathBuf> {
-    find_static_program("oneimage-init", "ONEIMAGE_INIT", "the static boot agent")
+/// Where the `oneimage-init` agent for `arch` is (see [`find_static_program`]).
+pub fn find_agent(arch: Arch) -> Result<PathBuf> {
+    find_static_program(
+        "oneimage-init",
+        "ONEIMAGE_INIT",
+        "the static boot agent",
+        arch,
+    )
 }
 
-/// Where the statically linked `oneimage` program that images carry is (for kernel
-/// updates and `install`): `$ONEIMAGE_STATIC`, this program if it is static, or where
-/// `scripts/build-agent.sh` puts it.
-pub fn find_static_tool() -> Result<PathBuf> {
+/// Where the statically linked `oneimage` program for `arch` that images carry is (for
+/// kernel updates and `install`; see [`find_static_program`]).
+pub fn find_static_tool(arch: Arch) -> Result<PathBuf> {
     find_static_program(
         "oneimage",
         "ONEIMAGE_STATIC",
         "a statically linked oneimage program",
+        arch,
     )
 }
 
-fn is_static(path: &Path) -> bool {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| oneimage_format::elf::needs(&b))
-        .is_some_and(|n| n.interpreter.is_none())
+/// Whether `path` is a statically linked program for `arch`.
+fn is_static_for(path: &Path, arch: Arch) -> bool {
+    std::fs::read(path).ok().is_some_and(|b| {
+        oneimage_format::elf::machine(&b) == Some(arch.elf_machine())
+            && oneimage_format::elf::needs(&b).is_some_and(|n| n.interpreter.is_none())
+    })
 }
 
-fn find_static_program(name: &str, var: &str, what: &str) -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os(var) {
-        return Ok(PathBuf::from(p));
+/// Finds the static program `name` for `arch`: `$VAR` (x86_64) or `$VAR_ARM64` (arm64)
+/// when set; else the first static program for `arch` among: next to this program (a
+/// static oneimage inside an image, or an installed tool's own directory), the cargo
+/// target directory's `agent/MACHINE/` and, for x86_64, `agent/` (where
+/// `scripts/build-agent.sh` puts them), and an installed tool's
+/// `../lib/oneimage/MACHINE/` (the Debian package's).
+fn find_static_program(name: &str, var: &str, what: &str, arch: Arch) -> Result<PathBuf> {
+    let var = match arch {
+        Arch::X86_64 => var.to_string(),
+        Arch::Arm64 => format!("{var}_ARM64"),
+    };
+    if let Some(p) = std::env::var_os(&var) {
+        let p = PathBuf::from(p);
+        if !is_static_for(&p, arch) {
+            bail!(
+                "${var} = {}: expected a statically linked {} program",
+                p.display(),
+                arch.machine()
+            );
+        }
+        return Ok(p);
     }
     let exe = std::env::current_exe().context("locating the oneimage program")?;
     let dir = exe.parent().unwrap_or(Path::new("."));
-    let candidates = [dir.join(name), dir.join("../agent").join(name)];
-    if let Some(c) = candidates.iter().find(|c| is_static(c)) {
+    let m = arch.machine();
+    let mut candidates = vec![dir.join(name), dir.join("../agent").join(m).join(name)];
+    if arch == Arch::X86_64 {
+        candidates.push(dir.join("../agent").join(name));
+    }
+    candidates.push(dir.join("../lib/oneimage").join(m).join(name));
+    if let Some(c) = candidates.iter().find(|c| is_static_for(c, arch)) {
         return Ok(c.clone());
     }
+    let script = match arch {
+        Arch::X86_64 => "scripts/build-agent.sh",
+        Arch::Arm64 => "scripts/build-agent-aarch64.sh",
+    };
     bail!(
-        "{what} ({name}) was not found (looked for ${var}, {} and {}); build it with scripts/build-agent.sh",
-        candidates[0].display(),
-        candidates[1].display()
+        "{what} ({name}) for {arch} was not found (looked for ${var}, {}); build it with {script}",
+        candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 

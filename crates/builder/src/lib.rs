@@ -85,6 +85,7 @@ pub fn build(spec_path: &Path, opts: &BuildOptions) -> Result<BuildReport> {
 fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Result<BuildReport> {
     let checked = Spec::load(spec_path)?;
     let spec = &checked.spec;
+    let arch = checked.arch;
     let progress = opts.progress;
     let say = |step: &str, message: &str| progress.step(step, message);
     std::fs::create_dir_all(&opts.outdir)
@@ -118,12 +119,12 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
         }
         RootfsSource::Mmdebstrap(m) => match &opts.rootfs_cache {
             Some(cache) => {
-                let tar = rootfs::cached_mmdebstrap(m, epoch, cache, progress, cancel)?;
+                let tar = rootfs::cached_mmdebstrap(m, arch, epoch, cache, progress, cancel)?;
                 rootfs::add_tarball(&mut tree, &tar)?;
             }
             None => {
                 let tar = w.join("mmdebstrap.tar");
-                rootfs::run_mmdebstrap(m, epoch, &tar, progress, cancel)?;
+                rootfs::run_mmdebstrap(m, arch, epoch, &tar, progress, cancel)?;
                 rootfs::add_tarball(&mut tree, &tar)?;
                 std::fs::remove_file(&tar)?;
             }
@@ -165,8 +166,8 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
         kernel_updates::add_to_root(
             &mut tree,
             &menu,
-            &initramfs::find_static_tool()?,
-            &initramfs::find_agent()?,
+            &initramfs::find_static_tool(arch)?,
+            &initramfs::find_agent(arch)?,
         )?;
     } else if spec.boot.initramfs == "oneimage" {
         progress.warn(
@@ -180,9 +181,9 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
     say("kernel", &format!("kernel {}", kernel.version));
     match spec.boot.initramfs.as_str() {
         "oneimage" => {
-            let agent = initramfs::find_agent()?;
+            let agent = initramfs::find_agent(arch)?;
             let initrd = w.join("oneimage-initrd.img");
-            let sum = initramfs::make_initramfs(&tree, &kernel.version, &agent, epoch, &initrd)
+            let sum = initramfs::make_initramfs(&tree, arch, &kernel.version, &agent, epoch, &initrd)
                 .with_context(|| format!("{}: initramfs", spec_path.display()))?;
             say(
                 "initramfs",
@@ -214,13 +215,15 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
     let esp_bytes = esp::make_esp(
         &kernel,
         &esp::EspParams {
+            arch,
+            tree: Some(&tree),
             label: &spec.esp.label,
             volume_id: ids.esp_volume_id,
             size: checked.esp_size,
             menu: &menu,
             room_for_updates: kernel_updates,
             signed: if spec.boot.secure_boot {
-                Some(esp::find_signed_loaders(&tree)?)
+                Some(esp::find_signed_loaders(&tree, arch)?)
             } else {
                 None
             },
@@ -232,7 +235,7 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
     .with_context(|| format!("{}: ESP", spec_path.display()))?;
     say("esp", &format!("ESP {} ready", format_size(esp_bytes)));
     // x86_64 PCs without UEFI (or with it switched off) boot through GRUB for BIOS.
-    let bios = spec.boot.bios && spec.architecture == "x86_64";
+    let bios = spec.boot.bios && arch.has_bios();
     let bios_images = bios
         .then(|| grub::make_bios(ids.esp_volume_id, w, cancel))
         .transpose()
@@ -246,7 +249,7 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
     // The root filesystem is made in place inside the image, laid out for its size.
     let place = |root_bytes: u64| -> Result<ext4::Placement> {
         cancel.check()?;
-        let plan = plan::Plan::new(&ids, esp_bytes, root_bytes, bios);
+        let plan = plan::Plan::new(&ids, arch, esp_bytes, root_bytes, bios);
         assemble::create_image(&partial, plan.total_bytes)?;
         Ok(ext4::Placement {
             file: partial.clone(),
@@ -276,7 +279,7 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
         std::fs::remove_dir_all(&tree.staging).ok();
     }
 
-    let plan = plan::Plan::new(&ids, esp_bytes, root_bytes, bios);
+    let plan = plan::Plan::new(&ids, arch, esp_bytes, root_bytes, bios);
     say(
         "layout",
         &format!("layout\n{}", plan.to_string().trim_end()),

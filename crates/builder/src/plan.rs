@@ -1,7 +1,8 @@
 //! The disk layout, decided up front from the partition sizes: every offset is known
 //! before a byte is written, and the plan can be printed.
 
-use oneimage_format::gpt::{Partition, TYPE_BIOS_BOOT, TYPE_ESP, TYPE_ROOT_X86_64};
+use oneimage_format::arch::Arch;
+use oneimage_format::gpt::{Partition, TYPE_BIOS_BOOT, TYPE_ESP};
 use oneimage_format::size::{align_up, format_size};
 use oneimage_format::Guid;
 use std::fmt;
@@ -66,7 +67,7 @@ impl Ids {
 impl Plan {
     /// Lays out an ESP of `esp_bytes` and a root of `root_bytes`, 1 MiB aligned, with a
     /// BIOS boot partition before them when `bios` is set.
-    pub fn new(ids: &Ids, esp_bytes: u64, root_bytes: u64, bios: bool) -> Plan {
+    pub fn new(ids: &Ids, arch: Arch, esp_bytes: u64, root_bytes: u64, bios: bool) -> Plan {
         let esp_first = ALIGN / SECTOR;
         let esp_len = align_up(esp_bytes, ALIGN) / SECTOR;
         let root_first = esp_first + esp_len;
@@ -87,9 +88,9 @@ impl Plan {
             },
             root: Partition {
                 number: ROOT_NUMBER,
-                type_guid: TYPE_ROOT_X86_64.parse().expect("constant"),
+                type_guid: arch.root_type().parse().expect("constant"),
                 guid: ids.root_part,
-                name: "root-x86-64".into(),
+                name: format!("root-{}", arch.name().replace('_', "-")),
                 first_lba: root_first,
                 last_lba: root_first + root_len - 1,
                 attributes: 0,
@@ -144,7 +145,13 @@ mod tests {
 
     #[test]
     fn aligned_and_ordered() {
-        let p = Plan::new(&Ids::from_seed("s"), 64 << 20, 100 << 20, true);
+        let p = Plan::new(
+            &Ids::from_seed("s"),
+            Arch::X86_64,
+            64 << 20,
+            100 << 20,
+            true,
+        );
         assert_eq!(p.esp.offset(SECTOR), 1 << 20);
         assert_eq!(p.root.offset(SECTOR), 65 << 20);
         assert_eq!(p.root.len(SECTOR), 100 << 20);

@@ -4,6 +4,7 @@
 //! [`Spec::load`] then checks values that TOML types cannot express (sizes, paths).
 
 use anyhow::{bail, Context, Result};
+use oneimage_format::arch::Arch;
 use oneimage_format::size::parse_size;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -18,9 +19,8 @@ pub struct Spec {
     pub seed: Option<String>,
     /// Timestamp (seconds since 1970) used for every time in the image.
     pub source_date_epoch: Option<i64>,
-    /// Target architecture; only `x86_64` so far.
-    #[serde(default = "default_arch")]
-    pub architecture: String,
+    /// Target architecture, `x86_64` or `arm64`; default: the build host's.
+    pub architecture: Option<String>,
     /// ISO 9660 volume label of the image's ISO view; default: the name in capitals.
     pub volume_label: Option<String>,
     /// Where the root filesystem comes from.
@@ -37,10 +37,6 @@ pub struct Spec {
     /// Download artifacts written next to the image (see docs/spec-artifacts.md).
     #[serde(default)]
     pub artifacts: oneimage_artifacts::ArtifactsSpec,
-}
-
-fn default_arch() -> String {
-    "x86_64".into()
 }
 
 /// `[rootfs]`: exactly one of `directory`, `tarball`, `mmdebstrap`, plus an optional overlay.
@@ -236,6 +232,8 @@ pub enum SizePolicy {
 pub struct Checked {
     /// The spec as written.
     pub spec: Spec,
+    /// The architecture the image is for.
+    pub arch: Arch,
     /// The spec file, for messages.
     pub path: PathBuf,
     /// Seed for identifiers.
@@ -296,12 +294,17 @@ impl Spec {
         {
             bail!("{p}: name = \"{}\": expected letters, digits, '-', '_' or '.', not starting with '.'", self.name);
         }
-        if self.architecture != "x86_64" {
-            bail!(
-                "{p}: architecture = \"{}\": only \"x86_64\" is supported so far",
-                self.architecture
-            );
-        }
+        let arch = match &self.architecture {
+            Some(a) => a
+                .parse::<Arch>()
+                .map_err(|e| anyhow::anyhow!("{p}: architecture = {e}"))?,
+            None => Arch::host().with_context(|| {
+                format!(
+                    "{p}: architecture is not set, and this host ({}) is not one oneimage builds for: set \"x86_64\" or \"arm64\"",
+                    std::env::consts::ARCH
+                )
+            })?,
+        };
         oneimage_artifacts::check_spec(&self.artifacts).with_context(|| format!("{p}"))?;
         if self.root.filesystem != "ext4" {
             bail!(
@@ -419,6 +422,7 @@ impl Spec {
         };
         let seed = self.seed.clone().unwrap_or_else(|| self.name.clone());
         Ok(Checked {
+            arch,
             path: path.to_path_buf(),
             seed,
             source,

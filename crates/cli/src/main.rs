@@ -103,8 +103,8 @@ enum Cmd {
         /// directsync (both bypass the host's page cache).
         #[arg(long, value_name = "MODE", value_parser = oneimage_vm::DISK_CACHE_MODES)]
         disk_cache: Option<String>,
-        /// Firmware: uefi, uefi-secure-boot (OVMF with Microsoft's keys, enforcing), or
-        /// bios (SeaBIOS).
+        /// Firmware: uefi, uefi-secure-boot (OVMF or AAVMF with Microsoft's keys,
+        /// enforcing), or bios (SeaBIOS; x86_64 only).
         #[arg(long, default_value = "uefi", value_parser = firmware_names())]
         firmware: FirmwareKind,
         /// Attach the image as an internal disk, a USB stick, a DVD in a SATA drive, or a
@@ -116,6 +116,10 @@ enum Cmd {
         /// in place unless --snapshot.
         #[arg(long, value_name = "FILE")]
         extra_disk: Vec<PathBuf>,
+        /// The machine: x86_64 (a q35 PC) or arm64 (Arm's virt machine with AAVMF).
+        /// Default: the image's architecture, from its root partition's type.
+        #[arg(long, value_parser = parse_arch)]
+        arch: Option<oneimage_format::arch::Arch>,
     },
     /// Write an image (raw or compressed) to a USB stick, disk or file, safely and verified.
     Write(write_cmd::WriteArgs),
@@ -229,6 +233,7 @@ fn run(cli: Cli, cancel: Option<Arc<AtomicBool>>) -> Result<()> {
             firmware,
             media,
             extra_disk,
+            arch,
         } => {
             let disk_size = disk_size
                 .map(|s| oneimage_format::size::parse_size(&s).context("--disk-size"))
@@ -250,6 +255,7 @@ fn run(cli: Cli, cancel: Option<Arc<AtomicBool>>) -> Result<()> {
                 firmware,
                 media,
                 extra_disks: extra_disk,
+                arch,
             };
             use oneimage_vm::Outcome;
             match oneimage_vm::run(&opts)? {
@@ -312,6 +318,10 @@ fn build_summary(r: &oneimage_builder::BuildReport) -> serde_json::Value {
         "artifacts": r.artifacts,
         "partitions": parts,
     })
+}
+
+fn parse_arch(s: &str) -> Result<oneimage_format::arch::Arch, String> {
+    s.parse()
 }
 
 #[cfg(test)]

@@ -312,7 +312,9 @@ fn vm_disks_are_build_artifacts_listed_in_sha256sums() {
     files.sort();
     // Nothing but what SHA256SUMS lists, and itself: no temporary files left over.
     assert_eq!(files.len(), 8, "{files:?}");
-    assert!(files.iter().all(|f| f == "SHA256SUMS" || listed.contains(&f.as_str())));
+    assert!(files
+        .iter()
+        .all(|f| f == "SHA256SUMS" || listed.contains(&f.as_str())));
     for (file, format) in [
         ("vm.qcow2", "qcow2"),
         ("vm.vmdk", "vmdk"),

@@ -40,6 +40,15 @@ fn cstr(b: &[u8], o: u64) -> Option<String> {
     String::from_utf8(rest[..end].to_vec()).ok()
 }
 
+/// The `e_machine` of a little-endian ELF64 file (62 x86-64, 183 AArch64); `None` when it
+/// is not one.
+pub fn machine(b: &[u8]) -> Option<u16> {
+    if b.get(0..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    Some(u16::from_le_bytes(at(b, 0x12)?))
+}
+
 /// Reads what a little-endian ELF64 file needs; `None` when it is not one (or not one
 /// whose headers lie inside it).
 pub fn needs(b: &[u8]) -> Option<Needs> {

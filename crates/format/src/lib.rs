@@ -4,6 +4,7 @@
 //! spawned, no clock is read and there is no global state, so every function gives the
 //! same bytes for the same inputs.
 
+pub mod arch;
 pub mod bmap;
 pub mod compressed_size;
 pub mod compression;

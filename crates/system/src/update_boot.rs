@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use oneimage_builder::esp::{grub_cfg, BootKernel, MenuSettings, BOOT_DIR, MENU_SETTINGS_PATH};
 use oneimage_builder::initramfs::{self, RunningSystem};
 use oneimage_builder::kernel::version_cmp;
+use oneimage_format::arch::Arch;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -183,7 +184,9 @@ fn update_disk(
     if chosen.is_empty() && !keep_running {
         bail!("no kernel is installed (looked for /boot/vmlinuz-RELEASE and /usr/lib/modules/RELEASE/vmlinuz)");
     }
-    let agent = initramfs::find_agent()?;
+    // The running system's architecture is this (static) program's.
+    let arch = Arch::host().context("this architecture has no oneimage images")?;
+    let agent = initramfs::find_agent(arch)?;
     let esp = EspMount::mount(&disk.esp, disk.esp_devnum)?;
     let boot_dir = esp.dir.join(BOOT_DIR.trim_start_matches('/'));
     std::fs::create_dir_all(&boot_dir)?;
@@ -197,9 +200,15 @@ fn update_disk(
     for (release, image) in &chosen {
         say(&format!("kernel {release}: making its initramfs"));
         let initrd = work.path().join(format!("initrd-{release}"));
-        let sum =
-            initramfs::make_initramfs(&RunningSystem, release, &agent, settings.epoch, &initrd)
-                .with_context(|| format!("making the initramfs of kernel {release}"))?;
+        let sum = initramfs::make_initramfs(
+            &RunningSystem,
+            arch,
+            release,
+            &agent,
+            settings.epoch,
+            &initrd,
+        )
+        .with_context(|| format!("making the initramfs of kernel {release}"))?;
         if !sum.missing.is_empty() {
             say(&format!(
                 "kernel {release}: modules not in this kernel: {}",

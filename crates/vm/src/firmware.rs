@@ -1,6 +1,8 @@
-//! Finding UEFI firmware (Debian's `ovmf` package) and keeping a variable store.
+//! Finding UEFI firmware (Debian's `ovmf` package for x86_64, `qemu-efi-aarch64`'s AAVMF
+//! for arm64) and keeping a variable store.
 
 use anyhow::{bail, Context, Result};
+use oneimage_format::arch::Arch;
 use std::path::{Path, PathBuf};
 
 /// OVMF code and the pristine variable store it pairs with.
@@ -38,10 +40,28 @@ const SECURE_PAIRS: &[(&str, &str)] = &[
     ),
 ];
 
+/// AAVMF, the arm64 build of the same firmware (padded to the virt machine's 64 MiB
+/// flash).
+const AARCH64_PAIRS: &[(&str, &str)] = &[(
+    "/usr/share/AAVMF/AAVMF_CODE.fd",
+    "/usr/share/AAVMF/AAVMF_VARS.fd",
+)];
+
+/// AAVMF with Microsoft's keys enrolled and Secure Boot enforcing.
+const AARCH64_SECURE_PAIRS: &[(&str, &str)] = &[(
+    "/usr/share/AAVMF/AAVMF_CODE.ms.fd",
+    "/usr/share/AAVMF/AAVMF_VARS.ms.fd",
+)];
+
 impl Firmware {
-    /// Finds OVMF for x86_64, with Secure Boot enforcing or without.
-    pub fn find(secure_boot: bool) -> Result<Firmware> {
-        let pairs = if secure_boot { SECURE_PAIRS } else { PAIRS };
+    /// Finds UEFI firmware for `arch`, with Secure Boot enforcing or without.
+    pub fn find(arch: Arch, secure_boot: bool) -> Result<Firmware> {
+        let (pairs, package) = match (arch, secure_boot) {
+            (Arch::X86_64, false) => (PAIRS, "ovmf"),
+            (Arch::X86_64, true) => (SECURE_PAIRS, "ovmf"),
+            (Arch::Arm64, false) => (AARCH64_PAIRS, "qemu-efi-aarch64"),
+            (Arch::Arm64, true) => (AARCH64_SECURE_PAIRS, "qemu-efi-aarch64"),
+        };
         for (code, vars) in pairs {
             if Path::new(code).exists() && Path::new(vars).exists() {
                 return Ok(Firmware {
@@ -52,7 +72,7 @@ impl Firmware {
             }
         }
         bail!(
-            "UEFI firmware not found (looked for {}; apt-get install ovmf)",
+            "UEFI firmware for {arch} not found (looked for {}; apt-get install {package})",
             pairs[0].0
         )
     }

@@ -12,6 +12,7 @@ pub use console::{Expect, Outcome};
 pub use firmware::Firmware;
 
 use anyhow::{bail, Context, Result};
+use oneimage_format::arch::Arch;
 use oneimage_format::size::format_size;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -68,6 +69,9 @@ pub struct QemuOptions {
     /// from: a second disk or a stick left plugged in. Written in place, like the image,
     /// unless `snapshot`.
     pub extra_disks: Vec<PathBuf>,
+    /// The machine's architecture; by default the image's (its root partition type), or
+    /// this host's for images that do not tell.
+    pub arch: Option<Arch>,
 }
 
 /// The machine's firmware.
@@ -152,8 +156,15 @@ impl Media {
     }
 
     /// QEMU devices that attach drive `disk0` as this medium, first in boot order.
-    fn devices(self) -> &'static [&'static str] {
+    fn devices(self, arch: Arch) -> &'static [&'static str] {
         match self {
+            // Arm's virt machine has no IDE: its "SATA" DVD is an AHCI controller's.
+            Media::Cdrom if arch == Arch::Arm64 => &[
+                "-device",
+                "ich9-ahci,id=ahci",
+                "-device",
+                "ide-cd,bus=ahci.0,drive=disk0,bootindex=1",
+            ],
             Media::Disk => &["-device", "virtio-blk-pci,drive=disk0,bootindex=1"],
             Media::Usb => &[
                 "-device",
@@ -170,6 +181,23 @@ impl Media {
             ],
         }
     }
+}
+
+/// The architecture a raw image is for, from its root partition's type; this host's when
+/// the image does not tell (another format, no GPT, no known root type).
+pub fn image_arch(image: &Path) -> Result<Arch> {
+    let host =
+        Arch::host().context("this host's architecture has no oneimage images: pass --arch")?;
+    let mut f =
+        std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let Ok(table) = oneimage_format::gpt::read_table(&mut f) else {
+        return Ok(host);
+    };
+    Ok(table
+        .partitions
+        .iter()
+        .find_map(|p| Arch::from_root_type(p.type_guid))
+        .unwrap_or(host))
 }
 
 /// Resizes `image` up to `size` bytes, sparse; refuses to shrink.
@@ -201,11 +229,21 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
     let tmp = tempfile::Builder::new()
         .prefix("oneimage-qemu-")
         .tempdir()?;
+    let arch = match opts.arch {
+        Some(a) => a,
+        None => image_arch(image)?,
+    };
+    if arch == Arch::Arm64 && opts.firmware == FirmwareKind::Bios {
+        bail!(
+            "{}: arm64 machines have no BIOS; boot with --firmware uefi",
+            image.display()
+        );
+    }
     // UEFI firmware code and its variable store; a BIOS keeps nothing.
     let uefi = match opts.firmware {
         FirmwareKind::Bios => None,
         kind => {
-            let fw = Firmware::find(kind == FirmwareKind::UefiSecureBoot)?;
+            let fw = Firmware::find(arch, kind == FirmwareKind::UefiSecureBoot)?;
             let vars = if opts.snapshot {
                 let v = tmp.path().join("vars.fd");
                 std::fs::copy(&fw.vars_template, &v)?;
@@ -309,16 +347,29 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
         )
     };
 
-    let mut cmd = Command::new("qemu-system-x86_64");
-    let machine = if secure_boot {
+    let (program, package) = match arch {
+        Arch::X86_64 => ("qemu-system-x86_64", "qemu-system-x86"),
+        Arch::Arm64 => ("qemu-system-aarch64", "qemu-system-arm"),
+    };
+    let mut cmd = Command::new(program);
+    let machine = match arch {
         // The Secure Boot firmware keeps its variables safe behind SMM.
-        "q35,smm=on"
-    } else {
-        "q35"
+        Arch::X86_64 if secure_boot => "q35,smm=on",
+        Arch::X86_64 => "q35",
+        // AAVMF keeps its variables in the second flash, like OVMF without SMM.
+        Arch::Arm64 => "virt",
     };
     cmd.args(["-machine", machine, "-m"])
         .arg(opts.memory_mib.to_string());
-    if accel::kvm_works() {
+    if arch == Arch::Arm64 {
+        if Arch::host() == Some(Arch::Arm64) && accel::kvm_opens() {
+            cmd.args(["-accel", "kvm", "-cpu", "host", "-smp", "2"]);
+        } else {
+            eprintln!("oneimage: emulating an arm64 CPU (TCG), which is slow");
+            // Cortex-A72: no pointer authentication or SVE, whose emulation costs much.
+            cmd.args(["-accel", "tcg", "-cpu", "cortex-a72", "-smp", "2"]);
+        }
+    } else if accel::kvm_works() {
         cmd.args(["-accel", "kvm", "-cpu", "host", "-smp", "2"]);
     } else {
         eprintln!("oneimage: KVM is not usable here; emulating the CPU (TCG), which is slower");
@@ -329,7 +380,7 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
         // are busy anyway.
         cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "1"]);
     }
-    if secure_boot {
+    if secure_boot && arch == Arch::X86_64 {
         cmd.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
     }
     if let Some((fw, vars)) = &uefi {
@@ -348,7 +399,7 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
     }
     cmd.arg("-drive")
         .arg(drive)
-        .args(opts.media.devices())
+        .args(opts.media.devices(arch))
         .args(["-nic", "none", "-no-reboot"]);
     for (i, disk) in opts.extra_disks.iter().enumerate() {
         let meta =
@@ -395,12 +446,12 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
     if !opts.headless {
         let status = cmd
             .status()
-            .context("running qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+            .with_context(|| format!("running {program} (apt-get install {package})"))?;
         return Ok(Outcome::Exited(status.code()));
     }
     let child = cmd
         .spawn()
-        .context("running qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+        .with_context(|| format!("running {program} (apt-get install {package})"))?;
     let expect = Expect {
         text: opts.expect.clone(),
         timeout: opts.timeout,

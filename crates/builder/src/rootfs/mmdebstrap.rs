@@ -4,13 +4,17 @@ use crate::progress::Progress;
 use crate::run::Cancel;
 use crate::spec::MmdebstrapSpec;
 use anyhow::{bail, Context, Result};
+use oneimage_format::arch::Arch;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Runs mmdebstrap for `m`, writing a tarball to `out`; `epoch` pins its timestamps.
+/// Runs mmdebstrap for `m` and `arch`, writing a tarball to `out`; `epoch` pins its
+/// timestamps. A foreign architecture needs qemu-user-static with binfmt_misc on the
+/// build host (mmdebstrap runs the packages' scripts through it).
 pub fn run_mmdebstrap(
     m: &MmdebstrapSpec,
+    arch: Arch,
     epoch: Option<i64>,
     out: &Path,
     progress: Progress,
@@ -19,6 +23,7 @@ pub fn run_mmdebstrap(
     let mut cmd = Command::new("mmdebstrap");
     cmd.arg(format!("--variant={}", m.variant))
         .arg("--format=tar")
+        .arg(format!("--architectures={}", arch.debian()))
         .arg("--quiet");
     if !m.packages.is_empty() {
         cmd.arg(format!("--include={}", m.packages.join(",")));
@@ -55,6 +60,7 @@ pub fn run_mmdebstrap(
 /// (delete the cache to pick up updates).
 pub fn cached_mmdebstrap(
     m: &MmdebstrapSpec,
+    arch: Arch,
     epoch: Option<i64>,
     cache: &Path,
     progress: Progress,
@@ -65,11 +71,16 @@ pub fn cached_mmdebstrap(
         "{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}",
         m.suite, m.variant, m.packages, m.components, m.mirror, m.keyring, epoch
     ));
+    h.update(arch.debian());
     let key: String = h.finalize()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let tar = cache.join(format!("mmdebstrap-{}-{key}.tar", m.suite));
+    let tar = cache.join(format!(
+        "mmdebstrap-{}-{}-{key}.tar",
+        m.suite,
+        arch.debian()
+    ));
     if tar.exists() {
         progress.step(
             "rootfs",
@@ -80,7 +91,7 @@ pub fn cached_mmdebstrap(
     std::fs::create_dir_all(cache)
         .with_context(|| format!("creating cache directory {}", cache.display()))?;
     let partial = cache.join(format!(".partial-{key}-{}.tar", std::process::id()));
-    let result = run_mmdebstrap(m, epoch, &partial, progress, cancel);
+    let result = run_mmdebstrap(m, arch, epoch, &partial, progress, cancel);
     if let Err(e) = result {
         let _ = std::fs::remove_file(&partial);
         return Err(e);
