@@ -110,6 +110,33 @@ impl Arch {
     }
 }
 
+/// The architecture a Linux kernel image is for, from its first 4 KiB: the machine of its
+/// PE header (the EFI stub every UEFI-bootable kernel has, compressed `zboot` images
+/// included), else the boot protocol's magic (`HdrS` of an x86 bzImage, `ARM\x64` of an
+/// arm64 Image). `None` when it tells neither (a gzip-compressed Image, say).
+pub fn kernel_arch(head: &[u8]) -> Option<Arch> {
+    let le16 = |o: usize| head.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    if head.starts_with(b"MZ") {
+        let pe = head
+            .get(0x3c..0x40)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+        if let Some(pe) = pe.filter(|&pe| head.get(pe..pe + 4) == Some(b"PE\0\0")) {
+            match le16(pe + 4) {
+                Some(0x8664) => return Some(Arch::X86_64),
+                Some(0xaa64) => return Some(Arch::Arm64),
+                _ => {}
+            }
+        }
+    }
+    if head.get(0x202..0x206) == Some(b"HdrS") {
+        return Some(Arch::X86_64);
+    }
+    if head.get(0x38..0x3c) == Some(b"ARM\x64") {
+        return Some(Arch::Arm64);
+    }
+    None
+}
+
 impl std::fmt::Display for Arch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -146,6 +173,32 @@ mod tests {
             );
         }
         assert!("riscv64".parse::<Arch>().unwrap_err().contains("expected"));
+    }
+
+    #[test]
+    fn kernels_tell_their_architecture() {
+        // PE header at 0x80 naming the machine, as the EFI stub has it.
+        let pe = |machine: u16| {
+            let mut k = vec![0u8; 4096];
+            k[..2].copy_from_slice(b"MZ");
+            k[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+            k[0x80..0x84].copy_from_slice(b"PE\0\0");
+            k[0x84..0x86].copy_from_slice(&machine.to_le_bytes());
+            k
+        };
+        assert_eq!(kernel_arch(&pe(0x8664)), Some(Arch::X86_64));
+        assert_eq!(kernel_arch(&pe(0xaa64)), Some(Arch::Arm64));
+        let mut bz = vec![0u8; 4096];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        assert_eq!(kernel_arch(&bz), Some(Arch::X86_64));
+        let mut image = vec![0u8; 4096];
+        image[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        assert_eq!(kernel_arch(&image), Some(Arch::Arm64));
+        assert_eq!(kernel_arch(b"\x1f\x8b\x08 gzip"), None);
+        // A PE offset pointing outside the bytes is not followed.
+        let mut bad = pe(0xaa64);
+        bad[0x3c..0x40].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(kernel_arch(&bad), None);
         #[cfg(target_arch = "x86_64")]
         assert_eq!(Arch::host(), Some(Arch::X86_64));
     }
