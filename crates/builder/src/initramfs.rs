@@ -64,6 +64,27 @@ pub const WANTED_MODULES: &[&str] = &[
     "dm_crypt",
 ];
 
+/// Modules of [`WANTED_MODULES`] that only PCs have (Intel's CRC32 instruction, legacy
+/// IDE, the PS/2 keyboard controller).
+const X86_ONLY_MODULES: &[&str] = &["crc32c_intel", "ata_piix", "i8042", "atkbd"];
+
+/// Modules arm64 machines add: virtio on the MMIO bus (Arm's virt machine can use it),
+/// and USB and SATA controllers that sit on the system bus rather than PCI.
+const ARM64_MODULES: &[&str] = &["virtio_mmio", "xhci_plat_hcd", "ahci_platform"];
+
+/// The modules an `arch` initramfs wants, in load order.
+pub fn wanted_modules(arch: Arch) -> Vec<&'static str> {
+    let mut v: Vec<&str> = WANTED_MODULES
+        .iter()
+        .copied()
+        .filter(|m| arch == Arch::X86_64 || !X86_ONLY_MODULES.contains(m))
+        .collect();
+    if arch == Arch::Arm64 {
+        v.extend(ARM64_MODULES);
+    }
+    v
+}
+
 /// Programs copied from the root filesystem when present: (path in the root, path in the
 /// initramfs).
 /// e2fsck checks the root; tune2fs gives a copy's root filesystem its own UUID.
@@ -252,6 +273,7 @@ fn add_program(
 fn add_modules(
     tree: &dyn RootFiles,
     c: &mut Contents,
+    arch: Arch,
     version: &str,
     moddir: &str,
 ) -> Result<(String, Vec<String>, Vec<String>)> {
@@ -293,10 +315,10 @@ fn add_modules(
         }
         order.push(p.to_string());
     }
-    for want in WANTED_MODULES {
-        match deps.get(*want) {
+    for want in wanted_modules(arch) {
+        match deps.get(want) {
             Some((path, _)) => visit(path, &deps, &mut order, 0),
-            None if builtin.contains(*want) => {}
+            None if builtin.contains(want) => {}
             None => missing.push(want.to_string()),
         }
     }
@@ -350,12 +372,12 @@ pub fn make_initramfs(
     .into_iter()
     .find_map(|d| tree.dir(&d));
     let (list, modules, missing) = match moddir {
-        Some(dir) => add_modules(tree, &mut c, version, &dir)?,
+        Some(dir) => add_modules(tree, &mut c, arch, version, &dir)?,
         // A kernel with every driver built in needs no modules.
         None => (
             String::new(),
             Vec::new(),
-            WANTED_MODULES.iter().map(|m| m.to_string()).collect(),
+            wanted_modules(arch).iter().map(|m| m.to_string()).collect(),
         ),
     };
     c.add_file("/etc/oneimage/modules", 0o644, list.into_bytes());
