@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Runs mmdebstrap for `m` and `arch`, writing a tarball to `out`; `epoch` pins its
-/// timestamps. A foreign architecture needs qemu-user-static with binfmt_misc on the
+/// timestamps; the distribution's initramfs is made only when `distro_initramfs`. A foreign architecture needs qemu-user-static with binfmt_misc on the
 /// build host (mmdebstrap runs the packages' scripts through it).
 pub fn run_mmdebstrap(
     m: &MmdebstrapSpec,
     arch: Arch,
+    distro_initramfs: bool,
     epoch: Option<i64>,
     out: &Path,
     progress: Progress,
@@ -36,6 +37,12 @@ pub fn run_mmdebstrap(
     }
     if let Some(e) = epoch {
         cmd.env("SOURCE_DATE_EPOCH", e.to_string());
+    }
+    // Debian's kernel hook makes no initramfs when INITRD=No: an image booting with
+    // oneimage's own would carry an unused one (tens of MiB), made at length (minutes
+    // for a foreign architecture, whose tools run emulated).
+    if !distro_initramfs {
+        cmd.env("INITRD", "No");
     }
     cmd.arg(&m.suite).arg(out);
     if let Some(mirror) = &m.mirror {
@@ -61,6 +68,7 @@ pub fn run_mmdebstrap(
 pub fn cached_mmdebstrap(
     m: &MmdebstrapSpec,
     arch: Arch,
+    distro_initramfs: bool,
     epoch: Option<i64>,
     cache: &Path,
     progress: Progress,
@@ -72,6 +80,9 @@ pub fn cached_mmdebstrap(
         m.suite, m.variant, m.packages, m.components, m.mirror, m.keyring, epoch
     ));
     h.update(arch.debian());
+    if !distro_initramfs {
+        h.update("\0no initramfs");
+    }
     let key: String = h.finalize()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -91,7 +102,7 @@ pub fn cached_mmdebstrap(
     std::fs::create_dir_all(cache)
         .with_context(|| format!("creating cache directory {}", cache.display()))?;
     let partial = cache.join(format!(".partial-{key}-{}.tar", std::process::id()));
-    let result = run_mmdebstrap(m, arch, epoch, &partial, progress, cancel);
+    let result = run_mmdebstrap(m, arch, distro_initramfs, epoch, &partial, progress, cancel);
     if let Err(e) = result {
         let _ = std::fs::remove_file(&partial);
         return Err(e);
