@@ -176,9 +176,13 @@ pub fn grub_cfg(m: &MenuSettings, kernels: &[BootKernel]) -> String {
     );
     let mut cfg = format!(
         "# Written by oneimage.\n\
-         serial --unit=0 --speed=115200\n\
-         terminal_input console serial\n\
-         terminal_output console serial\n\
+         # PCs: GRUB's own serial terminal on COM1 beside the screen. Arm machines have\n\
+         # no COM1; their firmware's console already reaches the serial port.\n\
+         if [ \"$grub_cpu\" = x86_64 -o \"$grub_cpu\" = i386 ]; then\n\
+         \tserial --unit=0 --speed=115200\n\
+         \tterminal_input console serial\n\
+         \tterminal_output console serial\n\
+         fi\n\
          set timeout={timeout}\n\
          set default=persistent\n\
          # The disk GRUB started from names the root: the agent takes no root from\n\
