@@ -46,25 +46,7 @@ fn copy_of_demo(dir: &Path) -> PathBuf {
 
 /// Boots `image` with `args` until the marker; returns the console.
 fn boot(image: &Path, args: &[&str]) -> String {
-    let d = tempfile::tempdir().unwrap();
-    let log = d.path().join("console.log");
-    ok(oneimage()
-        .arg("qemu")
-        .arg(image)
-        .args(["--headless", "--quiet", "--expect", MARKER])
-        .args(["--timeout", "1800", "--console-log"])
-        .arg(&log)
-        .args(args));
-    String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned()
-}
-
-fn assert_steps(console: &str, what: &str, steps: &[&str]) {
-    for step in steps {
-        assert!(
-            console.contains(step),
-            "{what}: {step:?} missing from the console:\n{console}"
-        );
-    }
+    boot_console(image, MARKER, 1800, args)
 }
 
 /// What the independent tools say of an arm64 image: a valid GPT with the arm64 root

@@ -258,16 +258,7 @@ fn demo_boots_with_snapshot_and_leaves_the_file_untouched() {
 /// Boots `image` headless with `args` until `expect` appears on the serial console;
 /// returns the console.
 fn boot_until(image: &Path, expect: &str, args: &[&str]) -> String {
-    let d = tempfile::tempdir().unwrap();
-    let log = d.path().join("console.log");
-    ok(oneimage()
-        .arg("qemu")
-        .arg(image)
-        .args(["--headless", "--quiet", "--expect", expect])
-        .args(["--timeout", "900", "--console-log"])
-        .arg(&log)
-        .args(args));
-    String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned()
+    boot_console(image, expect, 900, args)
 }
 
 /// Boots `image` in place until the marker, then powers it off cleanly; returns the console.
@@ -930,15 +921,6 @@ fn boot_unchanged(image: &Path, args: &[&str]) -> String {
         "booting with {args:?} changed the image"
     );
     console
-}
-
-fn assert_steps(console: &str, what: &str, steps: &[&str]) {
-    for step in steps {
-        assert!(
-            console.contains(step),
-            "{what}: {step:?} missing from the console:\n{console}"
-        );
-    }
 }
 
 /// What the agent says when it boots from a disc.

@@ -255,20 +255,41 @@ pub fn env_number(name: &str, default: u64) -> u64 {
     }
 }
 
-/// Cuts the power of `image`'s VM `ms` milliseconds after `trigger` appears; returns
-/// the console up to the cut.
-pub fn cut_power(image: &Path, trigger: &str, ms: u64, extra: &[&str]) -> String {
+/// Boots `image` headless with `args` until `expect` appears on the serial console, for
+/// at most `timeout` seconds; returns the console.
+pub fn boot_console(image: &Path, expect: &str, timeout: u64, args: &[&str]) -> String {
     let d = tempfile::tempdir().unwrap();
     let log = d.path().join("console.log");
     ok(oneimage()
         .arg("qemu")
         .arg(image)
-        .args(["--headless", "--quiet", "--expect", trigger])
-        .args(["--power-cut-after", &ms.to_string()])
-        .args(["--timeout", "900", "--console-log"])
+        .args(["--headless", "--quiet", "--expect", expect])
+        .args(["--timeout", &timeout.to_string(), "--console-log"])
         .arg(&log)
-        .args(extra));
+        .args(args));
     String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned()
+}
+
+/// Cuts the power of `image`'s VM `ms` milliseconds after `trigger` appears; returns
+/// the console up to the cut.
+pub fn cut_power(image: &Path, trigger: &str, ms: u64, extra: &[&str]) -> String {
+    let ms = ms.to_string();
+    let args: Vec<&str> = ["--power-cut-after", ms.as_str()]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    boot_console(image, trigger, 900, &args)
+}
+
+/// Fails unless every one of `steps` is on `console`, naming the missing one and `what`
+/// was booted.
+pub fn assert_steps(console: &str, what: &str, steps: &[&str]) {
+    for step in steps {
+        assert!(
+            console.contains(step),
+            "{what}: {step:?} missing from the console:\n{console}"
+        );
+    }
 }
 
 /// Builds a variant of the demo (examples/debian.toml) in `dir` (emptied first): its
