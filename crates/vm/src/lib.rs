@@ -158,13 +158,9 @@ impl Media {
     /// QEMU devices that attach drive `disk0` as this medium, first in boot order.
     fn devices(self, arch: Arch) -> &'static [&'static str] {
         match self {
-            // Arm's virt machine has no IDE: its "SATA" DVD is an AHCI controller's.
-            Media::Cdrom if arch == Arch::Arm64 => &[
-                "-device",
-                "ich9-ahci,id=ahci",
-                "-device",
-                "ide-cd,bus=ahci.0,drive=disk0,bootindex=1",
-            ],
+            // Arm's virt machine has no IDE, and AAVMF has no AHCI driver: its DVD drive
+            // is on virtio-scsi, as on Arm clouds.
+            Media::Cdrom if arch == Arch::Arm64 => Media::ScsiCdrom.devices(arch),
             Media::Disk => &["-device", "virtio-blk-pci,drive=disk0,bootindex=1"],
             Media::Usb => &[
                 "-device",
