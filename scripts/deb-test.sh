@@ -20,11 +20,13 @@ cleanup() {
 }
 trap cleanup EXIT
 start=$(date +%s)
-mmdebstrap --mode=root --variant=apt --include="$deb" bookworm "$work/root"
+# The hook makes the .deb's directory visible inside the chroot, where dpkg runs.
+mmdebstrap --mode=root --variant=apt --hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount \
+  --include="$deb" bookworm "$work/root"
 echo "deb-test: chroot with the package made in $(($(date +%s) - start)) s"
 for m in proc sys dev dev/pts; do mount --bind "/$m" "$work/root/$m"; done
-# What the package installed is all there is: no cargo, no source tree.
-chroot "$work/root" sh -c '! command -v cargo && test ! -e /work'
+# What the package installed is all there is: no Rust toolchain, no source tree.
+chroot "$work/root" sh -c '! command -v cargo && ! command -v rustc && test ! -e /work/main'
 chroot "$work/root" dpkg -L oneimage | grep -E '^/usr/(bin|lib/oneimage)/'
 start=$(date +%s)
 chroot "$work/root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 \
