@@ -190,3 +190,68 @@ fn arm64_demo_boots_from_a_cdrom_and_live_writes_nothing() {
     assert_eq!(sha256(&image), before, "a live boot changed the disk");
     assert_eq!(sha256(demo()), before, "booting the DVD changed the image");
 }
+
+/// The arm64 demo with `secure-boot = true` and Debian's signed shim and GRUB for arm64
+/// in its root filesystem.
+fn secure_demo() -> PathBuf {
+    let dir = tmp().join("debian-demo-arm64-secure");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = std::fs::read_to_string(repo().join("examples/debian-arm64.toml"))
+        .unwrap()
+        .replace(
+            "overlay = \"debian-overlay\"",
+            &format!(
+                "overlay = \"{}\"",
+                repo().join("examples/debian-overlay").display()
+            ),
+        )
+        .replace(
+            "\"grub-efi-arm64-bin\"]",
+            "\"grub-efi-arm64-bin\", \"shim-signed\", \"grub-efi-arm64-signed\"]",
+        )
+        .replace("[boot]\n", "[boot]\nsecure-boot = true\n");
+    assert!(spec.contains("secure-boot = true") && spec.contains("shim-signed"));
+    std::fs::write(dir.join("spec.toml"), spec).unwrap();
+    ok(oneimage()
+        .arg("build")
+        .arg(dir.join("spec.toml"))
+        .arg("-o")
+        .arg(dir.join("out"))
+        .arg("--rootfs-cache")
+        .arg(tmp().join("rootfs-cache")));
+    dir.join("out/debian-demo-arm64.img")
+}
+
+#[test]
+#[ignore = "campaign: scripts/arm64.sh (arm64 under TCG is slow)"]
+fn arm64_secure_boot_image_boots_with_secure_boot_enforcing_and_the_plain_one_is_refused() {
+    let image = secure_demo();
+    let d = tempfile::tempdir().unwrap();
+    let listing = ok(Command::new("mdir")
+        .env("LC_ALL", "C")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-b", "-i"])
+        .arg(extract_partition(&image, 1, d.path()))
+        .arg("::/EFI/BOOT"));
+    for f in ["BOOTAA64.EFI", "grubaa64.efi", "mmaa64.efi"] {
+        assert!(listing.contains(f), "{f} missing: {listing}");
+    }
+    let console = boot(&image, &["--snapshot", "--firmware", "uefi-secure-boot"]);
+    assert_steps(
+        &console,
+        "arm64 Secure Boot",
+        &[
+            "secureboot: Secure boot enabled",
+            "oneimage-demo: secure boot 1",
+        ],
+    );
+    // The plain demo boots our own, unsigned GRUB: enforcing firmware refuses it.
+    let refused = boot_console(
+        demo(),
+        "Access Denied",
+        600,
+        &["--snapshot", "--firmware", "uefi-secure-boot"],
+    );
+    assert!(!refused.contains("oneimage-init"), "{refused}");
+}
