@@ -343,3 +343,32 @@ pub fn used_disk(path: &Path, len: u64) {
         f.write_all_at(&buf, at << 20).unwrap();
     }
 }
+
+/// Everything in `image` from byte `len` on is zeros: nothing was written past the
+/// original image on the disk `--disk-size` made larger.
+pub fn assert_zeros_after(image: &Path, len: u64) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(image).unwrap();
+    f.seek(SeekFrom::Start(len)).unwrap();
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).unwrap();
+    assert!(!tail.is_empty(), "{} did not grow", image.display());
+    assert!(
+        tail.iter().all(|&b| b == 0),
+        "the boot wrote past the image"
+    );
+}
+
+/// After a boot on `image` enlarged (by `--disk-size`) from `len` bytes: what was added
+/// is still all zeros, and cut back to `len` the image's SHA-256 is still `before`.
+/// Nothing was written to the disk.
+pub fn assert_disk_unchanged(image: &Path, len: u64, before: &str) {
+    assert_zeros_after(image, len);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(image)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+    assert_eq!(sha256(image), before, "a live boot changed the disk image");
+}
