@@ -13,10 +13,18 @@ scripts/setup-arm64.sh
 scripts/build-agent.sh
 scripts/build-agent-aarch64.sh
 cargo build --release --locked -q
-bin=$PWD/${CARGO_TARGET_DIR:-target}/release/oneimage
+target=${CARGO_TARGET_DIR:-target}
+case $target in /*) ;; *) target=$PWD/$target ;; esac
+bin=$target/release/oneimage
 work=$(mktemp -d /var/tmp/oneimage-bench-arch.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-secs() { local s=$(date +%s.%N); "$@" >/dev/null 2>&1; echo "$(date +%s.%N) - $s" | bc; }
+# Seconds a command takes; its output goes to $work/log, shown if it fails.
+secs() {
+  local s
+  s=$(date +%s.%N)
+  "$@" >"$work/log" 2>&1 || { echo "bench-arch: failed: $*" >&2; tail -n 30 "$work/log" >&2; exit 1; }
+  echo "$(date +%s.%N) - $s" | bc
+}
 declare -A cold warm boot size
 for arch in x86_64 arm64; do
   spec=examples/debian.toml
