@@ -112,14 +112,6 @@ pub struct SignedLoaders {
     pub grub: PathBuf,
 }
 
-/// The EFI names' architecture suffix (`x64`, `aa64`).
-fn efi_suffix(arch: Arch) -> &'static str {
-    match arch {
-        Arch::X86_64 => "x64",
-        Arch::Arm64 => "aa64",
-    }
-}
-
 /// Finds the signed boot loaders for `arch` in the root filesystem, or else on the build
 /// host.
 pub fn find_signed_loaders(tree: &crate::rootfs::Tree, arch: Arch) -> Result<SignedLoaders> {
@@ -133,7 +125,7 @@ pub fn find_signed_loaders(tree: &crate::rootfs::Tree, arch: Arch) -> Result<Sig
         }
         bail!("boot.secure-boot = true needs {path} (package {package}) in the root filesystem or on the build host")
     };
-    let x = efi_suffix(arch);
+    let x = arch.efi_suffix();
     let grub_package = format!("grub-efi-{}-signed", arch.debian());
     Ok(SignedLoaders {
         shim: find(&format!("/usr/lib/shim/shim{x}.efi.signed"), "shim-signed")?,
@@ -265,7 +257,7 @@ pub fn make_esp(
         // check the kernel. That GRUB reads grub.cfg from the directory it was loaded
         // from when there is no /EFI/debian.
         Some(l) => {
-            let x = efi_suffix(p.arch);
+            let x = p.arch.efi_suffix();
             for (src, name) in [
                 (&l.shim, p.arch.efi_loader().to_string()),
                 (&l.grub, format!("grub{x}.efi")),

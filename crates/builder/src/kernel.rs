@@ -1,8 +1,10 @@
 //! Finding the kernel and initramfs inside a root filesystem.
 
 use crate::rootfs::{Kind, Tree};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use oneimage_format::arch::Arch;
 use std::cmp::Ordering;
+use std::io::Read;
 use std::path::PathBuf;
 
 /// A kernel image and its initramfs, as staged files.
@@ -15,6 +17,23 @@ pub struct Kernel {
     /// The initramfs to boot with: the root filesystem's own (staged), if it has one,
     /// until the builder makes its own.
     pub initrd: Option<PathBuf>,
+}
+
+impl Kernel {
+    /// Refuses a kernel built for another architecture than the image's `arch`.
+    pub fn check_arch(&self, arch: Arch) -> Result<()> {
+        let mut head = Vec::with_capacity(4096);
+        std::fs::File::open(&self.image)
+            .and_then(|f| f.take(4096).read_to_end(&mut head))
+            .with_context(|| format!("reading kernel {}", self.image.display()))?;
+        match oneimage_format::arch::kernel_arch(&head) {
+            Some(k) if k != arch => bail!(
+                "kernel {} is for {k}, but the image is for {arch} (set architecture = \"{k}\", or install the {arch} kernel)",
+                self.version
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Compares kernel releases numerically where they are numbers (`6.10` > `6.9`).

@@ -20,10 +20,8 @@ pub mod spec;
 pub mod vm_formats;
 
 use anyhow::{bail, Context, Result};
-use oneimage_format::arch::Arch;
 use oneimage_format::size::format_size;
 use spec::{RootfsSource, Spec};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -64,21 +62,6 @@ fn epoch_from_env() -> Result<Option<i64>> {
             )
         })?)),
         Err(_) => Ok(None),
-    }
-}
-
-/// Refuses a kernel built for another architecture than the image's.
-fn check_kernel_arch(kernel: &kernel::Kernel, arch: Arch) -> Result<()> {
-    let mut head = Vec::with_capacity(4096);
-    std::fs::File::open(&kernel.image)
-        .and_then(|f| f.take(4096).read_to_end(&mut head))
-        .with_context(|| format!("reading kernel {}", kernel.image.display()))?;
-    match oneimage_format::arch::kernel_arch(&head) {
-        Some(k) if k != arch => bail!(
-            "kernel {} is for {k}, but the image is for {arch} (set architecture = \"{k}\", or install the {arch} kernel)",
-            kernel.version
-        ),
-        _ => Ok(()),
     }
 }
 
@@ -205,7 +188,8 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
     let mut kernel = kernel::find_kernel(&tree)
         .with_context(|| format!("{}: root filesystem", spec_path.display()))?;
     say("kernel", &format!("kernel {}", kernel.version));
-    check_kernel_arch(&kernel, arch)
+    kernel
+        .check_arch(arch)
         .with_context(|| format!("{}: root filesystem", spec_path.display()))?;
     match spec.boot.initramfs.as_str() {
         "oneimage" => {

@@ -56,6 +56,15 @@ impl Arch {
         }
     }
 
+    /// The architecture suffix of EFI file names (`x64`, `aa64`): `shimx64.efi`,
+    /// `grubaa64.efi`...
+    pub fn efi_suffix(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x64",
+            Arch::Arm64 => "aa64",
+        }
+    }
+
     /// The loader UEFI firmware starts from removable media, in `EFI/BOOT/`.
     pub fn efi_loader(self) -> &'static str {
         match self {
