@@ -97,7 +97,6 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
     let w = work.path();
     let mut epoch = spec.source_date_epoch.or(epoch_from_env()?);
 
-    let distro_initramfs = spec.boot.initramfs == "rootfs";
     // A plain directory is read in place; anything else is staged in the work directory.
     let mut tree = match (&checked.source, &checked.overlay) {
         (RootfsSource::Directory(d), None) => rootfs::Tree::borrow(d)?,
@@ -118,26 +117,26 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
             );
             rootfs::add_tarball(&mut tree, t)?;
         }
-        RootfsSource::Mmdebstrap(m) => match &opts.rootfs_cache {
-            Some(cache) => {
-                let tar = rootfs::cached_mmdebstrap(
-                    m,
-                    arch,
-                    distro_initramfs,
-                    epoch,
-                    cache,
-                    progress,
-                    cancel,
-                )?;
-                rootfs::add_tarball(&mut tree, &tar)?;
+        RootfsSource::Mmdebstrap(m) => {
+            let run = rootfs::MmdebstrapRun {
+                spec: m,
+                arch,
+                distro_initramfs: spec.boot.initramfs == "rootfs",
+                epoch,
+            };
+            match &opts.rootfs_cache {
+                Some(cache) => {
+                    let tar = rootfs::cached_mmdebstrap(&run, cache, progress, cancel)?;
+                    rootfs::add_tarball(&mut tree, &tar)?;
+                }
+                None => {
+                    let tar = w.join("mmdebstrap.tar");
+                    rootfs::run_mmdebstrap(&run, &tar, progress, cancel)?;
+                    rootfs::add_tarball(&mut tree, &tar)?;
+                    std::fs::remove_file(&tar)?;
+                }
             }
-            None => {
-                let tar = w.join("mmdebstrap.tar");
-                rootfs::run_mmdebstrap(m, arch, distro_initramfs, epoch, &tar, progress, cancel)?;
-                rootfs::add_tarball(&mut tree, &tar)?;
-                std::fs::remove_file(&tar)?;
-            }
-        },
+        }
     }
     cancel.check()?;
     if let Some(o) = &checked.overlay {

@@ -9,22 +9,32 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Runs mmdebstrap for `m` and `arch`, writing a tarball to `out`; `epoch` pins its
-/// timestamps; the distribution's initramfs is made only when `distro_initramfs`. A foreign architecture needs qemu-user-static with binfmt_misc on the
-/// build host (mmdebstrap runs the packages' scripts through it).
+/// One root filesystem to make with mmdebstrap: what the spec asks for, and for what.
+#[derive(Debug, Clone, Copy)]
+pub struct MmdebstrapRun<'a> {
+    /// `[rootfs.mmdebstrap]` of the spec.
+    pub spec: &'a MmdebstrapSpec,
+    /// The image's architecture. A foreign one needs qemu-user-static with binfmt_misc
+    /// on the build host (mmdebstrap runs the packages' scripts through it).
+    pub arch: Arch,
+    /// Let the distribution make its initramfs (only images booting with it need one).
+    pub distro_initramfs: bool,
+    /// Pins every timestamp (`SOURCE_DATE_EPOCH`).
+    pub epoch: Option<i64>,
+}
+
+/// Runs mmdebstrap for `r`, writing a tarball to `out`.
 pub fn run_mmdebstrap(
-    m: &MmdebstrapSpec,
-    arch: Arch,
-    distro_initramfs: bool,
-    epoch: Option<i64>,
+    r: &MmdebstrapRun,
     out: &Path,
     progress: Progress,
     cancel: Cancel,
 ) -> Result<()> {
+    let m = r.spec;
     let mut cmd = Command::new("mmdebstrap");
     cmd.arg(format!("--variant={}", m.variant))
         .arg("--format=tar")
-        .arg(format!("--architectures={}", arch.debian()))
+        .arg(format!("--architectures={}", r.arch.debian()))
         .arg("--quiet");
     if !m.packages.is_empty() {
         cmd.arg(format!("--include={}", m.packages.join(",")));
@@ -35,13 +45,13 @@ pub fn run_mmdebstrap(
     if let Some(k) = &m.keyring {
         cmd.arg(format!("--keyring={}", k.display()));
     }
-    if let Some(e) = epoch {
+    if let Some(e) = r.epoch {
         cmd.env("SOURCE_DATE_EPOCH", e.to_string());
     }
     // Debian's kernel hook makes no initramfs when INITRD=No: an image booting with
     // oneimage's own would carry an unused one (tens of MiB), made at length (minutes
     // for a foreign architecture, whose tools run emulated).
-    if !distro_initramfs {
+    if !r.distro_initramfs {
         cmd.env("INITRD", "No");
     }
     cmd.arg(&m.suite).arg(out);
@@ -66,21 +76,19 @@ pub fn run_mmdebstrap(
 /// never reuses a stale root filesystem; the archive moving on does not invalidate it
 /// (delete the cache to pick up updates).
 pub fn cached_mmdebstrap(
-    m: &MmdebstrapSpec,
-    arch: Arch,
-    distro_initramfs: bool,
-    epoch: Option<i64>,
+    r: &MmdebstrapRun,
     cache: &Path,
     progress: Progress,
     cancel: Cancel,
 ) -> Result<PathBuf> {
+    let (m, arch, epoch) = (r.spec, r.arch, r.epoch);
     let mut h = Sha256::new();
     h.update(format!(
         "{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}",
         m.suite, m.variant, m.packages, m.components, m.mirror, m.keyring, epoch
     ));
     h.update(arch.debian());
-    if !distro_initramfs {
+    if !r.distro_initramfs {
         h.update("\0no initramfs");
     }
     let key: String = h.finalize()[..8]
@@ -102,7 +110,7 @@ pub fn cached_mmdebstrap(
     std::fs::create_dir_all(cache)
         .with_context(|| format!("creating cache directory {}", cache.display()))?;
     let partial = cache.join(format!(".partial-{key}-{}.tar", std::process::id()));
-    let result = run_mmdebstrap(m, arch, distro_initramfs, epoch, &partial, progress, cancel);
+    let result = run_mmdebstrap(r, &partial, progress, cancel);
     if let Err(e) = result {
         let _ = std::fs::remove_file(&partial);
         return Err(e);

@@ -10,7 +10,7 @@ mod mmdebstrap;
 mod tarball;
 
 pub use dir::{add_directory, add_overlay};
-pub use mmdebstrap::{cached_mmdebstrap, run_mmdebstrap};
+pub use mmdebstrap::{cached_mmdebstrap, run_mmdebstrap, MmdebstrapRun};
 pub use tarball::add_tarball;
 
 use anyhow::{bail, Context, Result};
