@@ -6,6 +6,7 @@
 //! behind.
 
 pub mod assemble;
+pub mod compressed_root;
 pub mod esp;
 pub mod ext4;
 pub mod grub;
@@ -267,23 +268,42 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
             offset: plan.root.offset(plan::SECTOR),
         })
     };
-    let root_bytes = ext4::make_ext4(
-        &tree,
-        &ext4::Ext4Params {
-            label: &spec.root.label,
-            uuid: ids.root_fs,
-            epoch,
-            size: checked.root_size,
-            progress,
-        },
-        w,
-        place,
-        cancel,
-    )
+    let root_bytes = match checked.root_fs {
+        spec::RootFilesystem::Ext4 => ext4::make_ext4(
+            &tree,
+            &ext4::Ext4Params {
+                label: &spec.root.label,
+                uuid: ids.root_fs,
+                epoch,
+                size: checked.root_size,
+                progress,
+            },
+            w,
+            place,
+            cancel,
+        ),
+        compressed => compressed_root::make(
+            &tree,
+            compressed,
+            &compressed_root::Params {
+                uuid: ids.root_fs,
+                epoch,
+                size: checked.root_size,
+                progress,
+            },
+            w,
+            place,
+            cancel,
+        ),
+    }
     .with_context(|| format!("{}: root filesystem", spec_path.display()))?;
     say(
         "root",
-        &format!("root filesystem {} ready", format_size(root_bytes)),
+        &format!(
+            "root filesystem ({}) {} ready",
+            checked.root_fs.describe(),
+            format_size(root_bytes)
+        ),
     );
     if !tree.borrowed {
         // The staging copy is no longer needed; free the space before finishing.

@@ -7,10 +7,12 @@
 
 mod dir;
 mod mmdebstrap;
+mod tar_out;
 mod tarball;
 
 pub use dir::{add_directory, add_overlay};
 pub use mmdebstrap::{cached_mmdebstrap, run_mmdebstrap, MmdebstrapRun};
+pub use tar_out::write_tar;
 pub use tarball::add_tarball;
 
 use anyhow::{bail, Context, Result};
