@@ -47,8 +47,19 @@ fn read_disk(disk: &str) -> Result<Seen, String> {
     })
 }
 
+/// The name the kernel gives partition `number` of `disk` (`vda3`, `nvme0n1p3`), for
+/// waiting on it before sysfs shows it.
+pub fn guess_node(disk: &str, number: u32) -> PathBuf {
+    let sep = if disk.ends_with(|c: char| c.is_ascii_digit()) {
+        "p"
+    } else {
+        ""
+    };
+    PathBuf::from(format!("/dev/{disk}{sep}{number}"))
+}
+
 /// The device node of partition `number` of `disk`, once the kernel has made it.
-fn partition_node(disk: &str, number: u32) -> Option<PathBuf> {
+pub fn partition_node(disk: &str, number: u32) -> Option<PathBuf> {
     let rd = std::fs::read_dir(format!("/sys/class/block/{disk}")).ok()?;
     for e in rd.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().into_owned();

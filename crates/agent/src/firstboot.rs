@@ -3,8 +3,9 @@
 //! loss) is followed by one that goes on where it stopped.
 //!
 //! The steps, in order: a new identity for this copy (disk and partition GUIDs, the root
-//! filesystem's UUID, the ESP's volume id), then growth of the root partition to the
-//! disk, then, once the root is mounted, growth of its filesystem. Every step sets values
+//! filesystem's UUID, the ESP's volume id), then, for a compressed root, its expansion
+//! into a read-write ext4 root (`crate::expand`), then growth of the root partition to
+//! the disk, then, once the root is mounted, growth of its filesystem. Every step sets values
 //! decided before it starts (the identity is derived from a seed stored in the record),
 //! so a step redone after a power cut writes the same bytes again. A step that fails
 //! stops the sequence for this boot; the next boot tries again.
@@ -60,11 +61,50 @@ fn new_seed() -> Result<[u8; 32], String> {
     Ok(seed)
 }
 
-/// Runs the steps that come before the root is mounted (identity, partition growth) on
-/// the writable disk holding `found`. Returns what is left for [`after_mount`], or
-/// nothing when there is no first-boot work (done earlier, or a record this agent must
-/// not touch).
-pub fn before_mount(found: &Found, grow: Grow) -> Result<Option<Pending>, String> {
+/// What the boot does after the steps that come before the root is mounted.
+pub enum Outcome {
+    /// Check and mount `root` read-write (the root found, or the root a compressed one
+    /// was expanded into), then hand `pending` to [`after_mount`].
+    Persistent {
+        /// The partition to mount as `/`.
+        root: Found,
+        /// What is left of the sequence.
+        pending: Option<Pending>,
+    },
+    /// Boot live from the root found: a compressed root that could not (yet) be
+    /// expanded. Why has been said.
+    Live,
+}
+
+/// Runs the steps that come before the root is mounted (identity, expansion of a
+/// compressed root, partition growth) on the writable disk holding `found`, whose
+/// filesystem is the compressed `compressed` one or ext4 (`None`). A failed step is
+/// reported and leaves the rest for the next boot.
+pub fn before_mount(found: &Found, compressed: Option<&str>, grow: Grow) -> Outcome {
+    let fallback = || match compressed {
+        Some(_) => Outcome::Live,
+        None => Outcome::Persistent {
+            root: found.clone(),
+            pending: None,
+        },
+    };
+    match steps_before_mount(found, compressed, grow) {
+        Ok(o) => o,
+        Err(e) => {
+            say(&format!("first boot: {e}"));
+            if compressed.is_some() {
+                say("first boot: the compressed root was not expanded; booting live, and the next boot tries again");
+            }
+            fallback()
+        }
+    }
+}
+
+fn steps_before_mount(
+    found: &Found,
+    compressed: Option<&str>,
+    grow: Grow,
+) -> Result<Outcome, String> {
     let started = Instant::now();
     let dev = format!("/dev/{}", found.disk);
     let mut disk = crate::disks::open_rw(&dev)?;
@@ -72,12 +112,15 @@ pub fn before_mount(found: &Found, grow: Grow) -> Result<Option<Pending>, String
         read_table(&mut disk).map_err(|e| format!("reading the partition table of {dev}: {e}"))?;
     let found_record = record::read(&mut disk)
         .map_err(|e| format!("reading the first-boot record on {dev}: {e}"))?;
+    let persistent = |root: &Found, pending| Outcome::Persistent {
+        root: root.clone(),
+        pending,
+    };
     let state = match found_record {
         record::Found::Unusable(why) => {
-            say(&format!(
-                "first boot: the record on {dev} cannot be used ({why}); no first-boot step is run"
+            return Err(format!(
+                "the record on {dev} cannot be used ({why}); no first-boot step is run"
             ));
-            return Ok(None);
         }
         record::Found::State(s) if !s.applies(table.disk_guid) => {
             say(&format!(
@@ -90,8 +133,15 @@ pub fn before_mount(found: &Found, grow: Grow) -> Result<Option<Pending>, String
     };
     let mut state = match state {
         Some(s) if s.all_done() => {
-            say("first boot: done on an earlier boot (identity, growth)");
-            return Ok(None);
+            if s.expand_into == 0 {
+                say("first boot: done on an earlier boot (identity, growth)");
+                return Ok(persistent(found, None));
+            }
+            say(&format!(
+                "first boot: done on an earlier boot; the root is the expanded partition {}",
+                s.expand_into
+            ));
+            return Ok(persistent(&expanded(found, s.expand_into)?, None));
         }
         Some(s) => {
             say(&format!(
@@ -106,11 +156,33 @@ pub fn before_mount(found: &Found, grow: Grow) -> Result<Option<Pending>, String
                 .iter()
                 .find(|p| p.number == found.number)
                 .ok_or_else(|| format!("partition {} vanished from {dev}", found.number))?;
-            let s = State::new(table.disk_guid, root.guid, found.number, new_seed()?);
+            let mut s = State::new(table.disk_guid, root.guid, found.number, new_seed()?);
+            if let Some(kind) = compressed {
+                // Before anything is written: a disk too small keeps the image as it is.
+                let number = crate::expand::new_number(&table);
+                let needed = crate::expand::needed_bytes(&found.node, kind)?;
+                let ss = table.sector_size;
+                let disk_last = (crate::grow::sysfs_bytes(&found.disk)? / ss).saturating_sub(1);
+                let any: Guid = Guid([0; 16]);
+                if let Err(why) =
+                    crate::expand::layout(&table, disk_last, number, any, any, needed, grow)
+                {
+                    say(&format!(
+                        "first boot: the {kind} root cannot become a read-write root here: {why}. Booting live: nothing is written to {dev}. Write the image to a larger disk for a persistent system."
+                    ));
+                    return Ok(Outcome::Live);
+                }
+                s = s.expanding_into(number);
+            }
             record_step(&mut disk, &dev, &s)?;
+            let steps: Vec<&str> = Step::ALL
+                .iter()
+                .filter(|st| s.applies_step(**st))
+                .map(|st| st.name())
+                .collect();
             say(&format!(
                 "first boot: a new copy on {dev}; steps: {}",
-                Step::ALL.map(Step::name).join(", ")
+                steps.join(", ")
             ));
             s
         }
@@ -124,12 +196,9 @@ pub fn before_mount(found: &Found, grow: Grow) -> Result<Option<Pending>, String
 
     if !state.is_done(Step::Identity) {
         let id = state.identity();
-        if let Err(e) = give_identity(&mut disk, &dev, &table, found, &id) {
-            say(&format!(
-                "first boot: the new identity failed: {e}; the remaining steps wait for the next boot"
-            ));
-            return Ok(None);
-        }
+        give_identity(&mut disk, &dev, &table, found, &id, compressed.is_none()).map_err(|e| {
+            format!("the new identity failed: {e}; the remaining steps wait for the next boot")
+        })?;
         state = state.with_done(Step::Identity);
         record_step(&mut disk, &dev, &state)?;
         say(&format!(
@@ -140,20 +209,50 @@ pub fn before_mount(found: &Found, grow: Grow) -> Result<Option<Pending>, String
         ));
     }
 
+    let mut root = found.clone();
+    if state.applies_step(Step::Expand) {
+        let number = state.expand_into;
+        if state.is_done(Step::Expand) {
+            root = expanded(found, number)?;
+        } else {
+            let kind = compressed.ok_or_else(|| {
+                format!("the record says the root expands into partition {number}, but the root found is not compressed")
+            })?;
+            drop(disk);
+            let id = state.identity();
+            root = crate::expand::expand(
+                found,
+                kind,
+                number,
+                id.partition(number),
+                id.root_fs_uuid,
+                grow,
+            )
+            .map_err(|e| format!("expanding the {kind} root: {e}"))?;
+            disk = crate::disks::open_rw(&dev)?;
+            state = state.with_done(Step::Expand);
+            record_step(&mut disk, &dev, &state)?;
+            say(&format!(
+                "first boot: step expand done: the root is now {} (ext4, read-write); the {kind} root stays as the factory copy for the live entry",
+                root.node.display()
+            ));
+        }
+    }
+
     if !state.is_done(Step::GrowPartition) {
         if grow == Grow::Off {
             say("first boot: growth is off for this boot (oneimage.grow=off)");
             pending.state = state;
-            return Ok(Some(pending));
+            return Ok(persistent(&root, Some(pending)));
         }
         drop(disk);
-        if let Err(e) = crate::grow::grow_partition(found, grow) {
+        if let Err(e) = crate::grow::grow_partition(&root, grow) {
             say(&format!(
                 "first boot: could not grow the root partition: {e}; the remaining steps wait for the next boot"
             ));
             pending.state = state;
             pending.worked = false;
-            return Ok(Some(pending));
+            return Ok(persistent(&root, Some(pending)));
         }
         let mut disk = crate::disks::open_rw(&dev)?;
         state = state.with_done(Step::GrowPartition);
@@ -161,7 +260,23 @@ pub fn before_mount(found: &Found, grow: Grow) -> Result<Option<Pending>, String
         say("first boot: step grow-partition done");
     }
     pending.state = state;
-    Ok(Some(pending))
+    Ok(persistent(&root, Some(pending)))
+}
+
+/// The expanded root, partition `number` of `found`'s disk.
+fn expanded(found: &Found, number: u32) -> Result<Found, String> {
+    let node = crate::disks::partition_node(&found.disk, number).ok_or_else(|| {
+        format!(
+            "the record says the root was expanded into partition {number} of /dev/{}, which the kernel does not show",
+            found.disk
+        )
+    })?;
+    Ok(Found {
+        disk: found.disk.clone(),
+        number,
+        node,
+        optical: false,
+    })
 }
 
 /// Runs the steps that need the root mounted at `mountpoint` (filesystem growth).
@@ -192,9 +307,15 @@ fn give_identity(
     table: &Table,
     found: &Found,
     id: &Identity,
+    root_is_ext4: bool,
 ) -> Result<(), String> {
+    // A compressed root has no UUID to change: its expansion gets the new one.
     oneimage_format::identity::apply(disk, table, id, &mut |uuid| {
-        set_ext4_uuid(&found.node, uuid)
+        if root_is_ext4 {
+            set_ext4_uuid(&found.node, uuid)
+        } else {
+            Ok(())
+        }
     })
     .map_err(|e| format!("{dev}: {e}"))?;
     disk.sync_all().map_err(|e| format!("syncing {dev}: {e}"))?;

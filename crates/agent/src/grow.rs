@@ -16,7 +16,7 @@ const MIB: u64 = 1 << 20;
 
 /// The size of a block device in bytes, from sysfs (which counts 512-byte units
 /// whatever the sector size).
-fn sysfs_bytes(name: &str) -> Result<u64, String> {
+pub fn sysfs_bytes(name: &str) -> Result<u64, String> {
     let p = format!("/sys/class/block/{name}/size");
     let s = std::fs::read_to_string(&p).map_err(|e| format!("reading {p}: {e}"))?;
     let units = s.trim().parse::<u64>().map_err(|e| format!("{p}: {e}"))?;

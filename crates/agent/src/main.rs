@@ -14,6 +14,7 @@ mod bootmark;
 mod cmdline;
 mod disks;
 mod emergency;
+mod expand;
 mod firstboot;
 mod grow;
 mod log;
@@ -45,6 +46,51 @@ fn main() {
         Err(_) => "the agent panicked (see the message above)".to_string(),
     };
     emergency::enter(&reason)
+}
+
+/// A boot from a writable disk: the first-boot steps, then the root checked and
+/// mounted read-write (or live, when it cannot be: a damaged filesystem, a compressed
+/// root that could not be expanded).
+fn persistent(
+    cmd: &cmdline::Cmdline,
+    found: &disks::Found,
+    compressed: Option<&str>,
+) -> Result<(), String> {
+    let live = |why: String| {
+        log::say(&format!(
+            "{why}; booting live instead: {} read-only under a RAM overlay, nothing written or grown (repair it with e2fsck -f from another system)",
+            found.node.display()
+        ));
+        mounts::mount_live(&found.node, compressed)
+    };
+    // An ext4 root is checked first: a filesystem e2fsck could not repair is never
+    // mounted read-write, and no first-boot step runs on its disk (they write the table
+    // and the filesystem's superblock). An expanded root is checked once it is found.
+    if compressed.is_none() {
+        if let mounts::Check::Damaged(why) = mounts::check_root(&found.node) {
+            return live(why);
+        }
+    }
+    // A failed first-boot step is reported but does not stop the boot: the system
+    // still works, and the next boot tries again.
+    let (root, pending) = match firstboot::before_mount(found, compressed, cmd.grow) {
+        firstboot::Outcome::Live => return mounts::mount_live(&found.node, compressed),
+        firstboot::Outcome::Persistent { root, pending } => (root, pending),
+    };
+    if root.number != found.number {
+        if let mounts::Check::Damaged(why) = mounts::check_root(&root.node) {
+            return live(format!("the expanded root: {why}"));
+        }
+    }
+    mounts::mount_root(&root.node, cmd.read_only)?;
+    if let Some(p) = pending {
+        if cmd.read_only {
+            log::say("first boot: the root is mounted read-only; its filesystem grows on a read-write boot");
+        } else if let Err(e) = firstboot::after_mount(p, &root, "/sysroot") {
+            log::say(&format!("first boot: {e}"));
+        }
+    }
+    Ok(())
 }
 
 /// Finds, checks and mounts the root, then becomes its init; returns only on failure.
@@ -98,48 +144,28 @@ fn run() -> Result<Infallible, String> {
         cmd.root_partuuid,
         root.display()
     ));
+    // A SquashFS or EROFS root is read-only: booted live, or expanded into ext4 first.
+    let compressed = expand::compressed_kind(&root);
+    if let Some(kind) = compressed {
+        log::say(&format!(
+            "the root filesystem is {kind} (compressed, read-only)"
+        ));
+    }
     if found.optical {
         // A disc is never written: the root is read-only under a RAM overlay, as live.
         log::say("booted from a disc: live mode, nothing is written or grown");
-        mounts::mount_live(&root)?;
+        mounts::mount_live(&root, compressed)?;
     } else if ambiguous {
         log::say(&format!(
             "booting live from {}: nothing is written to any of them (boot with only one attached, or from the one whose first boot gave it its own identity)",
             root.display()
         ));
-        mounts::mount_live(&root)?;
+        mounts::mount_live(&root, compressed)?;
     } else if cmd.live {
         // Live: nothing may be written, not even by a filesystem check or journal replay.
-        mounts::mount_live(&root)?;
+        mounts::mount_live(&root, compressed)?;
     } else {
-        // The check comes first: a filesystem e2fsck could not repair is never mounted
-        // read-write, and no first-boot step runs on its disk (they write the table and
-        // the filesystem's superblock).
-        match mounts::check_root(&root) {
-            mounts::Check::Usable => {
-                // A failed first-boot step is reported but does not stop the boot: the
-                // system still works, and the next boot tries again.
-                let pending = firstboot::before_mount(&found, cmd.grow).unwrap_or_else(|e| {
-                    log::say(&format!("first boot: {e}"));
-                    None
-                });
-                mounts::mount_root(&root, cmd.read_only)?;
-                if let Some(p) = pending {
-                    if cmd.read_only {
-                        log::say("first boot: the root is mounted read-only; its filesystem grows on a read-write boot");
-                    } else if let Err(e) = firstboot::after_mount(p, &found, "/sysroot") {
-                        log::say(&format!("first boot: {e}"));
-                    }
-                }
-            }
-            mounts::Check::Damaged(why) => {
-                log::say(&format!(
-                    "{why}; booting live instead: {} read-only under a RAM overlay, nothing written or grown (repair it with e2fsck -f from another system)",
-                    root.display()
-                ));
-                mounts::mount_live(&root)?;
-            }
-        }
+        persistent(&cmd, &found, compressed)?;
     }
     mounts::switch_root(&cmd.init)
 }

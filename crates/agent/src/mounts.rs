@@ -141,25 +141,30 @@ pub fn switch_root(init: &str) -> Result<std::convert::Infallible, String> {
     Err(format!("executing {init}: {err}"))
 }
 
-/// Live mode: the root read-only (no journal replay) as the lower layer of an overlay
-/// whose upper layer is RAM, mounted at /sysroot. Everything written is lost at power off.
-pub fn mount_live(dev: &Path) -> Result<(), String> {
+/// Live mode: the root read-only (ext4 without journal replay, or the `compressed`
+/// filesystem) as the lower layer of an overlay whose upper layer is RAM, mounted at
+/// /sysroot. Everything written is lost at power off.
+pub fn mount_live(dev: &Path, compressed: Option<&str>) -> Result<(), String> {
     let lower = "/run/oneimage/lower";
     let rw = "/run/oneimage/rw";
     for d in [lower, rw, NEW_ROOT] {
         std::fs::create_dir_all(d).map_err(|e| format!("creating {d}: {e}"))?;
     }
-    let noload = std::ffi::CString::new("noload").expect("no NUL");
+    let (fstype, options) = match compressed {
+        Some(kind) => (kind, ""),
+        None => ("ext4", "noload"),
+    };
+    let options = std::ffi::CString::new(options).expect("no NUL");
     mount(
         dev,
         lower,
-        "ext4",
+        fstype,
         MountFlags::RDONLY,
-        Some(noload.as_c_str()),
+        Some(options.as_c_str()),
     )
     .map_err(|e| {
         format!(
-            "mounting {} (ext4) read-only on {lower}: {e}",
+            "mounting {} ({fstype}) read-only on {lower}: {e}",
             dev.display()
         )
     })?;

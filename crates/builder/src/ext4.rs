@@ -6,6 +6,7 @@ use crate::rootfs::{Kind, Tree};
 use crate::run::{run, Cancel};
 use crate::spec::SizePolicy;
 use anyhow::{bail, Context, Result};
+use oneimage_format::ext4_size::{inode_count, minimal_bytes, Object, Usage, BLOCK};
 use oneimage_format::size::{align_up, format_size};
 use oneimage_format::Guid;
 use std::path::Path;
@@ -27,7 +28,7 @@ pub struct Ext4Params<'a> {
 
 /// Features pinned here rather than taken from the host's /etc/mke2fs.conf, so the
 /// image is the same on every build host and readable by older kernels and GRUB.
-const MKE2FS_CONF: &str = "[defaults]
+pub const MKE2FS_CONF: &str = "[defaults]
 \tbase_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
 \tdefault_mntopts = acl,user_xattr
 \tblocksize = 4096
@@ -40,69 +41,25 @@ const MKE2FS_CONF: &str = "[defaults]
 \t}
 ";
 
-const BLOCK: u64 = 4096;
-
-/// Blocks mke2fs gives the journal for a filesystem of `blocks` blocks (its own table).
-fn journal_blocks(blocks: u64) -> u64 {
-    match blocks {
-        0..=32767 => 1024,
-        32768..=262143 => 4096,
-        262144..=524287 => 8192,
-        524288..=4194303 => 16384,
-        4194304..=8388607 => 32768,
-        8388608..=16777215 => 65536,
-        16777216..=33554431 => 131072,
-        _ => 262144,
-    }
-}
-
 /// Content estimate: (data bytes, inodes needed).
 fn estimate(tree: &Tree) -> (u64, u64) {
-    let mut blocks = 0u64;
-    let mut dir_bytes: std::collections::HashMap<&str, u64> = Default::default();
+    let mut u = Usage::default();
     for (path, e) in &tree.entries {
-        match &e.kind {
-            Kind::File(n) => blocks += n.div_ceil(BLOCK),
-            Kind::Symlink(t) if t.as_os_str().len() >= 60 => blocks += 1,
-            _ => {}
-        }
-        if e.xattrs
+        let object = match &e.kind {
+            Kind::Dir => Object::Dir,
+            Kind::File(n) => Object::File(*n),
+            Kind::Symlink(t) => Object::Symlink(t.as_os_str().len() as u64),
+            Kind::Hardlink(_) => Object::Hardlink,
+            Kind::Char(..) | Kind::Block(..) | Kind::Fifo => Object::Special,
+        };
+        let xattr_bytes = e
+            .xattrs
             .iter()
-            .map(|(k, v)| k.len() + v.len() + 16)
-            .sum::<usize>()
-            > 96
-        {
-            blocks += 1;
-        }
-        if let Some((parent, name)) = path.rsplit_once('/') {
-            *dir_bytes.entry(parent).or_default() += 8 + align_up(name.len() as u64, 4);
-        }
+            .map(|(k, v)| (k.len() + v.len() + 16) as u64)
+            .sum();
+        u.add(path, object, xattr_bytes);
     }
-    let dirs = tree
-        .entries
-        .values()
-        .filter(|e| e.kind == Kind::Dir)
-        .count() as u64;
-    blocks += dirs;
-    blocks += dir_bytes.values().map(|b| b / BLOCK).sum::<u64>();
-    (blocks * BLOCK, tree.entries.len() as u64)
-}
-
-/// Bytes a filesystem needs for `data` bytes of content in `inodes` inodes.
-fn minimal_bytes(data: u64, inodes: u64, headroom: u64) -> u64 {
-    let mut size = data + headroom;
-    for _ in 0..4 {
-        let blocks = size / BLOCK;
-        let n = inode_count(inodes, size);
-        let meta = n * 256 + journal_blocks(blocks) * BLOCK + blocks / 64 * 2;
-        size = ((data + meta) as f64 / 0.95 * 1.02) as u64 + headroom + (4 << 20);
-    }
-    align_up(size, 1 << 20)
-}
-
-/// Inodes to create: room for the content plus growth, never fewer than the default ratio.
-fn inode_count(entries: u64, size: u64) -> u64 {
-    (entries + entries / 4 + 1024).max(size / 16384)
+    u.totals()
 }
 
 /// Where a filesystem of a given size is to be made: a file and a byte offset in it.

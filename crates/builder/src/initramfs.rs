@@ -58,6 +58,7 @@ pub const WANTED_MODULES: &[&str] = &[
     "nls_ascii",
     "isofs",
     "squashfs",
+    "erofs",
     "overlay",
     "loop",
     "dm_mod",
@@ -87,10 +88,12 @@ pub fn wanted_modules(arch: Arch) -> Vec<&'static str> {
 
 /// Programs copied from the root filesystem when present: (path in the root, path in the
 /// initramfs).
-/// e2fsck checks the root; tune2fs gives a copy's root filesystem its own UUID.
+/// e2fsck checks the root; tune2fs gives a copy's root filesystem its own UUID; mke2fs
+/// expands a compressed root into ext4.
 const TOOLS: &[(&str, &str)] = &[
     ("/sbin/e2fsck", "/sbin/e2fsck"),
     ("/sbin/tune2fs", "/sbin/tune2fs"),
+    ("/sbin/mke2fs", "/sbin/mke2fs"),
     ("/bin/sh", "/bin/sh"),
 ];
 
@@ -381,6 +384,12 @@ pub fn make_initramfs(
         ),
     };
     c.add_file("/etc/oneimage/modules", 0o644, list.into_bytes());
+    // The expanded root gets the features the builder gives an ext4 root.
+    c.add_file(
+        "/etc/mke2fs.conf",
+        0o644,
+        crate::ext4::MKE2FS_CONF.as_bytes().to_vec(),
+    );
 
     let mut tools = Vec::new();
     for (src, dst) in TOOLS {

@@ -21,14 +21,18 @@ pub const SLOT_OFFSETS: [u64; 2] = [24 << 10, 28 << 10];
 /// Bytes of a record (one 512-byte sector: a write of it is atomic on every disk).
 pub const RECORD_LEN: usize = 512;
 const MAGIC: &[u8; 8] = b"ONEIFBST";
-/// The record layout this code writes and reads.
-pub const VERSION: u32 = 1;
+/// The record layout this code writes; it also reads layout 1 (before expansion
+/// existed), whose unused bytes read as "no expansion".
+pub const VERSION: u32 = 2;
 
 /// One step of the first boot, in the order the agent runs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Step {
     /// New disk GUID, partition GUIDs, filesystem UUID and ESP volume id for this copy.
     Identity,
+    /// A compressed root (SquashFS, EROFS) copied into a new read-write ext4 root in a
+    /// new partition after it; the compressed one stays, for the live entry.
+    Expand,
     /// The root partition (and the backup GPT) moved to the end of the disk.
     GrowPartition,
     /// The root filesystem grown to fill its partition.
@@ -37,13 +41,19 @@ pub enum Step {
 
 impl Step {
     /// Every step, in order.
-    pub const ALL: [Step; 3] = [Step::Identity, Step::GrowPartition, Step::GrowFilesystem];
+    pub const ALL: [Step; 4] = [
+        Step::Identity,
+        Step::Expand,
+        Step::GrowPartition,
+        Step::GrowFilesystem,
+    ];
 
     fn bit(self) -> u64 {
         match self {
             Step::Identity => 1,
             Step::GrowPartition => 1 << 1,
             Step::GrowFilesystem => 1 << 2,
+            Step::Expand => 1 << 3,
         }
     }
 
@@ -51,13 +61,14 @@ impl Step {
     pub fn name(self) -> &'static str {
         match self {
             Step::Identity => "identity",
+            Step::Expand => "expand",
             Step::GrowPartition => "grow-partition",
             Step::GrowFilesystem => "grow-filesystem",
         }
     }
 }
 
-const KNOWN_BITS: u64 = 0b111;
+const KNOWN_BITS: u64 = 0b1111;
 
 /// The first-boot state of one copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +84,9 @@ pub struct State {
     /// Random bytes chosen once for this copy; every new identifier is derived from them,
     /// so an identity step redone after a power cut sets the same values again.
     pub seed: [u8; 32],
+    /// The number of the partition a compressed root expands into, or 0 for a root
+    /// that is not expanded (ext4).
+    pub expand_into: u32,
     done: u64,
 }
 
@@ -112,8 +126,23 @@ impl State {
             original_root,
             root_number,
             seed,
+            expand_into: 0,
             done: 0,
         }
+    }
+
+    /// This state, for a compressed root that expands into partition `number`.
+    pub fn expanding_into(self, number: u32) -> State {
+        State {
+            expand_into: number,
+            ..self
+        }
+    }
+
+    /// Whether `step` is part of this copy's first boot (expansion only for a
+    /// compressed root).
+    pub fn applies_step(&self, step: Step) -> bool {
+        step != Step::Expand || self.expand_into != 0
     }
 
     /// Whether `step` is done.
@@ -130,9 +159,11 @@ impl State {
         }
     }
 
-    /// Whether every step is done.
+    /// Whether every step that applies is done.
     pub fn all_done(&self) -> bool {
-        Step::ALL.iter().all(|s| self.is_done(*s))
+        Step::ALL
+            .iter()
+            .all(|s| self.is_done(*s) || !self.applies_step(*s))
     }
 
     /// The identifiers this copy gets.
@@ -171,6 +202,7 @@ impl State {
         b[52..56].copy_from_slice(&self.root_number.to_le_bytes());
         b[56..88].copy_from_slice(&self.seed);
         b[88..96].copy_from_slice(&self.done.to_le_bytes());
+        b[96..100].copy_from_slice(&self.expand_into.to_le_bytes());
         let crc = crc32fast::hash(&b[..RECORD_LEN - 4]);
         b[RECORD_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
         b
@@ -211,10 +243,10 @@ pub fn decode(b: &[u8]) -> Slot {
     let guid_at = |o: usize| Guid(b[o..o + 16].try_into().expect("16 bytes"));
     let version = u32_at(8);
     let done = u64_at(88);
-    if version != VERSION || done & !KNOWN_BITS != 0 {
+    if !(1..=VERSION).contains(&version) || done & !KNOWN_BITS != 0 {
         return Slot::Newer(version);
     }
-    if b[96..RECORD_LEN - 4].iter().any(|&x| x != 0) {
+    if b[100..RECORD_LEN - 4].iter().any(|&x| x != 0) {
         // Unused bytes are written as zeros; anything else is not a record of ours.
         return Slot::Damaged("bytes after the record's fields are not zero".into());
     }
@@ -224,6 +256,7 @@ pub fn decode(b: &[u8]) -> Slot {
         original_root: guid_at(36),
         root_number: u32_at(52),
         seed: b[56..88].try_into().expect("32 bytes"),
+        expand_into: u32_at(96),
         done,
     })
 }
@@ -349,15 +382,45 @@ mod tests {
     }
 
     #[test]
+    fn a_layout_1_record_reads_as_one_without_expansion() {
+        let s = State::new(guid(1), guid(2), 2, [7; 32]).with_done(Step::Identity);
+        let mut b = s.encode();
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&b[..RECORD_LEN - 4]);
+        b[RECORD_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
+        let Slot::Valid(old) = decode(&b) else {
+            panic!("layout 1 is read")
+        };
+        assert_eq!(old.expand_into, 0);
+        assert!(!old.applies_step(Step::Expand));
+        let all = Step::ALL
+            .iter()
+            .filter(|st| **st != Step::Expand)
+            .fold(old.clone(), |st, step| st.with_done(*step));
+        assert!(all.all_done(), "expansion is not owed by an ext4 root");
+        let expanding = s.expanding_into(4);
+        assert!(expanding.applies_step(Step::Expand));
+        let grown = [Step::GrowPartition, Step::GrowFilesystem]
+            .iter()
+            .fold(expanding.clone(), |st, step| st.with_done(*step));
+        assert!(!grown.all_done(), "a compressed root owes its expansion");
+        assert!(grown.with_done(Step::Expand).all_done());
+        let Slot::Valid(back) = decode(&grown.encode()) else {
+            panic!("round trip")
+        };
+        assert_eq!(back.expand_into, 4);
+    }
+
+    #[test]
     fn newer_or_doubly_damaged_records_are_unusable() {
         let s = State::new(guid(1), guid(2), 2, [7; 32]);
         let mut b = s.encode();
-        b[8] = 2;
+        b[8] = 3;
         let crc = crc32fast::hash(&b[..RECORD_LEN - 4]);
         b[RECORD_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode(&b), Slot::Newer(2));
+        assert_eq!(decode(&b), Slot::Newer(3));
         assert!(matches!(
-            current([Slot::Newer(2), Slot::Valid(s)]),
+            current([Slot::Newer(3), Slot::Valid(s)]),
             Found::Unusable(_)
         ));
         let d = || Slot::Damaged("x".into());
@@ -413,7 +476,12 @@ mod fuzz {
             },
             |b| match decode(b) {
                 Slot::Valid(s) => {
-                    assert_eq!(&s.encode()[..], &b[..RECORD_LEN]);
+                    // A layout-1 record is written back as the current layout: only
+                    // the version and the checksum may differ.
+                    let again = s.encode();
+                    assert_eq!(&again[..8], &b[..8]);
+                    assert_eq!(&again[12..RECORD_LEN - 4], &b[12..RECORD_LEN - 4]);
+                    assert_eq!(decode(&again), Slot::Valid(s));
                     true
                 }
                 _ => false,

@@ -9,7 +9,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 /// uses it, and a field out of range means "not recognised".
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FsInfo {
-    /// `ext4`, `ext2/3`, `vfat` or `squashfs`.
+    /// `ext4`, `ext2/3`, `vfat`, `squashfs` or `erofs`.
     pub kind: String,
     /// Volume label (may be empty).
     pub label: String,
@@ -54,7 +54,35 @@ pub fn probe<R: Read + Seek>(dev: &mut R) -> io::Result<Option<FsInfo>> {
             used_bytes: None,
         }));
     }
+    if let Some(i) = probe_erofs(&head) {
+        return Ok(Some(i));
+    }
     Ok(None)
+}
+
+/// EROFS: a superblock at byte 1024 (see the kernel's erofs_fs.h).
+fn probe_erofs(head: &[u8]) -> Option<FsInfo> {
+    let sb = head.get(1024..1024 + 128)?;
+    if le32(sb, 0) != 0xE0F5_E1E2 {
+        return None;
+    }
+    // Blocks of 512 bytes to 64 KiB; another shift is not EROFS.
+    let bits = sb[12];
+    if !(9..=16).contains(&bits) {
+        return None;
+    }
+    Some(FsInfo {
+        kind: "erofs".into(),
+        label: text(&sb[64..80]),
+        uuid: uuid_text(&sb[48..64]),
+        total_bytes: le32(sb, 36) << bits,
+        used_bytes: None,
+    })
+}
+
+/// A UUID's 16 bytes as the kernel's by-uuid names show them.
+fn uuid_text(u: &[u8]) -> String {
+    crate::Guid(u.try_into().expect("16 bytes")).to_string()
 }
 
 fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
@@ -85,11 +113,7 @@ fn probe_ext(head: &[u8]) -> Option<FsInfo> {
     let hi = |o: usize| if is64 { le32(sb, o) << 32 } else { 0 };
     let blocks = le32(sb, 4) | hi(0x150);
     let free = le32(sb, 12) | hi(0x158);
-    let u = &sb[104..120];
-    let uuid = format!(
-        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-        u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]
-    );
+    let uuid = uuid_text(&sb[104..120]);
     // extents (0x40) or flex_bg (0x200) mark ext4.
     let kind = if incompat & 0x240 != 0 {
         "ext4"

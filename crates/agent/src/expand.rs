@@ -1,0 +1,416 @@
+//! Expanding a compressed root (SquashFS, EROFS) into a read-write ext4 root, on a
+//! disk's first persistent boot.
+//!
+//! The layout: the compressed partition stays where it is, as the factory copy the live
+//! entry (and the DVD view) boots; the ext4 root goes into a new partition in the space
+//! after the last one, made by `mke2fs -d` from the factory copy mounted read-only.
+//! Three writes, each redone harmlessly after a power cut:
+//!
+//! 1. the table gains the new partition, typed as plain Linux data and named
+//!    `oneimage-expanding`, so nothing takes it for a root while it is being filled;
+//! 2. `mke2fs -d` makes the filesystem from scratch (a cut leaves a partial one, which
+//!    the next boot makes again: the first-boot record does not say "expanded" yet);
+//! 3. the table makes the new partition the root (the architecture's root type, named
+//!    `root`) and the factory copy plain Linux data named `factory-root`, so tools that
+//!    look for a root by type find the read-write one.
+//!
+//! Only after those does the first-boot record say the expansion is done; until it does,
+//! the system is never booted from the new partition.
+
+use crate::cmdline::Grow;
+use crate::disks::Found;
+use crate::log::say;
+use oneimage_format::ext4_size::{minimal_bytes, Object, Usage};
+use oneimage_format::gpt::{read_table, write_table, Partition, Table, TYPE_LINUX_DATA};
+use oneimage_format::size::{align_up, format_size};
+use oneimage_format::Guid;
+use rustix::mount::{mount, unmount, MountFlags, UnmountFlags};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Where the factory copy is mounted read-only while it is read.
+const FACTORY_MOUNT: &str = "/run/oneimage/factory";
+/// Free space the expanded root must have beyond its content: less than this, and the
+/// disk is called too small (the system would start full).
+pub const MIN_FREE: u64 = 256 << 20;
+/// The new partition's name while it is being filled.
+pub const EXPANDING_NAME: &str = "oneimage-expanding";
+/// The expanded root's partition name.
+pub const EXPANDED_NAME: &str = "root";
+/// The factory copy's partition name once the expanded root has taken over.
+pub const FACTORY_NAME: &str = "factory-root";
+
+const MIB: u64 = 1 << 20;
+
+/// The compressed filesystem on `node` (`squashfs` or `erofs`), or `None` for any other
+/// (ext4 included).
+pub fn compressed_kind(node: &Path) -> Option<&'static str> {
+    let mut f = std::fs::File::open(node).ok()?;
+    match oneimage_format::probe::probe(&mut f).ok()??.kind.as_str() {
+        "squashfs" => Some("squashfs"),
+        "erofs" => Some("erofs"),
+        _ => None,
+    }
+}
+
+/// The factory copy, mounted read-only for as long as this lives.
+struct FactoryMount;
+
+impl FactoryMount {
+    fn new(node: &Path, kind: &str) -> Result<FactoryMount, String> {
+        std::fs::create_dir_all(FACTORY_MOUNT)
+            .map_err(|e| format!("creating {FACTORY_MOUNT}: {e}"))?;
+        mount(
+            node,
+            FACTORY_MOUNT,
+            kind,
+            MountFlags::RDONLY,
+            None::<&std::ffi::CStr>,
+        )
+        .map_err(|e| {
+            format!(
+                "mounting {} ({kind}) read-only on {FACTORY_MOUNT}: {e}",
+                node.display()
+            )
+        })?;
+        Ok(FactoryMount)
+    }
+}
+
+impl Drop for FactoryMount {
+    fn drop(&mut self) {
+        if let Err(e) = unmount(FACTORY_MOUNT, UnmountFlags::empty()) {
+            say(&format!("unmounting {FACTORY_MOUNT}: {e}"));
+        }
+    }
+}
+
+/// Adds up what the tree below `dir` takes on ext4 (hardlinks once).
+fn usage_of(dir: &Path) -> Result<Usage, String> {
+    let mut u = Usage::default();
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    u.add("/", Object::Dir, 0);
+    while let Some((real, path)) = stack.pop() {
+        let rd =
+            std::fs::read_dir(&real).map_err(|e| format!("reading {}: {e}", real.display()))?;
+        for e in rd {
+            let e = e.map_err(|e| format!("reading {}: {e}", real.display()))?;
+            let m = e
+                .metadata()
+                .map_err(|err| format!("reading {}: {err}", e.path().display()))?;
+            let name = format!("{path}/{}", e.file_name().to_string_lossy());
+            let t = m.file_type();
+            let object = if t.is_dir() {
+                stack.push((e.path(), name.clone()));
+                Object::Dir
+            } else if t.is_symlink() {
+                Object::Symlink(m.len())
+            } else if t.is_file() {
+                if m.nlink() > 1 && !seen.insert(m.ino()) {
+                    Object::Hardlink
+                } else {
+                    Object::File(m.len())
+                }
+            } else {
+                Object::Special
+            };
+            u.add(&name, object, 0);
+        }
+    }
+    Ok(u)
+}
+
+/// Bytes the ext4 root made from the factory copy on `node` needs, with [`MIN_FREE`]
+/// free.
+pub fn needed_bytes(node: &Path, kind: &str) -> Result<u64, String> {
+    let _m = FactoryMount::new(node, kind)?;
+    let (data, inodes) = usage_of(Path::new(FACTORY_MOUNT))?.totals();
+    Ok(minimal_bytes(data, inodes, MIN_FREE))
+}
+
+/// Where the expanded root goes on a disk whose last sector is `disk_last_lba`: the
+/// first MiB boundary after the last partition, up to where growth `grow` says (at
+/// least `needed` bytes). Says why when the disk is too small.
+pub fn layout(
+    table: &Table,
+    disk_last_lba: u64,
+    number: u32,
+    guid: Guid,
+    type_guid: Guid,
+    needed: u64,
+    grow: Grow,
+) -> Result<Partition, String> {
+    let ss = table.sector_size;
+    let per_mib = MIB / ss;
+    let end_of_last = table
+        .partitions
+        .iter()
+        .filter(|p| p.number != number)
+        .map(|p| p.last_lba)
+        .max()
+        .unwrap_or(0);
+    let first = align_up(end_of_last + 1, per_mib);
+    let min_last = first + needed.div_ceil(ss) - 1;
+    let limit = crate::grow::target_end(first, first, disk_last_lba, ss, Grow::Fill);
+    if min_last > limit {
+        let free = (limit + 1).saturating_sub(first) * ss;
+        return Err(format!(
+            "the disk is {}; the read-write root needs {} after the image, and {} is free",
+            format_size((disk_last_lba + 1) * ss),
+            format_size(needed),
+            format_size(free)
+        ));
+    }
+    let last = match grow {
+        Grow::Off => min_last,
+        g => crate::grow::target_end(first, min_last, disk_last_lba, ss, g),
+    };
+    Ok(Partition {
+        number,
+        type_guid,
+        guid,
+        name: EXPANDING_NAME.into(),
+        first_lba: first,
+        last_lba: last,
+        attributes: 0,
+    })
+}
+
+/// The number the expanded root's partition gets: the first after every partition.
+pub fn new_number(table: &Table) -> u32 {
+    table.partitions.iter().map(|p| p.number).max().unwrap_or(0) + 1
+}
+
+/// Makes the expanded root in partition `number` (GUID `guid`, filesystem UUID
+/// `fs_uuid`) from the factory copy `found` holds (a `kind` filesystem); returns the new
+/// root. Redone from the start after a power cut (see the module's comment).
+pub fn expand(
+    found: &Found,
+    kind: &str,
+    number: u32,
+    guid: Guid,
+    fs_uuid: Guid,
+    grow: Grow,
+) -> Result<Found, String> {
+    let dev = format!("/dev/{}", found.disk);
+    let needed = needed_bytes(&found.node, kind)?;
+    let mut disk = crate::disks::open_rw(&dev)?;
+    let table =
+        read_table(&mut disk).map_err(|e| format!("reading the partition table of {dev}: {e}"))?;
+    let ss = table.sector_size;
+    let disk_last = (crate::grow::sysfs_bytes(&found.disk)? / ss)
+        .checked_sub(1)
+        .ok_or_else(|| format!("{dev} is empty"))?;
+    let factory = table
+        .partitions
+        .iter()
+        .find(|p| p.number == found.number)
+        .ok_or_else(|| format!("partition {} vanished from {dev}", found.number))?
+        .clone();
+    let data_type: Guid = TYPE_LINUX_DATA.parse().expect("constant");
+    let want = layout(&table, disk_last, number, guid, data_type, needed, grow)?;
+    let existing = table.partitions.iter().find(|p| p.number == number);
+    let new = match existing {
+        // Made by a boot cut short: the same partition, perhaps already final.
+        Some(p) if p.guid == guid && p.first_lba == want.first_lba => p.clone(),
+        Some(p) => {
+            return Err(format!(
+                "partition {number} of {dev} ({}) is not the one this copy's expansion made; not touching it",
+                p.name
+            ))
+        }
+        None => {
+            say(&format!(
+                "expanding: new partition {number} on {dev}, {} from {}",
+                format_size(want.len(ss)),
+                format_size(want.offset(ss))
+            ));
+            let mut parts = table.partitions.clone();
+            parts.push(want.clone());
+            write_table(&mut disk, ss, table.disk_guid, &parts)
+                .map_err(|e| format!("writing the partition table of {dev}: {e}"))?;
+            disk.sync_all().map_err(|e| format!("syncing {dev}: {e}"))?;
+            want
+        }
+    };
+    let node = partition_node_after_reread(&disk, &dev, &found.disk, number)?;
+
+    say(&format!(
+        "expanding: making ext4 on {} ({}) from the {kind} root",
+        node.display(),
+        format_size(new.len(ss))
+    ));
+    let started = std::time::Instant::now();
+    {
+        let _m = FactoryMount::new(&found.node, kind)?;
+        let node_s = node.display().to_string();
+        crate::run::tool_env(
+            "/sbin/mke2fs",
+            &[
+                "-q",
+                "-F",
+                "-t",
+                "ext4",
+                "-L",
+                EXPANDED_NAME,
+                "-U",
+                &fs_uuid.to_string(),
+                "-E",
+                "lazy_itable_init=1,nodiscard",
+                "-d",
+                FACTORY_MOUNT,
+                &node_s,
+            ],
+            &[("MKE2FS_CONFIG", "/etc/mke2fs.conf")],
+        )?;
+        let f = std::fs::File::open(&node).map_err(|e| format!("opening {node_s}: {e}"))?;
+        f.sync_all().map_err(|e| format!("syncing {node_s}: {e}"))?;
+    }
+    say(&format!(
+        "expanding: the ext4 root is made ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    ));
+
+    let root_type = factory.type_guid;
+    let parts: Vec<Partition> = table
+        .partitions
+        .iter()
+        .filter(|p| p.number != number)
+        .map(|p| {
+            if p.number == found.number && p.type_guid != data_type {
+                Partition {
+                    type_guid: data_type,
+                    name: FACTORY_NAME.into(),
+                    ..p.clone()
+                }
+            } else {
+                p.clone()
+            }
+        })
+        .chain(std::iter::once(Partition {
+            type_guid: if root_type == data_type {
+                // A boot cut short after this write: the factory is plain data now, and
+                // the new partition has the root type already.
+                new.type_guid
+            } else {
+                root_type
+            },
+            name: EXPANDED_NAME.into(),
+            ..new.clone()
+        }))
+        .collect();
+    write_table(&mut disk, ss, table.disk_guid, &parts)
+        .map_err(|e| format!("writing the partition table of {dev}: {e}"))?;
+    disk.sync_all().map_err(|e| format!("syncing {dev}: {e}"))?;
+    let node = partition_node_after_reread(&disk, &dev, &found.disk, number)?;
+    Ok(Found {
+        disk: found.disk.clone(),
+        number,
+        node,
+        optical: false,
+    })
+}
+
+/// Has the kernel read the table again and waits for partition `number`'s node.
+fn partition_node_after_reread(
+    disk: &std::fs::File,
+    dev: &str,
+    name: &str,
+    number: u32,
+) -> Result<PathBuf, String> {
+    let guess = crate::disks::guess_node(name, number);
+    crate::disks::reread_partitions(disk, dev, &guess);
+    crate::disks::partition_node(name, number)
+        .ok_or_else(|| format!("the kernel shows no partition {number} of {dev}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(disk_sectors: u64) -> Table {
+        Table {
+            sector_size: 512,
+            disk_guid: Guid([1; 16]),
+            partitions: vec![
+                Partition {
+                    number: 1,
+                    type_guid: Guid([2; 16]),
+                    guid: Guid([3; 16]),
+                    name: "esp".into(),
+                    first_lba: 2048,
+                    last_lba: 133119,
+                    attributes: 0,
+                },
+                Partition {
+                    number: 2,
+                    type_guid: Guid([4; 16]),
+                    guid: Guid([5; 16]),
+                    name: "root".into(),
+                    first_lba: 133120,
+                    last_lba: 133120 + 2 * 162 * 1024 - 1,
+                    attributes: 0,
+                },
+            ],
+            first_usable_lba: 34,
+            last_usable_lba: disk_sectors - 34,
+            backup_lba: disk_sectors - 1,
+        }
+    }
+
+    #[test]
+    fn the_expanded_root_follows_the_image_aligned_and_fills_as_growth_says() {
+        let t = table(3 * 1024 * 2048);
+        let last = 3 * 1024 * 2048 - 1;
+        let need = 700 * MIB;
+        let p = layout(&t, last, 3, Guid([6; 16]), Guid([7; 16]), need, Grow::Fill).unwrap();
+        assert_eq!(p.first_lba % 2048, 0);
+        assert!(p.first_lba > t.partitions[1].last_lba);
+        assert!(p.last_lba <= last - 33 && p.last_lba > last - 33 - 2048);
+        assert_eq!((p.last_lba + 1) % 2048, 0);
+        assert_eq!(p.name, EXPANDING_NAME);
+        let off = layout(&t, last, 3, Guid([6; 16]), Guid([7; 16]), need, Grow::Off).unwrap();
+        assert_eq!(off.len(512), need);
+        let capped = layout(
+            &t,
+            last,
+            3,
+            Guid([6; 16]),
+            Guid([7; 16]),
+            need,
+            Grow::UpTo(1 << 30),
+        )
+        .unwrap();
+        assert_eq!(capped.len(512), 1 << 30);
+        let small = layout(
+            &t,
+            last,
+            3,
+            Guid([6; 16]),
+            Guid([7; 16]),
+            need,
+            Grow::UpTo(1),
+        )
+        .unwrap();
+        assert_eq!(small.len(512), need, "never below what the content needs");
+        assert_eq!(new_number(&t), 3);
+    }
+
+    #[test]
+    fn a_disk_without_room_is_refused_with_its_sizes() {
+        let t = table(600 * 2048);
+        let e = layout(
+            &t,
+            600 * 2048 - 1,
+            3,
+            Guid([6; 16]),
+            Guid([7; 16]),
+            700 * MIB,
+            Grow::Fill,
+        )
+        .unwrap_err();
+        assert!(e.contains("needs 700.0 MiB"), "{e}");
+        assert!(e.contains("the disk is 600.0 MiB"), "{e}");
+    }
+}
