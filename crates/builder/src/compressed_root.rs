@@ -204,6 +204,37 @@ fn check_squashfs(img: &Path, cancel: Cancel) -> Result<()> {
     Ok(())
 }
 
+/// The extended attributes of `tree` in the form `setfattr --restore` reads (what
+/// `getfattr --dump` writes): paths relative to the root, every byte but letters,
+/// digits and `/._-` as a three-digit octal escape; values in base64.
+fn xattr_dump(tree: &Tree) -> String {
+    use base64::Engine;
+    let mut out = String::new();
+    for (path, e) in tree.entries.iter().filter(|(_, e)| !e.xattrs.is_empty()) {
+        let rel = match path.trim_start_matches('/') {
+            "" => ".",
+            r => r,
+        };
+        out.push_str("# file: ");
+        for b in rel.bytes() {
+            if b.is_ascii_alphanumeric() || b"/._-".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("\\{b:03o}"));
+            }
+        }
+        out.push('\n');
+        for (name, value) in &e.xattrs {
+            out.push_str(&format!(
+                "{name}=0s{}\n",
+                base64::engine::general_purpose::STANDARD.encode(value)
+            ));
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Makes an EROFS image of `tree` at `out` with UUID `uuid` (erofs-utils 1.5 sets no
 /// volume label); returns its size in bytes. `work` holds the unpacked copy while it runs.
 pub fn make_erofs(
@@ -221,16 +252,27 @@ pub fn make_erofs(
             .with_context(|| format!("removing {}", unpacked.display()))?;
     }
     std::fs::create_dir_all(&unpacked)?;
-    // GNU tar under fakeroot believes it is root: it keeps numeric owners, makes device
-    // nodes and sets every namespace's attributes, all in fakeroot's table; mkfs.erofs,
-    // run in the same session, reads them back from there. "$@" keeps every path one
-    // word, whatever it holds.
+    // GNU tar under fakeroot believes it is root: it keeps numeric owners and makes
+    // device nodes, all in fakeroot's table; mkfs.erofs, run in the same session, reads
+    // them back from there. Extended attributes are set afterwards by setfattr: set by
+    // tar, fakeroot 1.31 loses the file's type. A file tar created with its final mode
+    // (0000, say) stays unreadable for real; a chmod to the same mode under fakeroot
+    // keeps the mode fakeroot reports and lets the builder read it. "$@" keeps every
+    // path one word, whatever it holds.
+    let xattrs = work.join("erofs-xattrs");
+    std::fs::write(&xattrs, xattr_dump(tree))
+        .with_context(|| format!("writing {}", xattrs.display()))?;
     let script = "tar --extract --file=- --directory=\"$1\" --numeric-owner --same-owner \
-                  --preserve-permissions --xattrs --xattrs-include='*' && shift && exec mkfs.erofs \"$@\"";
+                  --preserve-permissions --no-xattrs \
+                  && (cd \"$1\" && setfattr -h --restore=\"$2\") \
+                  && find \"$1\" ! -type l \\( ! -perm -u=r -o -type d ! -perm -u=rx \\) \
+                     -exec chmod --reference={} {} \\; \
+                  && shift 2 && exec mkfs.erofs \"$@\"";
     let mut cmd = Command::new("fakeroot");
     cmd.env("SOURCE_DATE_EPOCH", epoch.to_string())
         .args(["--", "sh", "-c", script, "sh"])
         .arg(&unpacked)
+        .arg(&xattrs)
         .arg("--quiet")
         .arg(format!("-z{}", compression.name()))
         .arg(format!("-T{}", epoch.max(0)))
@@ -247,6 +289,7 @@ pub fn make_erofs(
         cancel,
     );
     std::fs::remove_dir_all(&unpacked).ok();
+    std::fs::remove_file(&xattrs).ok();
     made?;
     let len = std::fs::metadata(out)
         .with_context(|| format!("reading {}", out.display()))?

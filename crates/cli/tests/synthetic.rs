@@ -889,3 +889,211 @@ fn build_reports_progress_as_json_lines_or_quietly() {
         "--quiet said more than warnings:\n{stderr}"
     );
 }
+
+/// What one entry of a root filesystem is, as compared between builds: (type, mode,
+/// uid, gid, link target or content digest, extended attributes).
+type Listed = (String, u32, u64, u64, String, Vec<(String, Vec<u8>)>);
+
+/// Reads a tar stream (from the source tarball, or `sqfs2tar` of a SquashFS root) into
+/// a listing by path, hardlinks resolved to their target's listing.
+fn tar_listing(bytes: &[u8]) -> std::collections::BTreeMap<String, Listed> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut a = tar::Archive::new(bytes);
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = format!(
+            "/{}",
+            e.path()
+                .unwrap()
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .trim_end_matches('/')
+        );
+        let h = e.header().clone();
+        let mut xattrs: Vec<(String, Vec<u8>)> = e
+            .pax_extensions()
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .map(|x| x.unwrap())
+            .filter_map(|x| {
+                let k = x.key().unwrap().strip_prefix("SCHILY.xattr.")?.to_string();
+                Some((k, x.value_bytes().to_vec()))
+            })
+            .collect();
+        xattrs.sort();
+        let kind = format!("{:?}", h.entry_type());
+        let what = match h.entry_type() {
+            tar::EntryType::Link => {
+                let target = format!(
+                    "/{}",
+                    h.link_name()
+                        .unwrap()
+                        .unwrap()
+                        .to_string_lossy()
+                        .trim_start_matches("./")
+                );
+                let l: Listed = out.get(&target).cloned().expect("hardlink target first");
+                out.insert(path, l);
+                continue;
+            }
+            tar::EntryType::Symlink => h.link_name().unwrap().unwrap().display().to_string(),
+            tar::EntryType::Char | tar::EntryType::Block => format!(
+                "{}:{}",
+                h.device_major().unwrap().unwrap(),
+                h.device_minor().unwrap().unwrap()
+            ),
+            _ => {
+                let mut data = Vec::new();
+                std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+                format!(
+                    "{:?}",
+                    sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&data))
+                        .as_slice()
+                )
+            }
+        };
+        out.insert(
+            path,
+            (
+                kind,
+                h.mode().unwrap() & 0o7777,
+                h.uid().unwrap(),
+                h.gid().unwrap(),
+                what,
+                xattrs,
+            ),
+        );
+    }
+    out
+}
+
+/// `dump.erofs --path` of one entry: (type, mode, uid, gid, links, xattr bytes).
+fn erofs_stat(img: &Path, path: &str) -> (String, u32, u64, u64, u64, u64) {
+    let o = ok(std::process::Command::new("dump.erofs")
+        .arg(format!("--path={path}"))
+        .arg(img));
+    let num = |key: &str| -> u64 {
+        let at = o.find(key).unwrap_or_else(|| panic!("{key} in {o}")) + key.len();
+        o[at..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let kind = [
+        "regular file",
+        "directory",
+        "symlink",
+        "char dev",
+        "block dev",
+        "FIFO file",
+    ]
+    .into_iter()
+    .find(|k| o.contains(k))
+    .unwrap_or("unknown")
+    .to_string();
+    let access = o.split("Access: ").nth(1).unwrap();
+    let mode = u32::from_str_radix(&access[..4], 8).unwrap();
+    (
+        kind,
+        mode,
+        num("Uid:"),
+        num("Gid:"),
+        num("Links:"),
+        num("Xattr size:"),
+    )
+}
+
+#[test]
+fn compressed_roots_keep_the_tree_and_build_the_same_bytes_without_root() {
+    let d = shared_tempdir();
+    let tar = d.path().join("root.tar");
+    let mut items = full_items();
+    items.push(Item {
+        mode: 0o000,
+        data: b"nobody reads this",
+        ..item("./etc/locked", tar::EntryType::Regular)
+    });
+    write_tarball(&tar, &items);
+    let source = tar_listing(&std::fs::read(&tar).unwrap());
+    for (fs, file) in [("squashfs", "r-squashfs.img"), ("erofs", "r-erofs.img")] {
+        let s = spec(
+            d.path(),
+            &format!("name = \"r-{fs}\"\nsource-date-epoch = 1767225600\n[rootfs]\ntarball = \"root.tar\"\n[root]\nfilesystem = \"{fs}\"\n"),
+        );
+        // Once as nobody, once as whoever runs the tests: the same bytes.
+        let (a, b) = (
+            d.path().join(format!("{fs}-a")),
+            d.path().join(format!("{fs}-b")),
+        );
+        let o = output(
+            unprivileged_oneimage(d.path())
+                .arg("build")
+                .arg(&s)
+                .arg("-o")
+                .arg(&a),
+        );
+        let log = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{log}");
+        assert!(log.contains(&format!("root filesystem ({fs}")), "{log}");
+        ok(oneimage().arg("build").arg(&s).arg("-o").arg(&b));
+        let (ia, ib) = (a.join(file), b.join(file));
+        assert_eq!(sha256(&ia), sha256(&ib), "{fs}: two builds");
+        assert!(ok(std::process::Command::new("sgdisk").arg("-v").arg(&ia))
+            .contains("No problems found"));
+        let j = inspect(&ia);
+        assert_eq!(j["partitions"][1]["filesystem"]["kind"], fs, "{j}");
+        let root = extract_partition(&ia, 2, d.path());
+        match fs {
+            "squashfs" => {
+                ok(std::process::Command::new("unsquashfs")
+                    .arg("-stat")
+                    .arg(&root));
+                let o = std::process::Command::new("sqfs2tar")
+                    .arg(&root)
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                let got = tar_listing(&o.stdout);
+                // The image also holds what the builder adds for kernel updates.
+                assert!(got.contains_key("/etc/oneimage/boot.toml"));
+                for (path, want) in source.iter().filter(|(p, _)| *p != "/") {
+                    let have = got
+                        .get(path)
+                        .unwrap_or_else(|| panic!("squashfs lacks {path}"));
+                    // sqfs2tar writes hardlinks as links; the listing resolves both sides.
+                    assert_eq!(have, want, "squashfs {path}");
+                }
+            }
+            _ => {
+                ok(std::process::Command::new("fsck.erofs").arg(&root));
+                for (path, want) in &source {
+                    let (kind, mode, uid, gid, links, xattr) = erofs_stat(&root, path);
+                    let want_kind = match want.0.as_str() {
+                        "Regular" | "Link" => "regular file",
+                        "Directory" => "directory",
+                        "Symlink" => "symlink",
+                        "Char" => "char dev",
+                        "Block" => "block dev",
+                        "Fifo" => "FIFO file",
+                        k => panic!("{k}"),
+                    };
+                    // dump.erofs 1.5 prints only the permission bits (the kernel
+                    // reads setuid, setgid and sticky from the same field).
+                    assert_eq!(
+                        (kind.as_str(), mode, uid, gid),
+                        (want_kind, want.1 & 0o777, want.2, want.3),
+                        "erofs {path}"
+                    );
+                    assert_eq!(xattr > 0, !want.5.is_empty(), "erofs {path}: xattrs");
+                    if path.starts_with("/usr/bin/passwd") {
+                        assert_eq!(links, 2, "erofs {path}: one inode, two names");
+                    }
+                }
+            }
+        }
+        std::fs::remove_file(root).unwrap();
+    }
+}
