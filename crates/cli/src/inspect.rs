@@ -29,12 +29,23 @@ pub fn run(image: &Path, json: bool) -> Result<()> {
             done,
             complete,
             original_disk_guid,
+            expand_into,
             ..
-        } => println!(
-            "  first boot: {}; done: {}; disk GUID as built {original_disk_guid}",
-            if *complete { "complete" } else { "started" },
-            done.join(", ")
-        ),
+        } => {
+            println!(
+                "  first boot: {}; done: {}; disk GUID as built {original_disk_guid}",
+                if *complete { "complete" } else { "started" },
+                done.join(", ")
+            );
+            if let Some(n) = expand_into {
+                let state = if done.contains(&"expand") {
+                    "the read-write root; the compressed partition is the factory copy the live entry boots"
+                } else {
+                    "not done yet"
+                };
+                println!("  expansion of the compressed root into partition {n}: {state}");
+            }
+        }
         FirstBootReport::Stale => {
             println!("  first boot: a record of an earlier copy, ignored (not started)")
         }

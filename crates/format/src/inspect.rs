@@ -66,6 +66,8 @@ pub enum FirstBootReport {
         original_disk_guid: crate::Guid,
         /// The root partition's GUID as built.
         original_root_guid: crate::Guid,
+        /// The partition a compressed root expands into (`None` for an ext4 root).
+        expand_into: Option<u32>,
     },
     /// A record that belongs to another copy written here before (its disk GUID does
     /// not match), which the agent ignores.
@@ -92,6 +94,7 @@ fn first_boot(found: crate::firstboot::Found, disk_guid: crate::Guid) -> FirstBo
             complete: s.all_done(),
             original_disk_guid: s.original_disk,
             original_root_guid: s.original_root,
+            expand_into: (s.expand_into != 0).then_some(s.expand_into),
         },
     }
 }
