@@ -55,7 +55,7 @@ Installed-Size: $size
 Section: admin
 Priority: optional
 Depends: libc6 (>= 2.36), libgcc-s1, e2fsprogs, dosfstools, mtools, grub-common, grub-efi-amd64-bin, grub-pc-bin, mmdebstrap, uidmap, qemu-utils, qemu-system-x86, ovmf
-Recommends: seabios, shim-signed, grub-efi-amd64-signed, xz-utils, zstd
+Recommends: seabios, shim-signed, grub-efi-amd64-signed, xz-utils, zstd, squashfs-tools-ng, squashfs-tools, erofs-utils, fakeroot, attr
 Suggests: qemu-user-static, binfmt-support, arch-test, qemu-system-arm, qemu-efi-aarch64, bmap-tools
 Homepage: https://github.com/oneimage/oneimage
 Description: build, write and boot one generic Linux OS image

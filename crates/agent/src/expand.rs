@@ -20,6 +20,7 @@
 use crate::cmdline::Grow;
 use crate::disks::Found;
 use crate::log::say;
+use oneimage_format::expansion::{EXPANDED_NAME, EXPANDING_NAME, FACTORY_NAME};
 use oneimage_format::ext4_size::{minimal_bytes, Object, Usage};
 use oneimage_format::gpt::{read_table, write_table, Partition, Table, TYPE_LINUX_DATA};
 use oneimage_format::size::{align_up, format_size};
@@ -33,12 +34,6 @@ const FACTORY_MOUNT: &str = "/run/oneimage/factory";
 /// Free space the expanded root must have beyond its content: less than this, and the
 /// disk is called too small (the system would start full).
 pub const MIN_FREE: u64 = 256 << 20;
-/// The new partition's name while it is being filled.
-pub const EXPANDING_NAME: &str = "oneimage-expanding";
-/// The expanded root's partition name.
-pub const EXPANDED_NAME: &str = "root";
-/// The factory copy's partition name once the expanded root has taken over.
-pub const FACTORY_NAME: &str = "factory-root";
 
 const MIB: u64 = 1 << 20;
 

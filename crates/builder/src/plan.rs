@@ -90,7 +90,7 @@ impl Plan {
                 number: ROOT_NUMBER,
                 type_guid: arch.root_type().parse().expect("constant"),
                 guid: ids.root_part,
-                name: format!("root-{}", arch.name().replace('_', "-")),
+                name: oneimage_format::expansion::root_partition_name(arch),
                 first_lba: root_first,
                 last_lba: root_first + root_len - 1,
                 attributes: 0,

@@ -115,7 +115,7 @@ impl Partition {
 }
 
 /// A partition table as read from a disk.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Table {
     /// Bytes per logical sector the table was found with.
     pub sector_size: u64,

@@ -10,6 +10,7 @@ pub mod compressed_size;
 pub mod compression;
 pub mod cpio;
 pub mod elf;
+pub mod expansion;
 pub mod ext4_size;
 pub mod ext4_used;
 pub mod fat;

@@ -127,14 +127,34 @@ fn iso_volume_size(disk: &mut File) -> Result<Option<u64>> {
 pub fn plan(medium: &Medium, say: &dyn Fn(&str)) -> Result<DiskView> {
     let dev = &medium.device;
     let mut disk = File::open(dev).with_context(|| format!("opening {}", dev.display()))?;
-    let table = gpt::read_table(&mut disk)
+    let on_disk = gpt::read_table(&mut disk)
         .with_context(|| format!("reading the partition table of {}", dev.display()))?;
-    let ss = table.sector_size;
-    let root = table
+    let ss = on_disk.sector_size;
+    let root = on_disk
         .partitions
         .iter()
         .find(|p| p.number == medium.root_number)
         .with_context(|| format!("{} has no partition {}", dev.display(), medium.root_number))?;
+    // A compressed root is the image's own: a partition its first boot expanded it into
+    // on this medium is not, and is left out (the copy expands on its own first boot).
+    let compressed = {
+        let mut fs = Slice::new(&mut disk, root.offset(ss), root.len(ss));
+        matches!(
+            oneimage_format::probe::probe(&mut fs)
+                .ok()
+                .flatten()
+                .map(|f| f.kind),
+            Some(k) if k == "squashfs" || k == "erofs"
+        )
+    };
+    let table = if compressed {
+        oneimage_format::expansion::image_table(&on_disk, medium.root_number)
+    } else {
+        on_disk.clone()
+    };
+    if table.partitions.len() != on_disk.partitions.len() {
+        say("the compressed root was expanded on this medium: copying the image without the expanded root");
+    }
     let parts_end = table
         .partitions
         .iter()
@@ -154,7 +174,10 @@ pub fn plan(medium: &Medium, say: &dyn Fn(&str)) -> Result<DiskView> {
         );
     }
     let (root_at, root_len) = (root.offset(ss), root.len(ss));
-    let used = {
+    let used = if compressed {
+        // Compressed: every block is in use.
+        None
+    } else {
         let mut fs = Slice::new(&mut disk, root_at, root_len);
         match oneimage_format::ext4_used::used_ranges(&mut fs) {
             Ok(u) if u.needs_recovery => {

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The demo as ext4, SquashFS and EROFS, in one run:
+#  - the image and its published downloads (.zst at zstd-level 19, .xz at xz-level 6,
+#    what [artifacts] zstd/xz write by default);
+#  - the first-boot expansion (mke2fs -d from the compressed root mounted read-only,
+#    what the boot agent runs) against the usual way (mkfs.ext4, mount, then unsquashfs
+#    or fsck.erofs --extract into it), on the same kind of target: a file on this
+#    host's disk, synced; the ratio's goal is 1.2 or less;
+#  - the time to boot live from a DVD (SATA, UEFI) to the demo's marker under TCG.
+# Needs root (loop mounts).
+#
+#   scripts/bench-compressed.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+scripts/build-agent.sh
+cargo build --release --locked -q
+target=${CARGO_TARGET_DIR:-target}
+case $target in /*) ;; *) target=$PWD/$target ;; esac
+bin=$target/release/oneimage
+cache=$target/tmp/rootfs-cache
+work=$(mktemp -d /var/tmp/oneimage-bench-compressed.XXXXXX)
+cleanup() {
+  for m in "$work"/mnt-*; do mountpoint -q "$m" 2>/dev/null && umount "$m"; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+secs() {
+  local s
+  s=$(date +%s.%N)
+  "$@" >"$work/log" 2>&1 || { echo "bench-compressed: failed: $*" >&2; tail -n 30 "$work/log" >&2; exit 1; }
+  echo "$(date +%s.%N) - $s" | bc
+}
+declare -A img zst xz dvd ours theirs
+for fs in ext4 squashfs erofs; do
+  spec=examples/debian-$fs.toml
+  [ "$fs" = ext4 ] && spec=examples/debian.toml
+  # The same spec with the compressed downloads switched on.
+  sed -e "s|^overlay = \"debian-overlay\"|overlay = \"$PWD/examples/debian-overlay\"|" "$spec" >"$work/$fs.toml"
+  printf '\n[artifacts]\nzstd = true\nxz = true\n' >>"$work/$fs.toml"
+  "$bin" build "$work/$fs.toml" -o "$work/$fs" --rootfs-cache "$cache" 2>"$work/$fs.log"
+  image=$(ls "$work/$fs"/*.img)
+  img[$fs]=$(stat -c %s "$image")
+  zst[$fs]=$(stat -c %s "$image.zst")
+  xz[$fs]=$(stat -c %s "$image.xz")
+  dvd[$fs]=$(secs "$bin" qemu "$image" --snapshot --headless --quiet --media cdrom \
+    --expect "oneimage-demo: booted" --timeout 1800)
+  [ "$fs" = ext4 ] && continue
+  start=$(LC_ALL=C sgdisk -i 2 "$image" | awk '/First sector/ {print $3}')
+  end=$(LC_ALL=C sgdisk -i 2 "$image" | awk '/Last sector/ {print $3}')
+  dd if="$image" of="$work/$fs.root" bs=512 skip="$start" count=$((end - start + 1)) status=none
+  mkdir "$work/mnt-$fs" "$work/mnt-$fs-target"
+  mount -o ro,loop "$work/$fs.root" "$work/mnt-$fs"
+  # The agent's way: one mke2fs -d from the mounted compressed root.
+  truncate -s 3G "$work/target.img"
+  ours[$fs]=$(secs sh -c "mke2fs -q -F -t ext4 -E lazy_itable_init=1,nodiscard -d '$work/mnt-$fs' '$work/target.img' && sync '$work/target.img'")
+  rm -f "$work/target.img"
+  umount "$work/mnt-$fs"
+  # The usual way: an empty ext4, mounted, the tool unpacking into it.
+  truncate -s 3G "$work/target.img"
+  mkfs.ext4 -q -F -E lazy_itable_init=1,nodiscard "$work/target.img"
+  mount -o loop "$work/target.img" "$work/mnt-$fs-target"
+  if [ "$fs" = squashfs ]; then
+    theirs[$fs]=$(secs sh -c "unsquashfs -f -q -n -d '$work/mnt-$fs-target' '$work/$fs.root' && sync -f '$work/mnt-$fs-target'")
+  else
+    theirs[$fs]=$(secs sh -c "fsck.erofs --extract='$work/mnt-$fs-target' '$work/$fs.root' && sync -f '$work/mnt-$fs-target'")
+  fi
+  umount "$work/mnt-$fs-target"
+  rm -f "$work/target.img" "$work/$fs.root"
+done
+mib() { echo "scale=1; $1 / 1048576" | bc; }
+printf '%-10s %10s %10s %10s %14s\n' root "image MiB" ".zst MiB" ".xz MiB" "DVD live boot s"
+for fs in ext4 squashfs erofs; do
+  printf '%-10s %10s %10s %10s %14.1f\n' "$fs" "$(mib "${img[$fs]}")" "$(mib "${zst[$fs]}")" "$(mib "${xz[$fs]}")" "${dvd[$fs]}"
+done
+printf '\n%-10s %18s %22s %8s\n' root "expansion (mke2fs -d) s" "mkfs+mount+unpack s" ratio
+for fs in squashfs erofs; do
+  printf '%-10s %18.1f %22.1f %8.2f\n' "$fs" "${ours[$fs]}" "${theirs[$fs]}" "$(echo "${ours[$fs]} / ${theirs[$fs]}" | bc -l)"
+done
