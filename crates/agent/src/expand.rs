@@ -20,7 +20,7 @@
 use crate::cmdline::Grow;
 use crate::disks::Found;
 use crate::log::say;
-use oneimage_format::expansion::{EXPANDED_NAME, EXPANDING_NAME, FACTORY_NAME};
+use oneimage_format::expansion::{EXPANDED_NAME, EXPANDING_NAME, FACTORY_NAME, MIN_FREE};
 use oneimage_format::ext4_size::{minimal_bytes, Object, Usage};
 use oneimage_format::gpt::{read_table, write_table, Partition, Table, TYPE_LINUX_DATA};
 use oneimage_format::size::{align_up, format_size};
@@ -31,9 +31,6 @@ use std::path::{Path, PathBuf};
 
 /// Where the factory copy is mounted read-only while it is read.
 const FACTORY_MOUNT: &str = "/run/oneimage/factory";
-/// Free space the expanded root must have beyond its content: less than this, and the
-/// disk is called too small (the system would start full).
-pub const MIN_FREE: u64 = 256 << 20;
 
 const MIB: u64 = 1 << 20;
 

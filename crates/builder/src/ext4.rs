@@ -42,7 +42,7 @@ pub const MKE2FS_CONF: &str = "[defaults]
 ";
 
 /// Content estimate: (data bytes, inodes needed).
-fn estimate(tree: &Tree) -> (u64, u64) {
+pub fn estimate(tree: &Tree) -> (u64, u64) {
     let mut u = Usage::default();
     for (path, e) in &tree.entries {
         let object = match &e.kind {

@@ -305,6 +305,7 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
             format_size(root_bytes)
         ),
     );
+    let expansion_estimate = ext4::estimate(&tree);
     if !tree.borrowed {
         // The staging copy is no longer needed; free the space before finishing.
         std::fs::remove_dir_all(&tree.staging).ok();
@@ -315,6 +316,23 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
         "layout",
         &format!("layout\n{}", plan.to_string().trim_end()),
     );
+    if checked.root_fs.is_compressed() {
+        // What the boot agent will find when it adds up the same tree (expand.rs).
+        let (data, inodes) = expansion_estimate;
+        let expanded = oneimage_format::ext4_size::minimal_bytes(
+            data,
+            inodes,
+            oneimage_format::expansion::MIN_FREE,
+        );
+        say(
+            "root",
+            &format!(
+                "its first persistent boot expands it into an ext4 root of at least {} after the image: it needs a disk of {} or more, and boots live on a smaller one",
+                format_size(expanded),
+                format_size(plan.total_bytes + expanded)
+            ),
+        );
+    }
     cancel.check()?;
     let cdrom = assemble::finish(&plan, &esp_img, bios_images.as_ref(), &partial)?;
     assemble::write_iso_view(

@@ -123,6 +123,14 @@ fn boots(image: &Path, dir: &Path) -> String {
 fn squashfs_demo_expands_into_ext4_on_its_first_persistent_boot() {
     let d = tempfile::tempdir().unwrap();
     let image = copy(&compressed_demo("squashfs"), d.path(), "disk.img");
+    // The DVD's view of the root is the compressed partition, byte for byte.
+    let via_iso = d.path().join("root-via-iso.img");
+    xorriso_extract(&image, "/ROOT.IMG", &via_iso);
+    let root = extract_partition(&image, 2, d.path());
+    assert_eq!(sha256(&via_iso), sha256(&root));
+    ok(Command::new("unsquashfs").arg("-stat").arg(&root));
+    std::fs::remove_file(via_iso).unwrap();
+    std::fs::remove_file(root).unwrap();
     let console = boot_in_place(&image, &["--disk-size", &ROOMY_DISK.to_string()]);
     assert_steps(
         &console,

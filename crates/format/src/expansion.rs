@@ -11,6 +11,9 @@ pub const EXPANDING_NAME: &str = "oneimage-expanding";
 pub const EXPANDED_NAME: &str = "root";
 /// The compressed root's partition name once the expanded root has taken over.
 pub const FACTORY_NAME: &str = "factory-root";
+/// Free space the expanded root must have beyond its content: with less, the disk is
+/// too small (the system would start full).
+pub const MIN_FREE: u64 = 256 << 20;
 
 /// The name the builder gives the root partition of an `arch` image.
 pub fn root_partition_name(arch: Arch) -> String {
