@@ -38,11 +38,8 @@ const MIB: u64 = 1 << 20;
 /// (ext4 included).
 pub fn compressed_kind(node: &Path) -> Option<&'static str> {
     let mut f = std::fs::File::open(node).ok()?;
-    match oneimage_format::probe::probe(&mut f).ok()??.kind.as_str() {
-        "squashfs" => Some("squashfs"),
-        "erofs" => Some("erofs"),
-        _ => None,
-    }
+    let kind = oneimage_format::probe::probe(&mut f).ok()??.kind;
+    ["squashfs", "erofs"].into_iter().find(|k| *k == kind)
 }
 
 /// The factory copy, mounted read-only for as long as this lives.
@@ -169,9 +166,9 @@ pub fn layout(
     })
 }
 
-/// The number the expanded root's partition gets: the first after every partition.
+/// The number the expanded root's partition gets (see `oneimage_format::expansion`).
 pub fn new_number(table: &Table) -> u32 {
-    table.partitions.iter().map(|p| p.number).max().unwrap_or(0) + 1
+    oneimage_format::expansion::expanded_number(table)
 }
 
 /// Makes the expanded root in partition `number` (GUID `guid`, filesystem UUID

@@ -131,6 +131,7 @@ fn steps_before_mount(
         record::Found::State(s) => Some(s),
         record::Found::Fresh => None,
     };
+    let resumed = state.as_ref().is_some_and(|s| !s.all_done());
     let mut state = match state {
         Some(s) if s.all_done() => {
             if s.expand_into == 0 {
@@ -160,16 +161,7 @@ fn steps_before_mount(
             if let Some(kind) = compressed {
                 // Before anything is written: a disk too small keeps the image as it is.
                 let number = crate::expand::new_number(&table);
-                let needed = crate::expand::needed_bytes(&found.node, kind)?;
-                let ss = table.sector_size;
-                let disk_last = (crate::grow::sysfs_bytes(&found.disk)? / ss).saturating_sub(1);
-                let any: Guid = Guid([0; 16]);
-                if let Err(why) =
-                    crate::expand::layout(&table, disk_last, number, any, any, needed, grow)
-                {
-                    say(&format!(
-                        "first boot: the {kind} root cannot become a read-write root here: {why}. Booting live: nothing is written to {dev}. Write the image to a larger disk for a persistent system."
-                    ));
+                if !room_to_expand(found, &table, kind, number, grow)? {
                     return Ok(Outcome::Live);
                 }
                 s = s.expanding_into(number);
@@ -187,6 +179,23 @@ fn steps_before_mount(
             s
         }
     };
+    if let Some(kind) = compressed {
+        if resumed && !state.is_done(Step::Expand) {
+            // A copy `install` wrote (identity done), or a boot cut short: the room is
+            // checked again before the expansion writes anything.
+            let number = match state.expand_into {
+                0 => crate::expand::new_number(&table),
+                n => n,
+            };
+            if !room_to_expand(found, &table, kind, number, grow)? {
+                return Ok(Outcome::Live);
+            }
+            if state.expand_into == 0 {
+                state = state.expanding_into(number);
+                record_step(&mut disk, &dev, &state)?;
+            }
+        }
+    }
     let mut pending = Pending {
         dev: dev.clone(),
         state: state.clone(),
@@ -261,6 +270,31 @@ fn steps_before_mount(
     }
     pending.state = state;
     Ok(persistent(&root, Some(pending)))
+}
+
+/// Whether the disk of `found` has room for the `kind` root's expansion into partition
+/// `number`; says why not on the console.
+fn room_to_expand(
+    found: &Found,
+    table: &Table,
+    kind: &str,
+    number: u32,
+    grow: Grow,
+) -> Result<bool, String> {
+    let dev = format!("/dev/{}", found.disk);
+    let needed = crate::expand::needed_bytes(&found.node, kind)?;
+    let ss = table.sector_size;
+    let disk_last = (crate::grow::sysfs_bytes(&found.disk)? / ss).saturating_sub(1);
+    let any = Guid([0; 16]);
+    match crate::expand::layout(table, disk_last, number, any, any, needed, grow) {
+        Ok(_) => Ok(true),
+        Err(why) => {
+            say(&format!(
+                "first boot: the {kind} root cannot become a read-write root here: {why}. Booting live: nothing is written to {dev}. Write the image to a larger disk for a persistent system."
+            ));
+            Ok(false)
+        }
+    }
 }
 
 /// The expanded root, partition `number` of `found`'s disk.

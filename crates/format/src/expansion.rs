@@ -15,6 +15,17 @@ pub const FACTORY_NAME: &str = "factory-root";
 /// too small (the system would start full).
 pub const MIN_FREE: u64 = 256 << 20;
 
+/// The number the expanded root's partition gets: the first after every partition.
+pub fn expanded_number(table: &Table) -> u32 {
+    table.partitions.iter().map(|p| p.number).max().unwrap_or(0) + 1
+}
+
+/// Whether the filesystem `kind` (as `probe` names it) is a compressed root that
+/// expands on first boot.
+pub fn is_compressed(kind: &str) -> bool {
+    matches!(kind, "squashfs" | "erofs")
+}
+
 /// The name the builder gives the root partition of an `arch` image.
 pub fn root_partition_name(arch: Arch) -> String {
     format!("root-{}", arch.name().replace('_', "-"))

@@ -104,6 +104,15 @@ pub fn find_medium() -> Result<Medium> {
     })
 }
 
+/// Whether partition `p` of `disk` holds a compressed root (SquashFS, EROFS).
+fn is_compressed_root(disk: &mut File, p: &gpt::Partition, ss: u64) -> bool {
+    let mut fs = Slice::new(disk, p.offset(ss), p.len(ss));
+    oneimage_format::probe::probe(&mut fs)
+        .ok()
+        .flatten()
+        .is_some_and(|f| oneimage_format::expansion::is_compressed(&f.kind))
+}
+
 /// Bytes after the last partition that the backup GPT takes: its entries and header.
 fn backup_gpt_bytes(ss: u64) -> u64 {
     ((128 * 128u64).div_ceil(ss) + 1) * ss
@@ -137,16 +146,7 @@ pub fn plan(medium: &Medium, say: &dyn Fn(&str)) -> Result<DiskView> {
         .with_context(|| format!("{} has no partition {}", dev.display(), medium.root_number))?;
     // A compressed root is the image's own: a partition its first boot expanded it into
     // on this medium is not, and is left out (the copy expands on its own first boot).
-    let compressed = {
-        let mut fs = Slice::new(&mut disk, root.offset(ss), root.len(ss));
-        matches!(
-            oneimage_format::probe::probe(&mut fs)
-                .ok()
-                .flatten()
-                .map(|f| f.kind),
-            Some(k) if k == "squashfs" || k == "erofs"
-        )
-    };
+    let compressed = is_compressed_root(&mut disk, root, ss);
     let table = if compressed {
         oneimage_format::expansion::image_table(&on_disk, medium.root_number)
     } else {
@@ -474,7 +474,13 @@ fn give_identity(target: &Path, root_number: u32, say: &dyn Fn(&str)) -> Result<
     File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut seed))
         .context("reading /dev/urandom")?;
-    let state = State::new(table.disk_guid, root.guid, root_number, seed);
+    let mut state = State::new(table.disk_guid, root.guid, root_number, seed);
+    // A compressed root has no UUID to change; the copy's first boot expands it, into
+    // a filesystem made with the new one.
+    let compressed = is_compressed_root(&mut disk, root, table.sector_size);
+    if compressed {
+        state = state.expanding_into(oneimage_format::expansion::expanded_number(&table));
+    }
     let save = |disk: &mut File, state: &State| -> Result<()> {
         record::write(disk, state)
             .and_then(|_| disk.sync_all())
@@ -484,7 +490,11 @@ fn give_identity(target: &Path, root_number: u32, say: &dyn Fn(&str)) -> Result<
     let node = partition_node(&disk, target, root_number)?;
     let id = state.identity();
     oneimage_format::identity::apply(&mut disk, &table, &id, &mut |uuid| {
-        set_ext4_uuid(&node, uuid)
+        if compressed {
+            Ok(())
+        } else {
+            set_ext4_uuid(&node, uuid)
+        }
     })
     .map_err(|e| anyhow::anyhow!("{}: {e}", target.display()))?;
     disk.sync_all()?;
