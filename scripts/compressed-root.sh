@@ -4,8 +4,8 @@
 # read-only from the images and compared with rsync: names, types, owners, modes,
 # times, hardlinks, xattrs, ACLs, contents), then the campaign tests: later boots from
 # the expanded root, the live entry, a disk too small, EROFS expansion, every boot
-# route, and power cuts all through the expansion (ONEIMAGE_POWER_CUTS,
-# ONEIMAGE_POWER_CUT_SEED). Needs root (loop mounts).
+# route, power cuts all through the expansion (ONEIMAGE_POWER_CUTS,
+# ONEIMAGE_POWER_CUT_SEED), and install from an expanded stick. Needs root (loop mounts).
 #
 #   scripts/compressed-root.sh
 set -euo pipefail
@@ -65,3 +65,5 @@ for fs in squashfs erofs; do
 done
 
 cargo test --release --locked --test compressed_root -- --include-ignored --test-threads=1
+cargo test --release --locked --test installed_system -- --ignored --exact \
+  install_from_an_expanded_compressed_stick_expands_again_on_the_internal_disk

@@ -34,20 +34,53 @@ fn test_image() -> &'static Path {
         } else {
             "installed-system"
         });
-        // The overlay lives beside the variant's directory, which the build empties.
-        let overlay = dir.with_extension("overlay");
-        let _ = std::fs::remove_dir_all(&overlay);
-        std::fs::create_dir_all(&overlay).unwrap();
-        for from in [
-            repo().join("examples/debian-overlay"),
-            repo().join("crates/cli/tests/data/test-runner"),
-        ] {
-            ok(Command::new("cp")
-                .arg("-a")
-                .arg(format!("{}/.", from.display()))
-                .arg(&overlay));
-        }
+        let overlay = runner_overlay(&dir);
         build_demo_variant(&dir, &overlay, secure_boot(), &tmp().join("rootfs-cache"))
+    })
+}
+
+/// The overlay of the demo plus the test runner, beside the variant's directory `dir`
+/// (which the build empties).
+fn runner_overlay(dir: &Path) -> PathBuf {
+    let overlay = dir.with_extension("overlay");
+    let _ = std::fs::remove_dir_all(&overlay);
+    std::fs::create_dir_all(&overlay).unwrap();
+    for from in [
+        repo().join("examples/debian-overlay"),
+        repo().join("crates/cli/tests/data/test-runner"),
+    ] {
+        ok(Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", from.display()))
+            .arg(&overlay));
+    }
+    overlay
+}
+
+/// The SquashFS demo (examples/debian-squashfs.toml) with the test runner; built once.
+fn compressed_test_image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let dir = tmp().join("installed-system-squashfs");
+        let overlay = runner_overlay(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = std::fs::read_to_string(repo().join("examples/debian-squashfs.toml"))
+            .unwrap()
+            .replace(
+                "overlay = \"debian-overlay\"",
+                &format!("overlay = \"{}\"", overlay.display()),
+            );
+        let spec = dir.join("variant.toml");
+        std::fs::write(&spec, text).unwrap();
+        ok(oneimage()
+            .arg("build")
+            .arg(&spec)
+            .arg("-o")
+            .arg(dir.join("out"))
+            .arg("--rootfs-cache")
+            .arg(tmp().join("rootfs-cache")));
+        dir.join("out/debian-squashfs.img")
     })
 }
 
@@ -692,4 +725,79 @@ echo 'oneimage-test: installed'
     assert!(console.contains("oneimage-test: installed"), "{console}");
     assert_installed_copy(&internal, d.path());
     boots_alone_grows_and_persists(&internal, d.path(), "from-dvd");
+}
+
+/// A stick holding the SquashFS demo, expanded by a persistent boot, then booted live:
+/// `install` copies the image without the expanded root (the compressed root named the
+/// root again), records the copy as expanding into partition 4, and the internal disk's
+/// own first boot expands it there.
+#[test]
+#[ignore = "campaign: scripts/compressed-root.sh"]
+fn install_from_an_expanded_compressed_stick_expands_again_on_the_internal_disk() {
+    let d = tempfile::tempdir().unwrap();
+    let stick = d.path().join("stick.img");
+    used_disk(&stick, 3 << 30);
+    ok(oneimage()
+        .args(["write", "--yes"])
+        .arg(compressed_test_image())
+        .arg(&stick));
+    let noop = script_disk(d.path(), "noop", "true\n", &[]);
+    let console = run_script(&stick, &noop, &["--media", "usb"]);
+    assert!(
+        console.contains("first boot: step expand done"),
+        "{console}"
+    );
+    let internal = d.path().join("internal.img");
+    used_disk(&internal, INTERNAL);
+    let script = format!(
+        "{INSTALL_HELPERS}\ninternal=$(disk_of {})\ntest -n \"$internal\"\noneimage install --yes \"$internal\"\necho 'oneimage-test: installed'\n",
+        INTERNAL / 512
+    );
+    let disk = script_disk(d.path(), "install", &script, &[]);
+    let console = run_script(
+        &stick,
+        &disk,
+        &[
+            "--media",
+            "usb",
+            "--entry",
+            "live",
+            "--extra-disk",
+            internal.to_str().unwrap(),
+        ],
+    );
+    assert!(console.contains("oneimage-test: installed"), "{console}");
+    assert!(
+        console.contains("copying the image without the expanded root"),
+        "{console}"
+    );
+    let copy = inspect(&internal);
+    let parts = copy["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "no expanded root copied: {copy}");
+    assert_eq!(parts[1]["type_name"], "root-x86-64", "{copy}");
+    assert_eq!(parts[1]["name"], "root-x86-64", "{copy}");
+    assert_eq!(parts[1]["filesystem"]["kind"], "squashfs", "{copy}");
+    assert_eq!(copy["first_boot"]["done"], serde_json::json!(["identity"]));
+    assert_eq!(
+        copy["first_boot"]["expand_into"], 4,
+        "{}",
+        copy["first_boot"]
+    );
+    let console = run_script(&internal, &noop, &[]);
+    for step in [
+        "first boot: resuming on /dev/vda; done so far: identity",
+        "first boot: step expand done: the root is now /dev/vda4",
+        "mounted /dev/vda4 on /sysroot read-write",
+    ] {
+        assert!(console.contains(step), "no {step:?}:\n{console}");
+    }
+    let grown = inspect(&internal);
+    assert_eq!(
+        grown["first_boot"]["complete"], true,
+        "{}",
+        grown["first_boot"]
+    );
+    let root = extract_partition(&internal, 4, d.path());
+    e2fsck_clean(&root);
+    std::fs::remove_file(root).unwrap();
 }
