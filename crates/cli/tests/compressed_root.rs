@@ -95,14 +95,7 @@ fn assert_expanded(image: &Path, fs: &str, dir: &Path) {
     assert_eq!(root["name"], "root", "{root}");
     assert_eq!(root["type_name"], "root-x86-64", "{root}");
     assert_eq!(root["filesystem"]["kind"], "ext4", "{root}");
-    let disk = std::fs::metadata(image).unwrap().len();
-    let end = root["offset"].as_u64().unwrap() + root["size"].as_u64().unwrap();
-    assert!(disk - end < 2 << 20, "root ends at {end} of {disk}");
-    let fs_total = root["filesystem"]["total_bytes"].as_u64().unwrap();
-    assert!(
-        root["size"].as_u64().unwrap() - fs_total < 1 << 20,
-        "{root}"
-    );
+    assert_fills_disk(image, root);
     assert_eq!(j["first_boot"]["complete"], true, "{}", j["first_boot"]);
     let done = j["first_boot"]["done"].to_string();
     assert!(done.contains("expand"), "{done}");
@@ -245,28 +238,15 @@ fn compressed_demos_boot_live_from_every_route() {
             );
         }
         // Secure Boot, from a DVD: Debian's signed shim and GRUB, enforcing.
-        let spec = d.path().join(format!("sb-{fs}.toml"));
-        let text = std::fs::read_to_string(repo().join(format!("examples/debian-{fs}.toml")))
-            .unwrap()
-            .replace(
-                "overlay = \"debian-overlay\"",
-                &format!(
-                    "overlay = \"{}\"",
-                    repo().join("examples/debian-overlay").display()
-                ),
-            )
-            .replace("[boot]\n", "[boot]\nsecure-boot = true\n");
-        std::fs::write(&spec, text).unwrap();
-        let out = d.path().join(format!("sb-{fs}"));
-        ok(oneimage()
-            .arg("build")
-            .arg(&spec)
-            .arg("-o")
-            .arg(&out)
-            .arg("--rootfs-cache")
-            .arg(tmp().join("rootfs-cache")));
+        let sb = build_example_variant(
+            &format!("debian-{fs}"),
+            &d.path().join(format!("sb-{fs}")),
+            &repo().join("examples/debian-overlay"),
+            true,
+            &tmp().join("rootfs-cache"),
+        );
         let console = boot_console(
-            &out.join(format!("debian-{fs}.img")),
+            &sb,
             MARKER,
             900,
             &[

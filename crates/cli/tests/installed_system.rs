@@ -63,24 +63,13 @@ fn compressed_test_image() -> &'static Path {
     IMAGE.get_or_init(|| {
         let dir = tmp().join("installed-system-squashfs");
         let overlay = runner_overlay(&dir);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let text = std::fs::read_to_string(repo().join("examples/debian-squashfs.toml"))
-            .unwrap()
-            .replace(
-                "overlay = \"debian-overlay\"",
-                &format!("overlay = \"{}\"", overlay.display()),
-            );
-        let spec = dir.join("variant.toml");
-        std::fs::write(&spec, text).unwrap();
-        ok(oneimage()
-            .arg("build")
-            .arg(&spec)
-            .arg("-o")
-            .arg(dir.join("out"))
-            .arg("--rootfs-cache")
-            .arg(tmp().join("rootfs-cache")));
-        dir.join("out/debian-squashfs.img")
+        build_example_variant(
+            "debian-squashfs",
+            &dir,
+            &overlay,
+            false,
+            &tmp().join("rootfs-cache"),
+        )
     })
 }
 

@@ -301,14 +301,33 @@ pub fn build_demo_variant(
     secure_boot: bool,
     rootfs_cache: &Path,
 ) -> PathBuf {
+    build_example_variant("debian", dir, overlay, secure_boot, rootfs_cache)
+}
+
+/// [`build_demo_variant`] of another example, `examples/EXAMPLE.toml`.
+pub fn build_example_variant(
+    example: &str,
+    dir: &Path,
+    overlay: &Path,
+    secure_boot: bool,
+    rootfs_cache: &Path,
+) -> PathBuf {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
-    let mut text = std::fs::read_to_string(repo().join("examples/debian.toml"))
+    let source = repo().join(format!("examples/{example}.toml"));
+    let name = std::fs::read_to_string(&source)
         .unwrap()
-        .replace(
-            "overlay = \"debian-overlay\"",
-            &format!("overlay = \"{}\"", overlay.display()),
-        );
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("name = \"")?
+                .strip_suffix('"')
+                .map(str::to_string)
+        })
+        .expect("the example has a name");
+    let mut text = std::fs::read_to_string(&source).unwrap().replace(
+        "overlay = \"debian-overlay\"",
+        &format!("overlay = \"{}\"", overlay.display()),
+    );
     if secure_boot {
         text = text.replace("[boot]\n", "[boot]\nsecure-boot = true\n");
     }
@@ -322,7 +341,20 @@ pub fn build_demo_variant(
         .arg(&out)
         .arg("--rootfs-cache")
         .arg(rootfs_cache));
-    out.join("debian-demo.img")
+    out.join(format!("{name}.img"))
+}
+
+/// The partition `root` (from `inspect --json`) reaches the end of `image` (but for the
+/// backup GPT), and its filesystem fills it.
+pub fn assert_fills_disk(image: &Path, root: &serde_json::Value) {
+    let disk = std::fs::metadata(image).unwrap().len();
+    let end = root["offset"].as_u64().unwrap() + root["size"].as_u64().unwrap();
+    assert!(disk - end < 2 << 20, "root ends at {end} of {disk}");
+    let fs_total = root["filesystem"]["total_bytes"].as_u64().unwrap();
+    assert!(
+        root["size"].as_u64().unwrap() - fs_total < 1 << 20,
+        "{root}"
+    );
 }
 
 /// A used disk (a stick, an internal disk): `len` bytes, the first 200 MiB and the last
