@@ -548,6 +548,43 @@ mod tests {
     }
 
     #[test]
+    fn compressed_roots_take_only_compressors_their_kernel_reads() {
+        let root = |extra: &str| {
+            load(&format!(
+                "name = \"x\"\n[rootfs]\ndirectory = \"tree\"\n[root]\n{extra}"
+            ))
+        };
+        assert_eq!(root("").unwrap().root_fs, RootFilesystem::Ext4);
+        assert_eq!(
+            root("filesystem = \"squashfs\"\n").unwrap().root_fs,
+            RootFilesystem::Squashfs(SquashfsCompression::Zstd)
+        );
+        assert_eq!(
+            root("filesystem = \"erofs\"\ncompression = \"lz4\"\n")
+                .unwrap()
+                .root_fs,
+            RootFilesystem::Erofs(ErofsCompression::Lz4)
+        );
+        for (extra, want) in [
+            (
+                "filesystem = \"erofs\"\ncompression = \"zstd\"\n",
+                "root.compression = \"zstd\": expected one of \"lz4hc\", \"lz4\" for root.filesystem = \"erofs\"",
+            ),
+            (
+                "compression = \"xz\"\n",
+                "an ext4 root is not compressed",
+            ),
+            (
+                "filesystem = \"btrfs\"\n",
+                "root.filesystem = \"btrfs\": expected \"ext4\", \"squashfs\" or \"erofs\"",
+            ),
+        ] {
+            let e = format!("{:#}", root(extra).unwrap_err());
+            assert!(e.contains(want) && e.contains("s.toml"), "{e}");
+        }
+    }
+
+    #[test]
     fn minimal_spec_loads_with_defaults() {
         let c = load("name = \"x\"\n[rootfs]\ndirectory = \"tree\"\n").unwrap();
         assert_eq!(c.seed, "x");
