@@ -67,3 +67,5 @@ done
 cargo test --release --locked --test compressed_root -- --include-ignored --test-threads=1
 cargo test --release --locked --test installed_system -- --ignored --exact \
   install_from_an_expanded_compressed_stick_expands_again_on_the_internal_disk
+cargo test --release --locked --test installed_system -- --ignored --exact \
+  kernel_update_on_an_expanded_compressed_root_reaches_the_boot
