@@ -104,3 +104,21 @@ pub fn pick(candidates: &[Found]) -> Option<usize> {
     }
     Some(i)
 }
+
+/// Sets GRUB's mark of this boot on `found`'s disk back to what the image holds as
+/// built, for a persistent boot that wrote nothing else (it went live): the disk is then
+/// exactly as it was, a copy that never booted.
+pub fn undo(found: &Found) {
+    let dev = format!("/dev/{}", found.disk);
+    let result = crate::disks::open_rw(&dev).and_then(|mut disk| {
+        let (ranges, vars) = read_mark(&mut disk)?;
+        if vars.iter().any(|(k, v)| k == VAR && v == "1") {
+            clear_mark(&mut disk, &ranges, &vars)?;
+            say(&format!("boot mark: set back on {dev}"));
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        say(&format!("boot mark: {dev}: {e}"));
+    }
+}

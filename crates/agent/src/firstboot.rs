@@ -292,6 +292,8 @@ fn room_to_expand(
             say(&format!(
                 "first boot: the {kind} root cannot become a read-write root here: {why}. Booting live: nothing is written to {dev}. Write the image to a larger disk for a persistent system."
             ));
+            // GRUB's persistent entry marked the ESP; the disk goes back to what it was.
+            crate::bootmark::undo(found);
             Ok(false)
         }
     }
