@@ -171,19 +171,19 @@ pub fn new_number(table: &Table) -> u32 {
     oneimage_format::expansion::expanded_number(table)
 }
 
-/// Makes the expanded root in partition `number` (GUID `guid`, filesystem UUID
-/// `fs_uuid`) from the factory copy `found` holds (a `kind` filesystem); returns the new
-/// root. Redone from the start after a power cut (see the module's comment).
+/// Makes the expanded root (at least `needed` bytes, see [`needed_bytes`]) in partition
+/// `number` (GUID `guid`, filesystem UUID `fs_uuid`) from the factory copy `found` holds
+/// (a `kind` filesystem); returns the new root. Redone from the start after a power cut (see the module's comment).
 pub fn expand(
     found: &Found,
     kind: &str,
+    needed: u64,
     number: u32,
     guid: Guid,
     fs_uuid: Guid,
     grow: Grow,
 ) -> Result<Found, String> {
     let dev = format!("/dev/{}", found.disk);
-    let needed = needed_bytes(&found.node, kind)?;
     let mut disk = crate::disks::open_rw(&dev)?;
     let table =
         read_table(&mut disk).map_err(|e| format!("reading the partition table of {dev}: {e}"))?;

@@ -132,6 +132,8 @@ fn steps_before_mount(
         record::Found::Fresh => None,
     };
     let resumed = state.as_ref().is_some_and(|s| !s.all_done());
+    // What the expanded root needs, once the room for it has been checked in this boot.
+    let mut needed: Option<u64> = None;
     let mut state = match state {
         Some(s) if s.all_done() => {
             if s.expand_into == 0 {
@@ -161,8 +163,9 @@ fn steps_before_mount(
             if let Some(kind) = compressed {
                 // Before anything is written: a disk too small keeps the image as it is.
                 let number = crate::expand::new_number(&table);
-                if !room_to_expand(found, &table, kind, number, grow)? {
-                    return Ok(Outcome::Live);
+                match room_to_expand(found, &table, kind, number, grow)? {
+                    Some(n) => needed = Some(n),
+                    None => return Ok(Outcome::Live),
                 }
                 s = s.expanding_into(number);
             }
@@ -187,8 +190,9 @@ fn steps_before_mount(
                 0 => crate::expand::new_number(&table),
                 n => n,
             };
-            if !room_to_expand(found, &table, kind, number, grow)? {
-                return Ok(Outcome::Live);
+            match room_to_expand(found, &table, kind, number, grow)? {
+                Some(n) => needed = Some(n),
+                None => return Ok(Outcome::Live),
             }
             if state.expand_into == 0 {
                 state = state.expanding_into(number);
@@ -229,9 +233,14 @@ fn steps_before_mount(
             })?;
             drop(disk);
             let id = state.identity();
+            let needed = match needed {
+                Some(n) => n,
+                None => crate::expand::needed_bytes(&found.node, kind)?,
+            };
             root = crate::expand::expand(
                 found,
                 kind,
+                needed,
                 number,
                 id.partition(number),
                 id.root_fs_uuid,
@@ -272,29 +281,29 @@ fn steps_before_mount(
     Ok(persistent(&root, Some(pending)))
 }
 
-/// Whether the disk of `found` has room for the `kind` root's expansion into partition
-/// `number`; says why not on the console.
+/// The bytes the `kind` root's expansion into partition `number` needs, when the disk
+/// of `found` has room for it; `None`, said on the console, when it has not.
 fn room_to_expand(
     found: &Found,
     table: &Table,
     kind: &str,
     number: u32,
     grow: Grow,
-) -> Result<bool, String> {
+) -> Result<Option<u64>, String> {
     let dev = format!("/dev/{}", found.disk);
     let needed = crate::expand::needed_bytes(&found.node, kind)?;
     let ss = table.sector_size;
     let disk_last = (crate::grow::sysfs_bytes(&found.disk)? / ss).saturating_sub(1);
     let any = Guid([0; 16]);
     match crate::expand::layout(table, disk_last, number, any, any, needed, grow) {
-        Ok(_) => Ok(true),
+        Ok(_) => Ok(Some(needed)),
         Err(why) => {
             say(&format!(
                 "first boot: the {kind} root cannot become a read-write root here: {why}. Booting live: nothing is written to {dev}. Write the image to a larger disk for a persistent system."
             ));
             // GRUB's persistent entry marked the ESP; the disk goes back to what it was.
             crate::bootmark::undo(found);
-            Ok(false)
+            Ok(None)
         }
     }
 }
