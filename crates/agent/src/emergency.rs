@@ -4,13 +4,11 @@
 //! or without a shell in the initramfs, the machine restarts. `reboot` and `poweroff` in
 //! the shell are this program again (links to `/init`).
 
+use crate::console::{consoles, read_line, tell};
 use crate::log::say;
-use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::system::RebootCommand;
-use std::fs::File;
-use std::io::{Read, Write};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The emergency shell, when the initramfs has one.
 const SHELL: &str = "/bin/sh";
@@ -62,44 +60,6 @@ enum Answer {
     None,
 }
 
-/// The terminals the kernel writes its console to (`console=` on the command line: the
-/// screen and a serial port, say), opened for this program; `/dev/console` alone (the
-/// last of them) would leave a keyboard at the screen without a shell.
-fn consoles() -> Vec<(String, File)> {
-    let active = std::fs::read_to_string("/sys/class/tty/console/active").unwrap_or_default();
-    let mut names: Vec<&str> = active.split_whitespace().collect();
-    if names.is_empty() {
-        names.push("console");
-    }
-    names
-        .into_iter()
-        .filter_map(|name| {
-            let path = format!("/dev/{name}");
-            // NOCTTY: PID 1 must not get a controlling terminal (a hang-up on it would
-            // signal the init).
-            let flags =
-                rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC;
-            match rustix::fs::open(path.as_str(), flags, rustix::fs::Mode::empty()) {
-                Ok(fd) => Some((path, File::from(fd))),
-                Err(e) => {
-                    say(&format!("opening {path}: {e}"));
-                    None
-                }
-            }
-        })
-        .collect()
-}
-
-/// Writes one `oneimage-init:` line on every terminal (or on stderr when none is open).
-fn tell(terminals: &mut [(String, File)], msg: &str) {
-    if terminals.is_empty() {
-        say(msg);
-    }
-    for (_, t) in terminals.iter_mut() {
-        let _ = t.write_all(format!("oneimage-init: {msg}\n").as_bytes());
-    }
-}
-
 /// Tells every console why the boot stopped and waits up to `timeout` (forever when
 /// `None`) for Enter on any of them; starts the shell on the one that answered.
 fn offer_shell(reason: &str, timeout: Option<Duration>) -> Answer {
@@ -128,7 +88,7 @@ fn offer_shell(reason: &str, timeout: Option<Duration>) -> Answer {
         }
     };
     tell(&mut terminals, &offer);
-    let Some(i) = wait_for_enter(&terminals, timeout) else {
+    let Some((i, _)) = read_line(&terminals, timeout) else {
         tell(&mut terminals, &format!("no answer{within}"));
         return Answer::None;
     };
@@ -156,68 +116,6 @@ fn offer_shell(reason: &str, timeout: Option<Duration>) -> Answer {
     }
     reap_orphans();
     Answer::ShellEnded
-}
-
-/// Waits up to `timeout` (forever when `None`) for a line typed on one of `terminals`;
-/// returns which one.
-fn wait_for_enter(terminals: &[(String, File)], timeout: Option<Duration>) -> Option<usize> {
-    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-    // Terminals that hang up or fail are dropped from the wait, not taken for answers.
-    let mut live: Vec<usize> = (0..terminals.len()).collect();
-    loop {
-        let left = match deadline {
-            Some(d) => Some(
-                d.checked_duration_since(Instant::now())
-                    .filter(|l| !l.is_zero())?,
-            ),
-            None => None,
-        };
-        if live.is_empty() {
-            match left {
-                Some(l) => std::thread::sleep(l),
-                None => loop {
-                    std::thread::sleep(Duration::from_secs(3600));
-                },
-            }
-            return None;
-        }
-        let mut fds: Vec<PollFd<'_>> = live
-            .iter()
-            .map(|&i| PollFd::new(&terminals[i].1, PollFlags::IN))
-            .collect();
-        let wait = left.map(|l| Timespec {
-            tv_sec: i64::try_from(l.as_secs()).unwrap_or(i64::MAX),
-            tv_nsec: i64::from(l.subsec_nanos()),
-        });
-        match rustix::event::poll(&mut fds, wait.as_ref()) {
-            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
-            Ok(_) => {}
-            Err(e) => {
-                // Without a working poll, only the timeout is left.
-                say(&format!("waiting for the keyboard: {e}"));
-                live.clear();
-                continue;
-            }
-        }
-        let events: Vec<PollFlags> = fds.iter().map(|f| f.revents()).collect();
-        drop(fds);
-        let mut still = Vec::new();
-        for (&i, ev) in live.iter().zip(events) {
-            if ev.contains(PollFlags::IN) {
-                // The line typed (terminals are in line mode) is read and dropped; an end
-                // of file or an error is a hang-up, not an answer.
-                let mut line = [0u8; 256];
-                match (&terminals[i].1).read(&mut line) {
-                    Ok(n) if n > 0 => return Some(i),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => still.push(i),
-                    _ => {}
-                }
-            } else if !ev.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL) {
-                still.push(i);
-            }
-        }
-        live = still;
-    }
 }
 
 /// Collects the exit status of orphans the shell left to PID 1, so none stays a zombie.
@@ -286,36 +184,5 @@ mod tests {
         assert_eq!(action_for("poweroff"), Some(RebootCommand::PowerOff));
         assert_eq!(action_for("init"), None);
         assert_eq!(action_for("oneimage-init"), None);
-    }
-
-    #[test]
-    fn the_wait_ends_at_the_timeout_without_terminals() {
-        let start = Instant::now();
-        assert_eq!(wait_for_enter(&[], Some(Duration::from_millis(200))), None);
-        assert!(start.elapsed() >= Duration::from_millis(200));
-    }
-
-    #[test]
-    fn a_line_typed_is_an_answer_and_silence_or_a_hang_up_is_not() {
-        // A socket pair stands in for a terminal: nothing written, no answer; a line, an
-        // answer; the other end gone (end of file), no answer but the full wait.
-        let (r, mut w) = std::os::unix::net::UnixStream::pair().unwrap();
-        let term = vec![(
-            "pair".to_string(),
-            File::from(std::os::fd::OwnedFd::from(r)),
-        )];
-        assert_eq!(
-            wait_for_enter(&term, Some(Duration::from_millis(100))),
-            None
-        );
-        w.write_all(b"\n").unwrap();
-        assert_eq!(wait_for_enter(&term, Some(Duration::from_secs(5))), Some(0));
-        drop(w);
-        let start = Instant::now();
-        assert_eq!(
-            wait_for_enter(&term, Some(Duration::from_millis(300))),
-            None
-        );
-        assert!(start.elapsed() >= Duration::from_millis(300));
     }
 }

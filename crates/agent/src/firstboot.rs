@@ -4,15 +4,18 @@
 //!
 //! The steps, in order: a new identity for this copy (disk and partition GUIDs, the root
 //! filesystem's UUID, the ESP's volume id), then, for a compressed root, its expansion
-//! into a read-write ext4 root (`crate::expand`), then growth of the root partition to
+//! into a read-write ext4 root (`crate::expand`), then, when the image asks for it, the
+//! root's encryption in place (`crate::crypt`), then growth of the root partition to
 //! the disk, then, once the root is mounted, growth of its filesystem. Every step sets values
 //! decided before it starts (the identity is derived from a seed stored in the record),
 //! so a step redone after a power cut writes the same bytes again. A step that fails
 //! stops the sequence for this boot; the next boot tries again.
 
 use crate::cmdline::Grow;
+use crate::crypt::Passphrase;
 use crate::disks::Found;
 use crate::log::say;
+use oneimage_format::encryption::{Outcome as Encrypted, Policy};
 use oneimage_format::firstboot::{self as record, Identity, State, Step};
 use oneimage_format::gpt::{read_table, Table};
 use oneimage_format::identity::{uuid_change_of, UuidChange};
@@ -66,10 +69,13 @@ pub enum Outcome {
     /// Check and mount `root` read-write (the root found, or the root a compressed one
     /// was expanded into), then hand `pending` to [`after_mount`].
     Persistent {
-        /// The partition to mount as `/`.
+        /// The partition to mount as `/` (to unlock first when it is LUKS2).
         root: Found,
         /// What is left of the sequence.
-        pending: Option<Pending>,
+        pending: Option<Box<Pending>>,
+        /// The passphrase this boot's encryption step was given, to unlock the root
+        /// with.
+        passphrase: Option<Passphrase>,
     },
     /// Boot live from the root found: a compressed root that could not (yet) be
     /// expanded. Why has been said.
@@ -77,18 +83,25 @@ pub enum Outcome {
 }
 
 /// Runs the steps that come before the root is mounted (identity, expansion of a
-/// compressed root, partition growth) on the writable disk holding `found`, whose
-/// filesystem is the compressed `compressed` one or ext4 (`None`). A failed step is
-/// reported and leaves the rest for the next boot.
-pub fn before_mount(found: &Found, compressed: Option<&str>, grow: Grow) -> Outcome {
+/// compressed root, encryption, partition growth) on the writable disk holding `found`,
+/// whose filesystem is the compressed `compressed` one or ext4 (`None`), for an image
+/// whose encryption policy is `policy`. A failed step is reported and leaves the rest
+/// for the next boot.
+pub fn before_mount(
+    found: &Found,
+    compressed: Option<&str>,
+    grow: Grow,
+    policy: Policy,
+) -> Outcome {
     let fallback = || match compressed {
         Some(_) => Outcome::Live,
         None => Outcome::Persistent {
             root: found.clone(),
             pending: None,
+            passphrase: None,
         },
     };
-    match steps_before_mount(found, compressed, grow) {
+    match steps_before_mount(found, compressed, grow, policy) {
         Ok(o) => o,
         Err(e) => {
             say(&format!("first boot: {e}"));
@@ -104,6 +117,7 @@ fn steps_before_mount(
     found: &Found,
     compressed: Option<&str>,
     grow: Grow,
+    policy: Policy,
 ) -> Result<Outcome, String> {
     let started = Instant::now();
     let dev = format!("/dev/{}", found.disk);
@@ -112,9 +126,10 @@ fn steps_before_mount(
         read_table(&mut disk).map_err(|e| format!("reading the partition table of {dev}: {e}"))?;
     let found_record = record::read(&mut disk)
         .map_err(|e| format!("reading the first-boot record on {dev}: {e}"))?;
-    let persistent = |root: &Found, pending| Outcome::Persistent {
+    let persistent = |root: &Found, pending: Option<Pending>, passphrase| Outcome::Persistent {
         root: root.clone(),
-        pending,
+        pending: pending.map(Box::new),
+        passphrase,
     };
     let state = match found_record {
         record::Found::Unusable(why) => {
@@ -137,14 +152,17 @@ fn steps_before_mount(
     let mut state = match state {
         Some(s) if s.all_done() => {
             if s.expand_into == 0 {
-                say("first boot: done on an earlier boot (identity, growth)");
-                return Ok(persistent(found, None));
+                say(&format!(
+                    "first boot: done on an earlier boot ({})",
+                    done_list(&s)
+                ));
+                return Ok(persistent(found, None, None));
             }
             say(&format!(
                 "first boot: done on an earlier boot; the root is the expanded partition {}",
                 s.expand_into
             ));
-            return Ok(persistent(&expanded(found, s.expand_into)?, None));
+            return Ok(persistent(&expanded(found, s.expand_into)?, None, None));
         }
         Some(s) => {
             say(&format!(
@@ -159,7 +177,8 @@ fn steps_before_mount(
                 .iter()
                 .find(|p| p.number == found.number)
                 .ok_or_else(|| format!("partition {} vanished from {dev}", found.number))?;
-            let mut s = State::new(table.disk_guid, root.guid, found.number, new_seed()?);
+            let mut s = State::new(table.disk_guid, root.guid, found.number, new_seed()?)
+                .encrypting(policy);
             if let Some(kind) = compressed {
                 // Before anything is written: a disk too small keeps the image as it is.
                 let number = crate::expand::new_number(&table);
@@ -209,7 +228,10 @@ fn steps_before_mount(
 
     if !state.is_done(Step::Identity) {
         let id = state.identity();
-        give_identity(&mut disk, &dev, &table, found, &id, compressed.is_none()).map_err(|e| {
+        // A root that is LUKS2 already (a copy cut short after its encryption began)
+        // keeps its filesystem's UUID: it cannot be reached before the unlock.
+        let plain_ext4 = compressed.is_none() && crate::crypt::header(&found.node)?.is_none();
+        give_identity(&mut disk, &dev, &table, found, &id, plain_ext4).map_err(|e| {
             format!("the new identity failed: {e}; the remaining steps wait for the next boot")
         })?;
         state = state.with_done(Step::Identity);
@@ -257,11 +279,30 @@ fn steps_before_mount(
         }
     }
 
+    let mut passphrase = None;
+    if state.applies_step(Step::Encrypt) && !state.is_done(Step::Encrypt) {
+        drop(disk);
+        let (outcome, given) = encrypt_step(&root, state.encryption, state.identity().luks_uuid)
+            .map_err(|e| format!("encrypting the root: {e}"))?;
+        passphrase = given;
+        disk = crate::disks::open_rw(&dev)?;
+        state = state.with_encryption_done(outcome);
+        record_step(&mut disk, &dev, &state)?;
+        say(&format!(
+            "first boot: step encrypt done: {}",
+            match outcome {
+                Encrypted::Declined =>
+                    "declined; the root stays unencrypted and this copy is not asked again",
+                _ => "the root is LUKS2",
+            }
+        ));
+    }
+
     if !state.is_done(Step::GrowPartition) {
         if grow == Grow::Off {
             say("first boot: growth is off for this boot (oneimage.grow=off)");
             pending.state = state;
-            return Ok(persistent(&root, Some(pending)));
+            return Ok(persistent(&root, Some(pending), passphrase));
         }
         drop(disk);
         if let Err(e) = crate::grow::grow_partition(&root, grow) {
@@ -270,7 +311,7 @@ fn steps_before_mount(
             ));
             pending.state = state;
             pending.worked = false;
-            return Ok(persistent(&root, Some(pending)));
+            return Ok(persistent(&root, Some(pending), passphrase));
         }
         let mut disk = crate::disks::open_rw(&dev)?;
         state = state.with_done(Step::GrowPartition);
@@ -278,7 +319,44 @@ fn steps_before_mount(
         say("first boot: step grow-partition done");
     }
     pending.state = state;
-    Ok(persistent(&root, Some(pending)))
+    Ok(persistent(&root, Some(pending), passphrase))
+}
+
+/// The encryption step on `root` under `policy`: asks, then encrypts; or goes on with
+/// an encryption a power cut interrupted; or finds it finished (the cut came after
+/// cryptsetup, before the record). Returns how it ended, and the passphrase when this
+/// boot was given it.
+fn encrypt_step(
+    root: &Found,
+    policy: Policy,
+    luks_uuid: Guid,
+) -> Result<(Encrypted, Option<Passphrase>), String> {
+    match crate::crypt::header(&root.node)? {
+        None => match crate::crypt::ask_new(policy, &root.node)? {
+            crate::crypt::Choice::Decline => Ok((Encrypted::Declined, None)),
+            crate::crypt::Choice::Encrypt(p) => {
+                let started = Instant::now();
+                crate::crypt::encrypt(&root.node, &p, luks_uuid)?;
+                say(&format!(
+                    "first boot: {} encrypted in {:.1} s",
+                    root.node.display(),
+                    started.elapsed().as_secs_f64()
+                ));
+                Ok((Encrypted::Encrypted, Some(p)))
+            }
+        },
+        Some(h) if h.reencrypt_in_progress() => {
+            let started = Instant::now();
+            let p = crate::crypt::resume(&root.node)?;
+            say(&format!(
+                "first boot: the encryption of {} finished in {:.1} s",
+                root.node.display(),
+                started.elapsed().as_secs_f64()
+            ));
+            Ok((Encrypted::Encrypted, Some(p)))
+        }
+        Some(_) => Ok((Encrypted::Encrypted, None)),
+    }
 }
 
 /// The bytes the `kind` root's expansion into partition `number` needs, when the disk

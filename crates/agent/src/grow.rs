@@ -83,14 +83,19 @@ pub fn grow_partition(found: &Found, grow: Grow) -> Result<(), String> {
     Ok(())
 }
 
-/// Grows the ext4 filesystem mounted at `mountpoint` from `node` to fill its partition.
+/// The size in bytes of the block device `node` (a partition, or the unlocked root
+/// under /dev/mapper, which sysfs knows only by its dm-N name).
+fn device_bytes(node: &Path) -> Result<u64, String> {
+    use std::io::{Seek, SeekFrom};
+    let mut f =
+        std::fs::File::open(node).map_err(|e| format!("opening {}: {e}", node.display()))?;
+    f.seek(SeekFrom::End(0))
+        .map_err(|e| format!("finding the size of {}: {e}", node.display()))
+}
+
+/// Grows the ext4 filesystem mounted at `mountpoint` from `node` to fill its device.
 pub fn grow_filesystem(found: &Found, mountpoint: &str) -> Result<(), String> {
-    let part_name = found
-        .node
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let part_bytes = sysfs_bytes(&part_name)?;
+    let part_bytes = device_bytes(&found.node)?;
     let mut dev = std::fs::File::open(&found.node)
         .map_err(|e| format!("opening {}: {e}", found.node.display()))?;
     let fs = oneimage_format::probe::probe(&mut dev)

@@ -12,6 +12,8 @@
 
 mod bootmark;
 mod cmdline;
+mod console;
+mod crypt;
 mod disks;
 mod emergency;
 mod expand;
@@ -48,45 +50,57 @@ fn main() {
     emergency::enter(&reason)
 }
 
-/// A boot from a writable disk: the first-boot steps, then the root checked and
-/// mounted read-write (or live, when it cannot be: a damaged filesystem, a compressed
-/// root that could not be expanded).
+/// A boot from a writable disk: the first-boot steps, then the root unlocked when it
+/// is encrypted, checked and mounted read-write (or live, when it cannot be: a damaged
+/// filesystem, a compressed root that could not be expanded).
 fn persistent(
     cmd: &cmdline::Cmdline,
     found: &disks::Found,
     compressed: Option<&str>,
+    encryption: oneimage_format::encryption::Settings,
 ) -> Result<(), String> {
-    let live = |why: String| {
+    let live = |node: &std::path::Path, why: String| {
         log::say(&format!(
             "{why}; booting live instead: {} read-only under a RAM overlay, nothing written or grown (repair it with e2fsck -f from another system)",
-            found.node.display()
+            node.display()
         ));
-        mounts::mount_live(&found.node, compressed)
+        mounts::mount_live(node, compressed)
     };
+    let encrypted = crypt::header(&found.node)?.is_some();
     // An ext4 root is checked first: a filesystem e2fsck could not repair is never
     // mounted read-write, and no first-boot step runs on its disk (they write the table
-    // and the filesystem's superblock). An expanded root is checked once it is found.
-    if compressed.is_none() {
+    // and the filesystem's superblock). An expanded or encrypted root is checked once
+    // it is found, or unlocked.
+    if compressed.is_none() && !encrypted {
         if let mounts::Check::Damaged(why) = mounts::check_root(&found.node) {
-            return live(why);
+            return live(&found.node, why);
         }
     }
     // A failed first-boot step is reported but does not stop the boot: the system
     // still works, and the next boot tries again.
-    let (root, pending) = match firstboot::before_mount(found, compressed, cmd.grow) {
+    let outcome = firstboot::before_mount(found, compressed, cmd.grow, encryption.policy);
+    let (mut root, pending, passphrase) = match outcome {
         firstboot::Outcome::Live => return mounts::mount_live(&found.node, compressed),
-        firstboot::Outcome::Persistent { root, pending } => (root, pending),
+        firstboot::Outcome::Persistent {
+            root,
+            pending,
+            passphrase,
+        } => (root, pending, passphrase),
     };
-    if root.number != found.number {
+    let unlock = crypt::header(&root.node)?.is_some();
+    if unlock {
+        root = crypt::unlock(&root, cmd.read_only, encryption.discards, passphrase)?;
+    }
+    if root.number != found.number || unlock {
         if let mounts::Check::Damaged(why) = mounts::check_root(&root.node) {
-            return live(format!("the expanded root: {why}"));
+            return live(&root.node, format!("the root: {why}"));
         }
     }
     mounts::mount_root(&root.node, cmd.read_only)?;
     if let Some(p) = pending {
         if cmd.read_only {
             log::say("first boot: the root is mounted read-only; its filesystem grows on a read-write boot");
-        } else if let Err(e) = firstboot::after_mount(p, &root, "/sysroot") {
+        } else if let Err(e) = firstboot::after_mount(*p, &root, "/sysroot") {
             log::say(&format!("first boot: {e}"));
         }
     }
@@ -138,12 +152,26 @@ fn run() -> Result<Infallible, String> {
             }
         }
     };
-    let root = found.node.clone();
+    let mut root = found.node.clone();
     log::say(&format!(
         "root partition {} is {}",
         cmd.root_partuuid,
         root.display()
     ));
+    let encryption = crypt::settings();
+    let persistent_boot = !(found.optical || ambiguous || cmd.live);
+    if !persistent_boot {
+        if let Some(h) = crypt::header(&root)? {
+            // Live: unlocked read-only; nothing is written, not even a recovery.
+            if h.reencrypt_in_progress() {
+                return Err(format!(
+                    "the encryption of {} was cut short: boot it persistent (not live, not from a disc) to finish it",
+                    root.display()
+                ));
+            }
+            root = crypt::unlock(&found, true, false, None)?.node;
+        }
+    }
     // A SquashFS or EROFS root is read-only: booted live, or expanded into ext4 first.
     let compressed = expand::compressed_kind(&root);
     if let Some(kind) = compressed {
@@ -165,7 +193,7 @@ fn run() -> Result<Infallible, String> {
         // Live: nothing may be written, not even by a filesystem check or journal replay.
         mounts::mount_live(&root, compressed)?;
     } else {
-        persistent(&cmd, &found, compressed)?;
+        persistent(&cmd, &found, compressed, encryption)?;
     }
     mounts::switch_root(&cmd.init)
 }

@@ -55,9 +55,10 @@ fn short_digest(data: &[u8]) -> String {
     d[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// What the boot menu says and passes, apart from the kernels: fixed at build time and
-/// kept in the root filesystem ([`MENU_SETTINGS_PATH`]), so that a kernel update writes
-/// the same menu the build did.
+/// What the boot menu says and passes, apart from the kernels, and what its initramfs
+/// images must hold: fixed at build time and kept in the root filesystem
+/// ([`MENU_SETTINGS_PATH`]), so that a kernel update writes the same menu and the same
+/// kind of initramfs the build did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct MenuSettings {
@@ -75,6 +76,18 @@ pub struct MenuSettings {
     pub timeout: u32,
     /// Timestamp for the files the menu's initramfs images hold.
     pub epoch: i64,
+    /// The image's encryption policy (`oneimage_format::encryption::Policy`'s name):
+    /// anything but `off` puts cryptsetup in the initramfs. Absent in images built
+    /// before encryption existed.
+    #[serde(default = "encryption_off")]
+    pub encryption: String,
+    /// Whether the encrypted root lets discards through.
+    #[serde(default)]
+    pub encryption_discards: bool,
+}
+
+fn encryption_off() -> String {
+    "off".into()
 }
 
 /// Where the root filesystem keeps its [`MenuSettings`] (TOML).
@@ -391,6 +404,8 @@ mod tests {
             root_number: 2,
             timeout: 3,
             epoch: 0,
+            encryption: "off".into(),
+            encryption_discards: false,
         }
     }
 

@@ -61,22 +61,23 @@ pub const WANTED_MODULES: &[&str] = &[
     "erofs",
     "overlay",
     "loop",
-    "dm_mod",
-    "dm_crypt",
 ];
 
 /// Modules of [`WANTED_MODULES`] that only PCs have (Intel's CRC32 instruction, legacy
 /// IDE, the PS/2 keyboard controller).
-const X86_ONLY_MODULES: &[&str] = &["crc32c_intel", "ata_piix", "i8042", "atkbd"];
+const X86_ONLY_MODULES: &[&str] = &["crc32c_intel", "ata_piix", "i8042", "atkbd", "aesni_intel"];
 
 /// Modules arm64 machines add: virtio on the MMIO bus (Arm's virt machine can use it),
 /// and USB and SATA controllers that sit on the system bus rather than PCI.
 const ARM64_MODULES: &[&str] = &["virtio_mmio", "xhci_plat_hcd", "ahci_platform"];
 
-/// The modules an `arch` initramfs wants, in load order.
-pub fn wanted_modules(arch: Arch) -> Vec<&'static str> {
+/// The modules an `arch` initramfs wants, in load order (with those of encryption
+/// when `encryption`).
+pub fn wanted_modules(arch: Arch, encryption: bool) -> Vec<&'static str> {
+    let extra: &[&str] = if encryption { ENCRYPTION_MODULES } else { &[] };
     let mut v: Vec<&str> = WANTED_MODULES
         .iter()
+        .chain(extra)
         .copied()
         .filter(|m| arch == Arch::X86_64 || !X86_ONLY_MODULES.contains(m))
         .collect();
@@ -95,6 +96,26 @@ const TOOLS: &[(&str, &str)] = &[
     ("/sbin/tune2fs", "/sbin/tune2fs"),
     ("/sbin/mke2fs", "/sbin/mke2fs"),
     ("/bin/sh", "/bin/sh"),
+];
+
+/// What an image that may be encrypted adds: cryptsetup (required, from the root
+/// filesystem; its libraries come with it) ...
+const ENCRYPTION_TOOL: (&str, &str) = ("/sbin/cryptsetup", "/sbin/cryptsetup");
+
+/// ... and the kernel's pieces of aes-xts-plain64 under dm-crypt, which the kernel
+/// would otherwise ask a modprobe for (there is none in the initramfs), and the socket
+/// interface cryptsetup uses for its own encryption of keyslots.
+pub const ENCRYPTION_MODULES: &[&str] = &[
+    "dm_mod",
+    "dm_crypt",
+    "ecb",
+    "xts",
+    "cryptd",
+    "crypto_simd",
+    "aesni_intel",
+    "af_alg",
+    "algif_skcipher",
+    "algif_hash",
 ];
 
 /// Names under which the emergency shell finds the agent again: it restarts or powers
@@ -279,6 +300,7 @@ fn add_modules(
     arch: Arch,
     version: &str,
     moddir: &str,
+    encryption: bool,
 ) -> Result<(String, Vec<String>, Vec<String>)> {
     let read_text = |name: &str| {
         tree.file(&format!("{moddir}/{name}"))
@@ -318,7 +340,7 @@ fn add_modules(
         }
         order.push(p.to_string());
     }
-    for want in wanted_modules(arch) {
+    for want in wanted_modules(arch, encryption) {
         match deps.get(want) {
             Some((path, _)) => visit(path, &deps, &mut order, 0),
             None if builtin.contains(want) => {}
@@ -346,6 +368,15 @@ fn add_modules(
     Ok((list, modules, missing))
 }
 
+/// What an initramfs holds besides the agent, the modules and the tools every image
+/// gets.
+pub struct Extras {
+    /// Timestamp of every file.
+    pub epoch: i64,
+    /// The image's encryption: anything but `off` adds cryptsetup and dm-crypt's modules.
+    pub encryption: oneimage_format::encryption::Settings,
+}
+
 /// Writes the initramfs for kernel `version` of `tree`, an `arch` root filesystem, to
 /// `out` (zstd-compressed cpio).
 pub fn make_initramfs(
@@ -353,9 +384,11 @@ pub fn make_initramfs(
     arch: Arch,
     version: &str,
     agent: &Path,
-    epoch: i64,
+    extras: &Extras,
     out: &Path,
 ) -> Result<Summary> {
+    let epoch = extras.epoch;
+    let encryption = extras.encryption.policy.needs_cryptsetup();
     let mut c = Contents::default();
     let agent_bin =
         std::fs::read(agent).with_context(|| format!("reading the agent {}", agent.display()))?;
@@ -375,12 +408,15 @@ pub fn make_initramfs(
     .into_iter()
     .find_map(|d| tree.dir(&d));
     let (list, modules, missing) = match moddir {
-        Some(dir) => add_modules(tree, &mut c, arch, version, &dir)?,
+        Some(dir) => add_modules(tree, &mut c, arch, version, &dir, encryption)?,
         // A kernel with every driver built in needs no modules.
         None => (
             String::new(),
             Vec::new(),
-            wanted_modules(arch).iter().map(|m| m.to_string()).collect(),
+            wanted_modules(arch, encryption)
+                .iter()
+                .map(|m| m.to_string())
+                .collect(),
         ),
     };
     c.add_file("/etc/oneimage/modules", 0o644, list.into_bytes());
@@ -396,6 +432,21 @@ pub fn make_initramfs(
         if add_program(tree, &mut c, src, dst, arch)? {
             tools.push(dst.to_string());
         }
+    }
+    if encryption {
+        let (src, dst) = ENCRYPTION_TOOL;
+        if !add_program(tree, &mut c, src, dst, arch)? {
+            bail!(
+                "the image asks for encryption (encryption.mode = \"{}\"), but the root filesystem has no {src}: install cryptsetup-bin in it",
+                extras.encryption.policy
+            );
+        }
+        tools.push(dst.to_string());
+        c.add_file(
+            oneimage_format::encryption::POLICY_PATH,
+            0o644,
+            extras.encryption.to_text().into_bytes(),
+        );
     }
 
     let f = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;

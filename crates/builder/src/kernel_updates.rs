@@ -107,8 +107,18 @@ mod tests {
             root_number: 2,
             timeout: 1,
             epoch: 1767225600,
+            encryption: "require".into(),
+            encryption_discards: true,
         };
         let text = toml::to_string(&m).unwrap();
         assert_eq!(toml::from_str::<MenuSettings>(&text).unwrap(), m);
+        // An image built before encryption existed has no such key.
+        let old = text
+            .replace("encryption = \"require\"\n", "")
+            .replace("encryption-discards = true\n", "");
+        assert_eq!(
+            toml::from_str::<MenuSettings>(&old).unwrap().encryption,
+            "off"
+        );
     }
 }

@@ -166,6 +166,8 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
         root_number: plan::ROOT_NUMBER,
         timeout: spec.boot.timeout,
         epoch,
+        encryption: checked.encryption.name().into(),
+        encryption_discards: spec.encryption.discards,
     };
     // Kernel updates rebuild oneimage's initramfs inside the running system, so the
     // image carries the programs that make it. A root read in place from a directory is
@@ -195,7 +197,20 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
         "oneimage" => {
             let agent = initramfs::find_agent(arch)?;
             let initrd = w.join("oneimage-initrd.img");
-            let sum = initramfs::make_initramfs(&tree, arch, &kernel.version, &agent, epoch, &initrd)
+            let sum = initramfs::make_initramfs(
+                &tree,
+                arch,
+                &kernel.version,
+                &agent,
+                &initramfs::Extras {
+                    epoch,
+                    encryption: oneimage_format::encryption::Settings {
+                        policy: checked.encryption,
+                        discards: spec.encryption.discards,
+                    },
+                },
+                &initrd,
+            )
                 .with_context(|| format!("{}: initramfs", spec_path.display()))?;
             say(
                 "initramfs",
@@ -259,9 +274,16 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
     }
     let partial = w.join(format!("{}.img", spec.name));
     // The root filesystem is made in place inside the image, laid out for its size.
+    // An in-place encryption on the first boot puts its LUKS2 header in front of the
+    // data: the partition keeps room for it after the filesystem.
+    let header_room = if checked.encryption.needs_cryptsetup() {
+        oneimage_format::encryption::HEADER_ROOM
+    } else {
+        0
+    };
     let place = |root_bytes: u64| -> Result<ext4::Placement> {
         cancel.check()?;
-        let plan = plan::Plan::new(&ids, arch, esp_bytes, root_bytes, bios);
+        let plan = plan::Plan::new(&ids, arch, esp_bytes, root_bytes + header_room, bios);
         assemble::create_image(&partial, plan.total_bytes)?;
         Ok(ext4::Placement {
             file: partial.clone(),
@@ -311,7 +333,17 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
         std::fs::remove_dir_all(&tree.staging).ok();
     }
 
-    let plan = plan::Plan::new(&ids, arch, esp_bytes, root_bytes, bios);
+    let plan = plan::Plan::new(&ids, arch, esp_bytes, root_bytes + header_room, bios);
+    if header_room > 0 {
+        say(
+            "root",
+            &format!(
+                "the root partition keeps {} after the filesystem for the LUKS2 header of its encryption (encryption.mode = \"{}\")",
+                format_size(header_room),
+                checked.encryption
+            ),
+        );
+    }
     say(
         "layout",
         &format!("layout\n{}", plan.to_string().trim_end()),

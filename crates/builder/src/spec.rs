@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use oneimage_format::arch::Arch;
+use oneimage_format::encryption::Policy;
 use oneimage_format::size::parse_size;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,22 @@ pub struct Spec {
     /// Download artifacts written next to the image (see docs/spec-artifacts.md).
     #[serde(default)]
     pub artifacts: oneimage_artifacts::ArtifactsSpec,
+    /// Encryption of the root.
+    #[serde(default)]
+    pub encryption: EncryptionSpec,
+}
+
+/// `[encryption]`: whether and how a copy's root is encrypted (LUKS2).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EncryptionSpec {
+    /// `off` (default), `offer`, `require` or `build-key`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Let the filesystem's discards (TRIM) through dm-crypt to the disk; off by
+    /// default, since they show which blocks are unused.
+    #[serde(default)]
+    pub discards: bool,
 }
 
 /// `[rootfs]`: exactly one of `directory`, `tarball`, `mmdebstrap`, plus an optional overlay.
@@ -351,6 +368,8 @@ pub struct Checked {
     pub grow: Option<u64>,
     /// ISO 9660 volume label.
     pub volume_label: String,
+    /// What a copy's first boot does about encrypting the root.
+    pub encryption: Policy,
 }
 
 impl Spec {
@@ -422,6 +441,30 @@ impl Spec {
                 self.boot.initramfs
             );
         }
+        let encryption = match &self.encryption.mode {
+            None => Policy::Off,
+            Some(m) => m
+                .parse::<Policy>()
+                .map_err(|e| anyhow::anyhow!("{p}: encryption.mode = {e}"))?,
+        };
+        if encryption == Policy::BuildKey {
+            bail!("{p}: encryption.mode = \"build-key\": not available in this version of oneimage; use \"require\" (encrypted on the first boot) or \"offer\"");
+        }
+        if encryption != Policy::Off {
+            if root_fs.is_compressed() {
+                bail!(
+                    "{p}: encryption.mode = \"{encryption}\" with root.filesystem = \"{}\": a compressed root cannot be encrypted yet; use root.filesystem = \"ext4\"",
+                    self.root.filesystem
+                );
+            }
+            if self.boot.initramfs != "oneimage" {
+                bail!(
+                    "{p}: encryption.mode = \"{encryption}\" needs boot.initramfs = \"oneimage\" (oneimage's boot agent encrypts and unlocks the root)"
+                );
+            }
+        } else if self.encryption.discards {
+            bail!("{p}: encryption.discards = true without encryption: set encryption.mode");
+        }
         if self.root.label.len() > 16 {
             bail!(
                 "{p}: root.label = \"{}\": expected at most 16 bytes",
@@ -447,6 +490,15 @@ impl Spec {
             )?),
             [false, false, true] => {
                 let mut m = r.mmdebstrap.clone().unwrap();
+                // The initramfs takes cryptsetup from the root filesystem.
+                if encryption.needs_cryptsetup()
+                    && !m
+                        .packages
+                        .iter()
+                        .any(|p| p == "cryptsetup-bin" || p == "cryptsetup")
+                {
+                    m.packages.push("cryptsetup-bin".into());
+                }
                 if let Some(k) = &m.keyring {
                     m.keyring = Some(resolve("rootfs.mmdebstrap.keyring", k, false)?);
                 }
@@ -530,6 +582,7 @@ impl Spec {
             root_fs,
             grow,
             volume_label,
+            encryption,
             spec: self,
         })
     }
@@ -580,6 +633,54 @@ mod tests {
             ),
         ] {
             let e = format!("{:#}", root(extra).unwrap_err());
+            assert!(e.contains(want) && e.contains("s.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn encryption_modes_are_checked_and_bring_cryptsetup() {
+        let with = |extra: &str| {
+            load(&format!(
+                "name = \"x\"\n[rootfs]\ndirectory = \"tree\"\n{extra}"
+            ))
+        };
+        assert_eq!(with("").unwrap().encryption, Policy::Off);
+        assert_eq!(
+            with("[encryption]\nmode = \"offer\"\n").unwrap().encryption,
+            Policy::Offer
+        );
+        let m = load(
+            "name = \"x\"\n[rootfs.mmdebstrap]\nsuite = \"bookworm\"\npackages = [\"systemd\"]\n[encryption]\nmode = \"require\"\n",
+        )
+        .unwrap();
+        let RootfsSource::Mmdebstrap(m) = m.source else {
+            panic!("mmdebstrap")
+        };
+        assert_eq!(m.packages, ["systemd", "cryptsetup-bin"]);
+        for (extra, want) in [
+            (
+                "[encryption]\nmode = \"on\"\n",
+                "encryption.mode = \"on\": expected off, offer, require or build-key",
+            ),
+            (
+                "[encryption]\nmode = \"build-key\"\n",
+                "not available in this version",
+            ),
+            (
+                "[root]\nfilesystem = \"squashfs\"\n[encryption]\nmode = \"require\"\n",
+                "a compressed root cannot be encrypted yet",
+            ),
+            (
+                "[boot]\ninitramfs = \"rootfs\"\n[encryption]\nmode = \"offer\"\n",
+                "needs boot.initramfs = \"oneimage\"",
+            ),
+            (
+                "[encryption]\ndiscards = true\n",
+                "encryption.discards = true without encryption",
+            ),
+            ("[encryption]\nkey = \"x\"\n", "unknown field `key`"),
+        ] {
+            let e = format!("{:#}", with(extra).unwrap_err());
             assert!(e.contains(want) && e.contains("s.toml"), "{e}");
         }
     }

@@ -30,6 +30,7 @@ pub fn run(image: &Path, json: bool) -> Result<()> {
             complete,
             original_disk_guid,
             expand_into,
+            encryption,
             ..
         } => {
             println!(
@@ -44,6 +45,12 @@ pub fn run(image: &Path, json: bool) -> Result<()> {
                     "not done yet"
                 };
                 println!("  expansion of the compressed root into partition {n}: {state}");
+            }
+            if encryption.policy != "off" {
+                println!(
+                    "  encryption ({}): {}",
+                    encryption.policy, encryption.outcome
+                );
             }
         }
         FirstBootReport::Stale => {

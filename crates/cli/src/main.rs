@@ -120,6 +120,11 @@ enum Cmd {
         /// Default: the image's architecture, from its root partition's type.
         #[arg(long, value_parser = parse_arch)]
         arch: Option<oneimage_format::arch::Arch>,
+        /// When PROMPT appears on the serial console, type REPLY and Enter there (a
+        /// passphrase the boot asks for, say); repeat for more, answered in the order
+        /// given, each after the one before (needs --headless).
+        #[arg(long, value_name = "PROMPT=REPLY", requires = "headless", value_parser = parse_answer)]
+        answer: Vec<(String, String)>,
     },
     /// Write an image (raw or compressed) to a USB stick, disk or file, safely and verified.
     Write(write_cmd::WriteArgs),
@@ -234,6 +239,7 @@ fn run(cli: Cli, cancel: Option<Arc<AtomicBool>>) -> Result<()> {
             media,
             extra_disk,
             arch,
+            answer,
         } => {
             let disk_size = disk_size
                 .map(|s| oneimage_format::size::parse_size(&s).context("--disk-size"))
@@ -256,6 +262,7 @@ fn run(cli: Cli, cancel: Option<Arc<AtomicBool>>) -> Result<()> {
                 media,
                 extra_disks: extra_disk,
                 arch,
+                answers: answer,
             };
             use oneimage_vm::Outcome;
             match oneimage_vm::run(&opts)? {
@@ -318,6 +325,16 @@ fn build_summary(r: &oneimage_builder::BuildReport) -> serde_json::Value {
         "artifacts": r.artifacts,
         "partitions": parts,
     })
+}
+
+/// `PROMPT=REPLY` of `qemu --answer`: split at the first `=`.
+fn parse_answer(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((prompt, reply)) if !prompt.is_empty() => Ok((prompt.to_string(), reply.to_string())),
+        _ => Err(format!(
+            "{s:?}: expected PROMPT=REPLY with a non-empty PROMPT"
+        )),
+    }
 }
 
 fn parse_arch(s: &str) -> Result<oneimage_format::arch::Arch, String> {

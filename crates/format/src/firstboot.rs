@@ -13,6 +13,7 @@
 //! leaves the old record behind, but also the image's original disk GUID, which the old
 //! record's finished identity step no longer allows.
 
+use crate::encryption::{Outcome, Policy};
 use crate::guid::Guid;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
@@ -21,9 +22,9 @@ pub const SLOT_OFFSETS: [u64; 2] = [24 << 10, 28 << 10];
 /// Bytes of a record (one 512-byte sector: a write of it is atomic on every disk).
 pub const RECORD_LEN: usize = 512;
 const MAGIC: &[u8; 8] = b"ONEIFBST";
-/// The record layout this code writes; it also reads layout 1 (before expansion
-/// existed), whose unused bytes read as "no expansion".
-pub const VERSION: u32 = 2;
+/// The record layout this code writes; it also reads layouts 1 (before expansion) and 2
+/// (before encryption), whose unused bytes read as "no expansion", "no encryption".
+pub const VERSION: u32 = 3;
 
 /// One step of the first boot, in the order the agent runs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -33,6 +34,9 @@ pub enum Step {
     /// A compressed root (SquashFS, EROFS) copied into a new read-write ext4 root in a
     /// new partition after it; the compressed one stays, for the live entry.
     Expand,
+    /// The root encrypted in place as LUKS2 (or the user's no to it, where the image
+    /// allows one), before it is mounted read-write and before it grows.
+    Encrypt,
     /// The root partition (and the backup GPT) moved to the end of the disk.
     GrowPartition,
     /// The root filesystem grown to fill its partition.
@@ -41,9 +45,10 @@ pub enum Step {
 
 impl Step {
     /// Every step, in order.
-    pub const ALL: [Step; 4] = [
+    pub const ALL: [Step; 5] = [
         Step::Identity,
         Step::Expand,
+        Step::Encrypt,
         Step::GrowPartition,
         Step::GrowFilesystem,
     ];
@@ -54,6 +59,7 @@ impl Step {
             Step::GrowPartition => 1 << 1,
             Step::GrowFilesystem => 1 << 2,
             Step::Expand => 1 << 3,
+            Step::Encrypt => 1 << 4,
         }
     }
 
@@ -62,13 +68,14 @@ impl Step {
         match self {
             Step::Identity => "identity",
             Step::Expand => "expand",
+            Step::Encrypt => "encrypt",
             Step::GrowPartition => "grow-partition",
             Step::GrowFilesystem => "grow-filesystem",
         }
     }
 }
 
-const KNOWN_BITS: u64 = 0b1111;
+const KNOWN_BITS: u64 = 0b1_1111;
 
 /// The first-boot state of one copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +94,10 @@ pub struct State {
     /// The number of the partition a compressed root expands into, or 0 for a root
     /// that is not expanded (ext4).
     pub expand_into: u32,
+    /// What the image asked of the root's encryption when this copy's first boot began.
+    pub encryption: Policy,
+    /// How the encryption step ended.
+    pub encrypted: Outcome,
     done: u64,
 }
 
@@ -99,6 +110,8 @@ pub struct Identity {
     pub root_fs_uuid: Guid,
     /// The ESP's FAT volume id.
     pub esp_volume_id: u32,
+    /// The UUID of the root's LUKS2 header, when the first boot encrypts it.
+    pub luks_uuid: Guid,
     seed: [u8; 32],
 }
 
@@ -127,7 +140,25 @@ impl State {
             root_number,
             seed,
             expand_into: 0,
+            encryption: Policy::Off,
+            encrypted: Outcome::Pending,
             done: 0,
+        }
+    }
+
+    /// This state, for an image whose root's encryption follows `policy`.
+    pub fn encrypting(self, policy: Policy) -> State {
+        State {
+            encryption: policy,
+            ..self
+        }
+    }
+
+    /// The next record: the encryption step done, ended as `outcome`.
+    pub fn with_encryption_done(&self, outcome: Outcome) -> State {
+        State {
+            encrypted: outcome,
+            ..self.with_done(Step::Encrypt)
         }
     }
 
@@ -140,9 +171,13 @@ impl State {
     }
 
     /// Whether `step` is part of this copy's first boot (expansion only for a
-    /// compressed root).
+    /// compressed root, encryption only when the image asks for it).
     pub fn applies_step(&self, step: Step) -> bool {
-        step != Step::Expand || self.expand_into != 0
+        match step {
+            Step::Expand => self.expand_into != 0,
+            Step::Encrypt => self.encryption != Policy::Off,
+            _ => true,
+        }
     }
 
     /// Whether `step` is done.
@@ -175,6 +210,7 @@ impl State {
             disk: Guid::derive(&seed, "disk"),
             root_fs_uuid: fs,
             esp_volume_id: u32::from_be_bytes([vol[0], vol[1], vol[2], vol[3]]),
+            luks_uuid: Guid::derive(&seed, "luks2 header"),
             seed: self.seed,
         }
     }
@@ -203,6 +239,8 @@ impl State {
         b[56..88].copy_from_slice(&self.seed);
         b[88..96].copy_from_slice(&self.done.to_le_bytes());
         b[96..100].copy_from_slice(&self.expand_into.to_le_bytes());
+        b[100..104].copy_from_slice(&self.encryption.code().to_le_bytes());
+        b[104..108].copy_from_slice(&self.encrypted.code().to_le_bytes());
         let crc = crc32fast::hash(&b[..RECORD_LEN - 4]);
         b[RECORD_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
         b
@@ -246,10 +284,20 @@ pub fn decode(b: &[u8]) -> Slot {
     if !(1..=VERSION).contains(&version) || done & !KNOWN_BITS != 0 {
         return Slot::Newer(version);
     }
-    if b[100..RECORD_LEN - 4].iter().any(|&x| x != 0) {
+    if b[108..RECORD_LEN - 4].iter().any(|&x| x != 0) {
         // Unused bytes are written as zeros; anything else is not a record of ours.
         return Slot::Damaged("bytes after the record's fields are not zero".into());
     }
+    let (Some(encryption), Some(encrypted)) = (
+        Policy::from_code(u32_at(100)),
+        Outcome::from_code(u32_at(104)),
+    ) else {
+        return Slot::Damaged(format!(
+            "encryption fields {} and {} are not ones this agent knows",
+            u32_at(100),
+            u32_at(104)
+        ));
+    };
     Slot::Valid(State {
         seq: u64_at(12),
         original_disk: guid_at(20),
@@ -257,6 +305,8 @@ pub fn decode(b: &[u8]) -> Slot {
         root_number: u32_at(52),
         seed: b[56..88].try_into().expect("32 bytes"),
         expand_into: u32_at(96),
+        encryption,
+        encrypted,
         done,
     })
 }
@@ -412,15 +462,51 @@ mod tests {
     }
 
     #[test]
+    fn encryption_is_owed_only_when_asked_and_its_outcome_is_kept() {
+        let plain = State::new(guid(1), guid(2), 2, [7; 32]);
+        assert!(!plain.applies_step(Step::Encrypt));
+        let asked = plain.clone().encrypting(Policy::Offer);
+        assert!(asked.applies_step(Step::Encrypt));
+        let grown = [Step::Identity, Step::GrowPartition, Step::GrowFilesystem]
+            .iter()
+            .fold(asked, |st, step| st.with_done(*step));
+        assert!(!grown.all_done(), "the encryption step is owed");
+        let declined = grown.with_encryption_done(Outcome::Declined);
+        assert!(declined.all_done() && declined.is_done(Step::Encrypt));
+        let Slot::Valid(back) = decode(&declined.encode()) else {
+            panic!("round trip")
+        };
+        assert_eq!(
+            (back.encryption, back.encrypted),
+            (Policy::Offer, Outcome::Declined)
+        );
+        // A layout-2 record (zeros there) owes no encryption.
+        let mut b = plain.with_done(Step::Identity).encode();
+        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let crc = crc32fast::hash(&b[..RECORD_LEN - 4]);
+        b[RECORD_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
+        let Slot::Valid(old) = decode(&b) else {
+            panic!("layout 2 is read")
+        };
+        assert_eq!(old.encryption, Policy::Off);
+        // Codes this agent does not know are not a record it may act on.
+        let mut b = State::new(guid(1), guid(2), 2, [7; 32]).encode();
+        b[100] = 9;
+        let crc = crc32fast::hash(&b[..RECORD_LEN - 4]);
+        b[RECORD_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(decode(&b), Slot::Damaged(w) if w.contains("encryption fields 9")));
+    }
+
+    #[test]
     fn newer_or_doubly_damaged_records_are_unusable() {
         let s = State::new(guid(1), guid(2), 2, [7; 32]);
         let mut b = s.encode();
-        b[8] = 3;
+        b[8] = 4;
         let crc = crc32fast::hash(&b[..RECORD_LEN - 4]);
         b[RECORD_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode(&b), Slot::Newer(3));
+        assert_eq!(decode(&b), Slot::Newer(4));
         assert!(matches!(
-            current([Slot::Newer(3), Slot::Valid(s)]),
+            current([Slot::Newer(4), Slot::Valid(s)]),
             Found::Unusable(_)
         ));
         let d = || Slot::Damaged("x".into());

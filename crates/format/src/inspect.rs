@@ -68,6 +68,10 @@ pub enum FirstBootReport {
         original_root_guid: crate::Guid,
         /// The partition a compressed root expands into (`None` for an ext4 root).
         expand_into: Option<u32>,
+        /// What the image asked of the root's encryption (`off`, `offer`, `require`,
+        /// `build-key`), and how this copy's encryption step ended (`pending`,
+        /// `encrypted`, `declined`).
+        encryption: EncryptionReport,
     },
     /// A record that belongs to another copy written here before (its disk GUID does
     /// not match), which the agent ignores.
@@ -77,6 +81,15 @@ pub enum FirstBootReport {
         /// Why.
         reason: String,
     },
+}
+
+/// The encryption part of a first-boot record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EncryptionReport {
+    /// The image's policy when the copy's first boot began.
+    pub policy: &'static str,
+    /// How the encryption step ended.
+    pub outcome: &'static str,
 }
 
 fn first_boot(found: crate::firstboot::Found, disk_guid: crate::Guid) -> FirstBootReport {
@@ -95,6 +108,10 @@ fn first_boot(found: crate::firstboot::Found, disk_guid: crate::Guid) -> FirstBo
             original_disk_guid: s.original_disk,
             original_root_guid: s.original_root,
             expand_into: (s.expand_into != 0).then_some(s.expand_into),
+            encryption: EncryptionReport {
+                policy: s.encryption.name(),
+                outcome: s.encrypted.name(),
+            },
         },
     }
 }

@@ -195,20 +195,25 @@ fn update_disk(
         .tempdir()
         .context("making a work directory")?;
 
+    let policy = settings
+        .encryption
+        .parse::<oneimage_format::encryption::Policy>()
+        .map_err(|e| anyhow::anyhow!("{MENU_SETTINGS_PATH}: encryption = {e}"))?;
+    let extras = initramfs::Extras {
+        epoch: settings.epoch,
+        encryption: oneimage_format::encryption::Settings {
+            policy,
+            discards: settings.encryption_discards,
+        },
+    };
     let mut kernels = Vec::new();
     let mut written = Vec::new();
     for (release, image) in &chosen {
         say(&format!("kernel {release}: making its initramfs"));
         let initrd = work.path().join(format!("initrd-{release}"));
-        let sum = initramfs::make_initramfs(
-            &RunningSystem,
-            arch,
-            release,
-            &agent,
-            settings.epoch,
-            &initrd,
-        )
-        .with_context(|| format!("making the initramfs of kernel {release}"))?;
+        let sum =
+            initramfs::make_initramfs(&RunningSystem, arch, release, &agent, &extras, &initrd)
+                .with_context(|| format!("making the initramfs of kernel {release}"))?;
         if !sum.missing.is_empty() {
             say(&format!(
                 "kernel {release}: modules not in this kernel: {}",

@@ -20,6 +20,10 @@ pub struct Expect {
     /// Once the first text appears, type the bytes on the serial console (to pick a
     /// boot menu entry with no one at the keyboard).
     pub press: Option<(String, Vec<u8>)>,
+    /// Prompts to answer, in order: when the next one's text appears on the console
+    /// (after the previous answer), its reply is typed there, then Enter (a line feed,
+    /// which a terminal in line mode takes as the end of the line).
+    pub answers: Vec<(String, String)>,
     /// When set, a found text is followed by a power-button press through this QMP
     /// socket and a wait for QEMU to exit.
     pub poweroff: Option<std::path::PathBuf>,
@@ -66,6 +70,14 @@ const FIRMWARE_GAVE_UP: &str = "UEFI Interactive Shell";
 
 const KEEP: usize = 64 * 1024;
 
+/// Where `needle` first occurs in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
 fn last_lines(buf: &[u8], n: usize) -> String {
     let s = String::from_utf8_lossy(buf);
     let lines: Vec<&str> = s.lines().collect();
@@ -77,6 +89,9 @@ pub fn watch(mut child: Child, e: &Expect) -> Result<Outcome> {
     let mut out = child.stdout.take().expect("stdout is piped");
     let mut keyboard = child.stdin.take();
     let mut pressed = false;
+    // The next prompt to answer, and where in `buf` to look for it.
+    let mut next_answer = 0;
+    let mut answer_from = 0;
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     std::thread::spawn(move || {
         let mut b = [0u8; 4096];
@@ -138,6 +153,18 @@ pub fn watch(mut child: Child, e: &Expect) -> Result<Outcome> {
                         pressed = true;
                     }
                 }
+                while let Some((prompt, reply)) = e.answers.get(next_answer) {
+                    let Some(at) = find(&buf[answer_from..], prompt.as_bytes()) else {
+                        break;
+                    };
+                    if let Some(k) = keyboard.as_mut() {
+                        k.write_all(reply.as_bytes())?;
+                        k.write_all(b"\n")?;
+                        k.flush()?;
+                    }
+                    answer_from += at + prompt.len();
+                    next_answer += 1;
+                }
                 if let Some(t) = &e.text {
                     if buf[search_from..]
                         .windows(t.len())
@@ -164,7 +191,9 @@ pub fn watch(mut child: Child, e: &Expect) -> Result<Outcome> {
                     });
                 }
                 if buf.len() > 2 * KEEP {
-                    buf.drain(..buf.len() - KEEP);
+                    let dropped = buf.len() - KEEP;
+                    buf.drain(..dropped);
+                    answer_from = answer_from.saturating_sub(dropped);
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -261,4 +290,64 @@ fn power_off(
     Ok(Outcome::FoundNoPoweroff {
         tail: last_lines(&buf, 30),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    fn shell(script: &str) -> Child {
+        Command::new("sh")
+            .args(["-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn expect(text: &str, answers: &[(&str, &str)]) -> Expect {
+        Expect {
+            text: Some(text.into()),
+            timeout: Some(Duration::from_secs(20)),
+            echo: false,
+            log: None,
+            press: None,
+            answers: answers
+                .iter()
+                .map(|(p, r)| (p.to_string(), r.to_string()))
+                .collect(),
+            poweroff: None,
+            cut_after: None,
+        }
+    }
+
+    #[test]
+    fn prompts_are_answered_in_order_each_once() {
+        // The same prompt twice takes two answers; a reply is typed only after its
+        // prompt, so the second "Passphrase:" gets the second reply.
+        let child = shell(
+            "printf 'Passphrase: '; read a; echo \"got $a\"; printf 'Passphrase: '; read b; echo \"got $b\"; printf 'Again: '; read c; echo \"done $a/$b/$c\"",
+        );
+        let e = expect(
+            "done wrong/right/right",
+            &[
+                ("Passphrase:", "wrong"),
+                ("Passphrase:", "right"),
+                ("Again:", "right"),
+            ],
+        );
+        assert_eq!(watch(child, &e).unwrap(), Outcome::Found);
+    }
+
+    #[test]
+    fn a_prompt_that_never_comes_leaves_the_run_to_its_timeout() {
+        let child = shell("printf 'Something else: '; read a; echo \"got $a\"; sleep 30");
+        let mut e = expect("got", &[("Passphrase:", "x")]);
+        e.timeout = Some(Duration::from_secs(2));
+        assert!(matches!(
+            watch(child, &e).unwrap(),
+            Outcome::TimedOut { .. }
+        ));
+    }
 }

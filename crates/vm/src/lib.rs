@@ -69,6 +69,8 @@ pub struct QemuOptions {
     /// from: a second disk or a stick left plugged in. Written in place, like the image,
     /// unless `snapshot`.
     pub extra_disks: Vec<PathBuf>,
+    /// Console prompts to answer in order: (text to wait for, reply typed with Enter).
+    pub answers: Vec<(String, String)>,
     /// The machine's architecture; by default the image's (its root partition type), or
     /// this host's for images that do not tell.
     pub arch: Option<Arch>,
@@ -455,6 +457,7 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
         log: opts.console_log.clone(),
         poweroff: opts.poweroff.then(|| tmp.path().join("qmp.sock")),
         cut_after: opts.power_cut_after,
+        answers: opts.answers.clone(),
         press: match opts.entry.as_deref() {
             None => None,
             // oneimage's grub.cfg gives each entry a hotkey; the menu shows the live
