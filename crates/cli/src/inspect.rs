@@ -83,6 +83,9 @@ pub fn run(image: &Path, json: bool) -> Result<()> {
                 format_size(fs.total_bytes)
             );
         }
+        if let Some(h) = &p.luks2 {
+            print_luks2(h);
+        }
         for b in &p.boot_files {
             println!("   {:<40} {:>10}", b.path, format_size(b.size));
         }
@@ -147,4 +150,47 @@ pub fn run(image: &Path, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The lines of a LUKS2 header: what it is, its keyslots and its segments.
+fn print_luks2(h: &oneimage_format::luks2::Header) {
+    println!(
+        "   LUKS{} UUID {} label {:?}, header {}, checksum {}{}",
+        h.version,
+        h.uuid,
+        h.label,
+        format_size(h.header_size),
+        if h.checksum_ok { "good" } else { "BAD" },
+        if h.reencrypt_in_progress() {
+            "; an encryption or re-encryption is in progress (cut short, or running)"
+        } else {
+            ""
+        }
+    );
+    for k in &h.keyslots {
+        let kdf = match (&k.kdf, k.kdf_memory_kib, k.kdf_time) {
+            (Some(kdf), Some(m), Some(t)) => {
+                format!("{kdf}, memory {}, time {t}", format_size(m << 10))
+            }
+            (Some(kdf), None, Some(t)) => format!("{kdf}, {t} iterations"),
+            (Some(kdf), _, _) => kdf.clone(),
+            (None, _, _) => "no KDF".into(),
+        };
+        println!("   keyslot {}: {} ({kdf})", k.id, k.kind);
+    }
+    for s in &h.segments {
+        println!(
+            "   segment {}: {} at {}, {}{}{}",
+            s.id,
+            s.kind,
+            format_size(s.offset),
+            s.size
+                .map_or("to the end of the device".into(), format_size),
+            s.cipher
+                .as_ref()
+                .map_or(String::new(), |c| format!(", {c}")),
+            s.sector_size
+                .map_or(String::new(), |n| format!(", {n}-byte sectors"))
+        );
+    }
 }

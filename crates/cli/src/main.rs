@@ -121,8 +121,9 @@ enum Cmd {
         #[arg(long, value_parser = parse_arch)]
         arch: Option<oneimage_format::arch::Arch>,
         /// When PROMPT appears on the serial console, type REPLY and Enter there (a
-        /// passphrase the boot asks for, say); repeat for more, answered in the order
-        /// given, each after the one before (needs --headless).
+        /// passphrase the boot asks for, say). Repeatable; each answer is used once, the
+        /// answers for one prompt in the order given; answers for prompts that never
+        /// appear are not used (needs --headless).
         #[arg(long, value_name = "PROMPT=REPLY", requires = "headless", value_parser = parse_answer)]
         answer: Vec<(String, String)>,
     },

@@ -21,6 +21,8 @@ pub struct PartitionReport {
     pub size: u64,
     /// Filesystem, if one was recognised.
     pub filesystem: Option<FsInfo>,
+    /// The LUKS2 header, for an encrypted partition.
+    pub luks2: Option<crate::luks2::Header>,
     /// Files that boot the system, for an ESP (every file on it).
     pub boot_files: Vec<FatFile>,
     /// Boot menu entries of the GRUB configuration on an ESP.
@@ -142,6 +144,7 @@ pub fn inspect<R: Read + Seek>(disk: &mut R) -> Result<Report, InspectError> {
             offset,
             size: len,
             filesystem: None,
+            luks2: None,
             boot_files: Vec::new(),
             boot_entries: Vec::new(),
             error: None,
@@ -160,6 +163,10 @@ pub fn inspect<R: Read + Seek>(disk: &mut R) -> Result<Report, InspectError> {
         }
         let mut part = Slice::new(&mut *disk, offset, len);
         rep.filesystem = probe(&mut part)?;
+        match read_luks2(&mut part, len) {
+            Ok(h) => rep.luks2 = h,
+            Err(e) => rep.error = Some(e),
+        }
         if rep.filesystem.as_ref().is_some_and(|f| f.kind == "vfat") {
             match read_contents(Slice::new(&mut *disk, offset, len), 0, len) {
                 Ok(c) => {
@@ -188,6 +195,33 @@ pub fn inspect<R: Read + Seek>(disk: &mut R) -> Result<Report, InspectError> {
         iso: crate::iso9660::read_view(disk)?,
         first_boot: first_boot(crate::firstboot::read(disk)?, table.disk_guid),
     })
+}
+
+/// The LUKS2 header at the start of `part` (`len` bytes), if it has one.
+fn read_luks2<R: Read + Seek>(
+    part: &mut R,
+    len: u64,
+) -> Result<Option<crate::luks2::Header>, String> {
+    use crate::luks2;
+    let mut head = vec![0u8; luks2::BINARY_LEN];
+    if len < head.len() as u64 {
+        return Ok(None);
+    }
+    let io = |e: io::Error| format!("reading the LUKS header: {e}");
+    part.seek(SeekFrom::Start(0)).map_err(io)?;
+    part.read_exact(&mut head).map_err(io)?;
+    if !luks2::is_luks(&head) {
+        return Ok(None);
+    }
+    let n = luks2::header_len(&head)
+        .filter(|n| *n as u64 <= len)
+        .ok_or("a LUKS header that is not LUKS2, or whose size does not fit the partition")?;
+    head.resize(n, 0);
+    part.read_exact(&mut head[luks2::BINARY_LEN..])
+        .map_err(io)?;
+    luks2::read(&head)
+        .map(Some)
+        .map_err(|e| format!("the LUKS2 header: {e}"))
 }
 
 fn read_bios_boot<R: Read + Seek>(

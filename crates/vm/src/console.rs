@@ -20,9 +20,11 @@ pub struct Expect {
     /// Once the first text appears, type the bytes on the serial console (to pick a
     /// boot menu entry with no one at the keyboard).
     pub press: Option<(String, Vec<u8>)>,
-    /// Prompts to answer, in order: when the next one's text appears on the console
-    /// (after the previous answer), its reply is typed there, then Enter (a line feed,
-    /// which a terminal in line mode takes as the end of the line).
+    /// Prompts to answer, each answer used once: when a prompt's text appears on the
+    /// console (after the last prompt answered), the first unused answer for it is
+    /// typed there, then Enter (a line feed, which a terminal in line mode takes as the
+    /// end of the line). Answers for prompts that never come stay unused, so a run may
+    /// carry answers for each way a boot can go.
     pub answers: Vec<(String, String)>,
     /// When set, a found text is followed by a power-button press through this QMP
     /// socket and a wait for QEMU to exit.
@@ -70,6 +72,28 @@ const FIRMWARE_GAVE_UP: &str = "UEFI Interactive Shell";
 
 const KEEP: usize = 64 * 1024;
 
+/// The answer to type next, and where its prompt is in `text`: of the prompts with an
+/// unused answer, the one that appears first (its first unused answer).
+fn next_prompt(answers: &[(String, String)], used: &[bool], text: &[u8]) -> Option<(usize, usize)> {
+    let mut best: Option<(usize, usize)> = None;
+    for (i, (prompt, _)) in answers.iter().enumerate() {
+        if used[i]
+            || answers[..i]
+                .iter()
+                .zip(used)
+                .any(|((p, _), u)| !u && p == prompt)
+        {
+            continue;
+        }
+        if let Some(at) = find(text, prompt.as_bytes()) {
+            if best.is_none_or(|(_, b)| at < b) {
+                best = Some((i, at));
+            }
+        }
+    }
+    best
+}
+
 /// Where `needle` first occurs in `hay`.
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() {
@@ -89,8 +113,8 @@ pub fn watch(mut child: Child, e: &Expect) -> Result<Outcome> {
     let mut out = child.stdout.take().expect("stdout is piped");
     let mut keyboard = child.stdin.take();
     let mut pressed = false;
-    // The next prompt to answer, and where in `buf` to look for it.
-    let mut next_answer = 0;
+    // Which answers were typed, and where in `buf` to look for the next prompt.
+    let mut used = vec![false; e.answers.len()];
     let mut answer_from = 0;
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     std::thread::spawn(move || {
@@ -153,17 +177,15 @@ pub fn watch(mut child: Child, e: &Expect) -> Result<Outcome> {
                         pressed = true;
                     }
                 }
-                while let Some((prompt, reply)) = e.answers.get(next_answer) {
-                    let Some(at) = find(&buf[answer_from..], prompt.as_bytes()) else {
-                        break;
-                    };
+                while let Some((i, at)) = next_prompt(&e.answers, &used, &buf[answer_from..]) {
+                    let (prompt, reply) = &e.answers[i];
                     if let Some(k) = keyboard.as_mut() {
                         k.write_all(reply.as_bytes())?;
                         k.write_all(b"\n")?;
                         k.flush()?;
                     }
                     answer_from += at + prompt.len();
-                    next_answer += 1;
+                    used[i] = true;
                 }
                 if let Some(t) = &e.text {
                     if buf[search_from..]
@@ -335,6 +357,21 @@ mod tests {
                 ("Passphrase:", "wrong"),
                 ("Passphrase:", "right"),
                 ("Again:", "right"),
+            ],
+        );
+        assert_eq!(watch(child, &e).unwrap(), Outcome::Found);
+    }
+
+    #[test]
+    fn answers_for_prompts_that_never_come_stay_unused() {
+        // A boot may ask one thing or another: answers for both are given.
+        let child = shell("printf 'Resume: '; read a; echo \"done $a\"");
+        let e = expect(
+            "done resumed",
+            &[
+                ("Choose:", "new"),
+                ("Again:", "new"),
+                ("Resume:", "resumed"),
             ],
         );
         assert_eq!(watch(child, &e).unwrap(), Outcome::Found);

@@ -428,8 +428,9 @@ pub fn run(opts: &QemuOptions) -> Result<Outcome> {
                 "-serial",
                 "chardev:ser0",
             ]);
-        // stdin is the serial console's keyboard, used to pick a menu entry.
-        cmd.stdin(if opts.entry.is_some() {
+        // stdin is the serial console's keyboard, used to pick a menu entry and to
+        // answer prompts.
+        cmd.stdin(if opts.entry.is_some() || !opts.answers.is_empty() {
             Stdio::piped()
         } else {
             Stdio::null()
