@@ -8,6 +8,10 @@
 //! (SHA-256 here, as cryptsetup writes by default) covers those `hdr_size` bytes with the
 //! checksum field zeroed.
 
+mod make;
+
+pub use make::{encrypt_sectors, make_header, BuildKey, Made, DATA_OFFSET};
+
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
