@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The encryption campaign: examples/debian-encrypt-first-boot.toml built twice
-# (byte-identical), then every encryption test: the first boot and the one after (the
-# suite's), three wrong passphrases then the right one, a declined offer
-# (examples/debian-encrypt-offer.toml), the live entry on an encrypted disk, and power
-# cuts all through the encryption (ONEIMAGE_POWER_CUTS, ONEIMAGE_POWER_CUT_SEED,
-# ONEIMAGE_ENCRYPT_CUT_SPAN_MS). Every test runs even when one fails; the script fails
+# The encryption campaign: examples/debian-encrypt-first-boot.toml and
+# examples/debian-encrypt-build-key.toml built twice each (byte-identical), then every
+# encryption test: the first boot and the one after (the suite's), three wrong
+# passphrases then the right one, a declined offer (examples/debian-encrypt-offer.toml),
+# the live entry on an encrypted disk, power cuts all through the encryption
+# (ONEIMAGE_POWER_CUTS, ONEIMAGE_POWER_CUT_SEED, ONEIMAGE_ENCRYPT_CUT_SPAN_MS), the
+# build-key image's rekey (the suite's), its live boot from a DVD, and power cuts all
+# through its rekey (ONEIMAGE_REKEY_CUT_SPAN_MS). Every test runs even when one fails; the script fails
 # at the end then. Needs about 20 GiB of free space.
 #
 #   scripts/encryption.sh
@@ -20,16 +22,18 @@ cache=$target/tmp/rootfs-cache
 work=$(mktemp -d /var/tmp/oneimage-encryption.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-spec=$work/spec.toml
-sed -e "s|^overlay = \"debian-overlay\"|overlay = \"$PWD/examples/debian-overlay\"|" \
-  examples/debian-encrypt-first-boot.toml >"$spec"
-for run in a b; do
-  "$bin" build "$spec" -o "$work/$run" --rootfs-cache "$cache" 2>"$work/$run.log"
+for example in debian-encrypt-first-boot debian-encrypt-build-key; do
+  spec=$work/$example.toml
+  sed -e "s|^overlay = \"debian-overlay\"|overlay = \"$PWD/examples/debian-overlay\"|" \
+    "examples/$example.toml" >"$spec"
+  for run in a b; do
+    "$bin" build "$spec" -o "$work/$run" --rootfs-cache "$cache" 2>"$work/$run.log"
+  done
+  a=$(sha256sum <"$work/a"/*.img) b=$(sha256sum <"$work/b"/*.img)
+  [ "$a" = "$b" ] || { echo "encryption: two builds of $example differ" >&2; exit 1; }
+  echo "encryption: $example: two builds byte-identical (${a%% *})"
+  rm -rf "$work/a" "$work/b"
 done
-a=$(sha256sum <"$work/a"/*.img) b=$(sha256sum <"$work/b"/*.img)
-[ "$a" = "$b" ] || { echo "encryption: two builds differ" >&2; exit 1; }
-echo "encryption: two builds byte-identical (${a%% *})"
-rm -rf "$work/a" "$work/b"
 
 failed=0
 cargo test --release --locked --test encryption -- --include-ignored --test-threads=1 --nocapture || failed=1

@@ -11,7 +11,7 @@
 use crate::console;
 use crate::disks::Found;
 use crate::log::say;
-use oneimage_format::encryption::{Policy, Settings, MAPPING, POLICY_PATH};
+use oneimage_format::encryption::{BuildKeyFacts, Policy, Settings, MAPPING, POLICY_PATH};
 use oneimage_format::luks2;
 use oneimage_format::Guid;
 use std::io::{Read, Write};
@@ -117,10 +117,12 @@ pub enum Choice {
 /// Asks for a new passphrase, twice, on every console; an empty one declines where
 /// `policy` allows it.
 pub fn ask_new(policy: Policy, dev: &Path) -> Result<Choice, String> {
-    let dev = dev.display();
-    console::tell_all(&format!(
-        "this copy's root, {dev}, is encrypted on its first boot (LUKS2, aes-xts-plain64, argon2id); the passphrase is asked on every boot after"
-    ));
+    if policy != Policy::BuildKey && !dev.as_os_str().is_empty() {
+        console::tell_all(&format!(
+            "this copy's root, {}, is encrypted on its first boot (LUKS2, aes-xts-plain64, argon2id); the passphrase is asked on every boot after",
+            dev.display()
+        ));
+    }
     loop {
         let question = if policy.may_decline() {
             "Choose a passphrase to encrypt the disk (Enter alone: no encryption): "
@@ -194,6 +196,16 @@ pub fn resume(node: &Path) -> Result<Passphrase, String> {
     loop {
         let pass = console::ask_secret("Passphrase to finish encrypting the disk: ")
             .ok_or("no console to ask for a passphrase on")?;
+        // A cut in the middle of a write leaves the segment being written to recover
+        // (from the checksums or the moved data cryptsetup kept) before it goes on:
+        // `reencrypt --resume-only` refuses until `repair` has done that.
+        match run(&["repair", "--batch-mode", "--key-file", "-", &dev], &pass)? {
+            Ran::Done => {}
+            Ran::WrongPassphrase => {
+                console::tell_all("wrong passphrase");
+                continue;
+            }
+        }
         let args = [
             "reencrypt",
             "--resume-only",
@@ -208,6 +220,137 @@ pub fn resume(node: &Path) -> Result<Passphrase, String> {
             Ran::Done => return Ok(pass),
             Ran::WrongPassphrase => console::tell_all("wrong passphrase"),
         }
+    }
+}
+
+/// Whether `passphrase` opens a keyslot of `node` (`cryptsetup open --test-passphrase`).
+fn opens(node: &Path, passphrase: &[u8]) -> Result<bool, String> {
+    let dev = node.display().to_string();
+    let args = ["open", "--test-passphrase", "--key-file", "-", dev.as_str()];
+    Ok(matches!(run(&args, passphrase)?, Ran::Done))
+}
+
+/// A passphrase in a file only this program can read, on the initramfs's RAM
+/// filesystem, for the cryptsetup commands that take two; removed when dropped.
+struct KeyFile(PathBuf);
+
+impl KeyFile {
+    fn new(name: &str, bytes: &[u8]) -> Result<KeyFile, String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = Path::new("/run/oneimage/keys");
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let path = dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("creating {}: {e}", path.display()))?;
+        f.write_all(bytes)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        Ok(KeyFile(path))
+    }
+    fn arg(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        if let Ok(len) = std::fs::metadata(&self.0).map(|m| m.len()) {
+            let _ = std::fs::write(&self.0, vec![0u8; len as usize]);
+        }
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The first persistent boot of an image encrypted at build time: the public
+/// passphrase replaced by one the user chooses, then the root re-encrypted to a new
+/// volume key (the build's is public), then the header given this copy's `uuid`. Each
+/// part is told from the header itself, so a boot cut short anywhere is finished by the
+/// next: an interrupted re-encryption resumes; a root whose passphrase was changed
+/// but whose volume key is still the build's (its digest is `facts.digest`) is
+/// re-encrypted with the passphrase chosen before. Returns the passphrase when this
+/// boot was given it.
+pub fn rekey(node: &Path, facts: &BuildKeyFacts, uuid: Guid) -> Result<Option<Passphrase>, String> {
+    let dev = node.display().to_string();
+    let h = header(node)?.ok_or_else(|| {
+        format!("{dev} holds no LUKS2 header, but this image was encrypted when it was built")
+    })?;
+    let pass = if h.reencrypt_in_progress() {
+        Some(resume(node)?)
+    } else if h.digests.iter().any(|d| d == &facts.digest) {
+        let new = if opens(node, facts.passphrase.as_bytes())? {
+            console::tell_all(&format!(
+                "this copy's root, {dev}, was encrypted when the image was built, with a passphrase anyone can read: choose your own; the root is then re-encrypted with a new key"
+            ));
+            let new = ask_new_required()?;
+            let old = KeyFile::new("old", facts.passphrase.as_bytes())?;
+            let newf = KeyFile::new("new", &new)?;
+            let args = [
+                "luksChangeKey",
+                "--batch-mode",
+                "--pbkdf",
+                "argon2id",
+                "--key-file",
+                &old.arg(),
+                &dev,
+                &newf.arg(),
+            ];
+            if let Ran::WrongPassphrase = run(&args, b"")? {
+                return Err(format!(
+                    "cryptsetup refused the image's public passphrase for {dev}"
+                ));
+            }
+            say(&format!("{dev}: the public passphrase no longer opens it"));
+            new
+        } else {
+            say(&format!(
+                "{dev}: its passphrase was changed on an earlier boot, which was cut short before the new key"
+            ));
+            loop {
+                let p = console::ask_secret("Passphrase chosen for the disk: ")
+                    .ok_or("no console to ask for a passphrase on")?;
+                if opens(node, &p)? {
+                    break p;
+                }
+                console::tell_all("wrong passphrase");
+            }
+        };
+        say(&format!(
+            "re-encrypting {dev} with a new volume key (its data is read, re-encrypted and written back; a power cut is resumed by the next boot)"
+        ));
+        let args = [
+            "reencrypt",
+            "--key-file",
+            "-",
+            "--batch-mode",
+            "--progress-frequency",
+            "5",
+            &dev,
+        ];
+        if let Ran::WrongPassphrase = run(&args, &new)? {
+            return Err(format!("cryptsetup refused the new passphrase for {dev}"));
+        }
+        Some(new)
+    } else {
+        None
+    };
+    // The header's UUID was the image's, the same in every copy.
+    let uuid = uuid.to_string();
+    crate::run::tool(
+        CRYPTSETUP,
+        &["luksUUID", "--batch-mode", "--uuid", &uuid, &dev],
+    )?;
+    Ok(pass)
+}
+
+/// Asks for a new passphrase twice until the two agree and it is not empty.
+fn ask_new_required() -> Result<Passphrase, String> {
+    match ask_new(Policy::Require, Path::new(""))? {
+        Choice::Encrypt(p) => Ok(p),
+        Choice::Decline => Err("a passphrase is required".into()),
     }
 }
 
@@ -232,9 +375,15 @@ pub fn unlock(
         node: PathBuf::from(format!("/dev/mapper/{MAPPING}")),
         ..found.clone()
     };
+    let unlocked = || {
+        say(&format!(
+            "{dev} unlocked as /dev/mapper/{MAPPING}{}",
+            if read_only { " (read-only)" } else { "" }
+        ))
+    };
     if let Some(p) = passphrase {
         if let Ran::Done = run(&args, &p)? {
-            say(&format!("{dev} unlocked as /dev/mapper/{MAPPING}"));
+            unlocked();
             return Ok(mapped());
         }
     }
@@ -244,10 +393,7 @@ pub fn unlock(
                 .ok_or("no console to ask for the passphrase on")?;
             match run(&args, &pass)? {
                 Ran::Done => {
-                    say(&format!(
-                        "{dev} unlocked as /dev/mapper/{MAPPING}{}",
-                        if read_only { " (read-only)" } else { "" }
-                    ));
+                    unlocked();
                     return Ok(mapped());
                 }
                 Ran::WrongPassphrase => {

@@ -15,7 +15,7 @@ use crate::cmdline::Grow;
 use crate::crypt::Passphrase;
 use crate::disks::Found;
 use crate::log::say;
-use oneimage_format::encryption::{Outcome as Encrypted, Policy};
+use oneimage_format::encryption::{Outcome as Encrypted, Policy, Settings};
 use oneimage_format::firstboot::{self as record, Identity, State, Step};
 use oneimage_format::gpt::{read_table, Table};
 use oneimage_format::identity::{uuid_change_of, UuidChange};
@@ -85,13 +85,13 @@ pub enum Outcome {
 /// Runs the steps that come before the root is mounted (identity, expansion of a
 /// compressed root, encryption, partition growth) on the writable disk holding `found`,
 /// whose filesystem is the compressed `compressed` one or ext4 (`None`), for an image
-/// whose encryption policy is `policy`. A failed step is reported and leaves the rest
-/// for the next boot.
+/// whose encryption settings are `encryption`. A failed step is reported and leaves the
+/// rest for the next boot.
 pub fn before_mount(
     found: &Found,
     compressed: Option<&str>,
     grow: Grow,
-    policy: Policy,
+    encryption: &Settings,
 ) -> Outcome {
     let fallback = || match compressed {
         Some(_) => Outcome::Live,
@@ -101,7 +101,7 @@ pub fn before_mount(
             passphrase: None,
         },
     };
-    match steps_before_mount(found, compressed, grow, policy) {
+    match steps_before_mount(found, compressed, grow, encryption) {
         Ok(o) => o,
         Err(e) => {
             say(&format!("first boot: {e}"));
@@ -117,7 +117,7 @@ fn steps_before_mount(
     found: &Found,
     compressed: Option<&str>,
     grow: Grow,
-    policy: Policy,
+    encryption: &Settings,
 ) -> Result<Outcome, String> {
     let started = Instant::now();
     let dev = format!("/dev/{}", found.disk);
@@ -178,7 +178,7 @@ fn steps_before_mount(
                 .find(|p| p.number == found.number)
                 .ok_or_else(|| format!("partition {} vanished from {dev}", found.number))?;
             let mut s = State::new(table.disk_guid, root.guid, found.number, new_seed()?)
-                .encrypting(policy);
+                .encrypting(encryption.policy);
             if let Some(kind) = compressed {
                 // Before anything is written: a disk too small keeps the image as it is.
                 let number = crate::expand::new_number(&table);
@@ -282,8 +282,13 @@ fn steps_before_mount(
     let mut passphrase = None;
     if state.applies_step(Step::Encrypt) && !state.is_done(Step::Encrypt) {
         drop(disk);
-        let (outcome, given) = encrypt_step(&root, state.encryption, state.identity().luks_uuid)
-            .map_err(|e| format!("encrypting the root: {e}"))?;
+        let (outcome, given) = encrypt_step(
+            &root,
+            state.encryption,
+            encryption,
+            state.identity().luks_uuid,
+        )
+        .map_err(|e| format!("encrypting the root: {e}"))?;
         passphrase = given;
         disk = crate::disks::open_rw(&dev)?;
         state = state.with_encryption_done(outcome);
@@ -329,8 +334,22 @@ fn steps_before_mount(
 fn encrypt_step(
     root: &Found,
     policy: Policy,
+    settings: &Settings,
     luks_uuid: Guid,
 ) -> Result<(Encrypted, Option<Passphrase>), String> {
+    if policy == Policy::BuildKey {
+        let facts = settings.build_key.as_ref().ok_or(
+            "the image was encrypted when it was built, but its initramfs does not say with what (its build-passphrase and build-digest)",
+        )?;
+        let started = Instant::now();
+        let p = crate::crypt::rekey(&root.node, facts, luks_uuid)?;
+        say(&format!(
+            "first boot: {} has its own passphrase and volume key ({:.1} s)",
+            root.node.display(),
+            started.elapsed().as_secs_f64()
+        ));
+        return Ok((Encrypted::Encrypted, p));
+    }
     match crate::crypt::header(&root.node)? {
         None => match crate::crypt::ask_new(policy, &root.node)? {
             crate::crypt::Choice::Decline => Ok((Encrypted::Declined, None)),

@@ -78,7 +78,7 @@ fn persistent(
     }
     // A failed first-boot step is reported but does not stop the boot: the system
     // still works, and the next boot tries again.
-    let outcome = firstboot::before_mount(found, compressed, cmd.grow, encryption.policy);
+    let outcome = firstboot::before_mount(found, compressed, cmd.grow, &encryption);
     let (mut root, pending, passphrase) = match outcome {
         firstboot::Outcome::Live => return mounts::mount_live(&found.node, compressed),
         firstboot::Outcome::Persistent {
@@ -169,7 +169,14 @@ fn run() -> Result<Infallible, String> {
                     root.display()
                 ));
             }
-            root = crypt::unlock(&found, true, false, None)?.node;
+            // A root still under the image's public key opens with the public
+            // passphrase, unasked.
+            let public = encryption
+                .build_key
+                .as_ref()
+                .filter(|f| h.digests.contains(&f.digest))
+                .map(|f| zeroize::Zeroizing::new(f.passphrase.as_bytes().to_vec()));
+            root = crypt::unlock(&found, true, false, public)?.node;
         }
     }
     // A SquashFS or EROFS root is read-only: booted live, or expanded into ext4 first.

@@ -6,6 +6,7 @@
 //! behind.
 
 pub mod assemble;
+pub mod build_key;
 pub mod compressed_root;
 pub mod esp;
 pub mod ext4;
@@ -21,6 +22,7 @@ pub mod spec;
 pub mod vm_formats;
 
 use anyhow::{bail, Context, Result};
+use oneimage_format::encryption::Policy;
 use oneimage_format::size::format_size;
 use spec::{RootfsSource, Spec};
 use std::path::{Path, PathBuf};
@@ -173,6 +175,26 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
     // image carries the programs that make it. A root read in place from a directory is
     // never changed.
     let kernel_updates = spec.boot.initramfs == "oneimage" && !tree.borrowed;
+    // What the initramfs tells the agent about encryption; for a build-time key, the
+    // header is made now (it depends on the seed only) and written with the root.
+    let (build_key, encryption) = if checked.encryption == Policy::BuildKey {
+        let (made, settings) = build_key::header(
+            &checked.seed,
+            checked.build_passphrase(),
+            spec.encryption.discards,
+        )
+        .with_context(|| format!("{}: [encryption]", spec_path.display()))?;
+        (Some(made), settings)
+    } else {
+        (
+            None,
+            oneimage_format::encryption::Settings {
+                policy: checked.encryption,
+                discards: spec.encryption.discards,
+                build_key: None,
+            },
+        )
+    };
     if kernel_updates {
         kernel_updates::add_to_root(
             &mut tree,
@@ -204,10 +226,7 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
                 &agent,
                 &initramfs::Extras {
                     epoch,
-                    encryption: oneimage_format::encryption::Settings {
-                        policy: checked.encryption,
-                        discards: spec.encryption.discards,
-                    },
+                    encryption: encryption.clone(),
                 },
                 &initrd,
             )
@@ -276,18 +295,25 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
     // The root filesystem is made in place inside the image, laid out for its size.
     // An in-place encryption on the first boot puts its LUKS2 header in front of the
     // data: the partition keeps room for it after the filesystem.
-    let header_room = if checked.encryption.needs_cryptsetup() {
-        oneimage_format::encryption::HEADER_ROOM
-    } else {
-        0
+    // An image encrypted at build time has its LUKS2 header there instead, in front.
+    let (header_room, data_offset) = match checked.encryption {
+        Policy::Off => (0, 0),
+        Policy::BuildKey => (0, build_key::DATA_OFFSET),
+        Policy::Offer | Policy::Require => (oneimage_format::encryption::HEADER_ROOM, 0),
     };
     let place = |root_bytes: u64| -> Result<ext4::Placement> {
         cancel.check()?;
-        let plan = plan::Plan::new(&ids, arch, esp_bytes, root_bytes + header_room, bios);
+        let plan = plan::Plan::new(
+            &ids,
+            arch,
+            esp_bytes,
+            data_offset + root_bytes + header_room,
+            bios,
+        );
         assemble::create_image(&partial, plan.total_bytes)?;
         Ok(ext4::Placement {
             file: partial.clone(),
-            offset: plan.root.offset(plan::SECTOR),
+            offset: plan.root.offset(plan::SECTOR) + data_offset,
         })
     };
     let root_bytes = match checked.root_fs {
@@ -333,7 +359,24 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
         std::fs::remove_dir_all(&tree.staging).ok();
     }
 
-    let plan = plan::Plan::new(&ids, arch, esp_bytes, root_bytes + header_room, bios);
+    let plan = plan::Plan::new(
+        &ids,
+        arch,
+        esp_bytes,
+        data_offset + root_bytes + header_room,
+        bios,
+    );
+    if let Some(made) = &build_key {
+        build_key::encrypt_in_place(&partial, plan.root.offset(plan::SECTOR), root_bytes, made)
+            .with_context(|| format!("{}: encrypting the root", spec_path.display()))?;
+        say(
+            "root",
+            &format!(
+                "the root is LUKS2 (aes-xts-plain64, argon2id) under the public passphrase {:?}: each copy's first persistent boot asks for a new one and re-encrypts it to a new volume key",
+                checked.build_passphrase()
+            ),
+        );
+    }
     if header_room > 0 {
         say(
             "root",

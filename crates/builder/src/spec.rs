@@ -50,6 +50,9 @@ pub struct EncryptionSpec {
     /// `off` (default), `offer`, `require` or `build-key`.
     #[serde(default)]
     pub mode: Option<String>,
+    /// `build-key` only: the public passphrase the image is encrypted with (default
+    /// `oneimage`).
+    pub passphrase: Option<String>,
     /// Let the filesystem's discards (TRIM) through dm-crypt to the disk; off by
     /// default, since they show which blocks are unused.
     #[serde(default)]
@@ -372,6 +375,20 @@ pub struct Checked {
     pub encryption: Policy,
 }
 
+impl Checked {
+    /// The public passphrase of a `build-key` image.
+    pub fn build_passphrase(&self) -> &str {
+        self.spec
+            .encryption
+            .passphrase
+            .as_deref()
+            .unwrap_or(DEFAULT_BUILD_PASSPHRASE)
+    }
+}
+
+/// The passphrase of a `build-key` image whose spec names none.
+pub const DEFAULT_BUILD_PASSPHRASE: &str = "oneimage";
+
 impl Spec {
     /// Reads, parses and checks a spec file; relative paths are taken from its directory.
     pub fn load(path: &Path) -> Result<Checked> {
@@ -447,8 +464,16 @@ impl Spec {
                 .parse::<Policy>()
                 .map_err(|e| anyhow::anyhow!("{p}: encryption.mode = {e}"))?,
         };
-        if encryption == Policy::BuildKey {
-            bail!("{p}: encryption.mode = \"build-key\": not available in this version of oneimage; use \"require\" (encrypted on the first boot) or \"offer\"");
+        match (&self.encryption.passphrase, encryption) {
+            (Some(_), Policy::BuildKey) | (None, _) => {}
+            (Some(_), other) => bail!(
+                "{p}: encryption.passphrase is for mode = \"build-key\" (mode is \"{other}\"): the other modes ask the user on the first boot"
+            ),
+        }
+        if let Some(pass) = &self.encryption.passphrase {
+            if pass.is_empty() || pass.len() > 512 || pass.chars().any(|c| c.is_control()) {
+                bail!("{p}: encryption.passphrase: expected 1 to 512 bytes without control characters");
+            }
         }
         if encryption != Policy::Off {
             if root_fs.is_compressed() {
@@ -649,6 +674,11 @@ mod tests {
             with("[encryption]\nmode = \"offer\"\n").unwrap().encryption,
             Policy::Offer
         );
+        let b = with("[encryption]\nmode = \"build-key\"\n").unwrap();
+        assert_eq!(
+            (b.encryption, b.build_passphrase()),
+            (Policy::BuildKey, "oneimage")
+        );
         let m = load(
             "name = \"x\"\n[rootfs.mmdebstrap]\nsuite = \"bookworm\"\npackages = [\"systemd\"]\n[encryption]\nmode = \"require\"\n",
         )
@@ -663,8 +693,12 @@ mod tests {
                 "encryption.mode = \"on\": expected off, offer, require or build-key",
             ),
             (
-                "[encryption]\nmode = \"build-key\"\n",
-                "not available in this version",
+                "[encryption]\nmode = \"offer\"\npassphrase = \"x\"\n",
+                "encryption.passphrase is for mode = \"build-key\"",
+            ),
+            (
+                "[encryption]\nmode = \"build-key\"\npassphrase = \"a\\nb\"\n",
+                "without control characters",
             ),
             (
                 "[root]\nfilesystem = \"squashfs\"\n[encryption]\nmode = \"require\"\n",

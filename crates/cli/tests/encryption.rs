@@ -591,3 +591,210 @@ fn power_cuts_all_through_the_encryption_are_resumed() {
         assert_eq!(got, want, "the demo's unit changed after a cut at {ms} ms");
     }
 }
+
+/// examples/debian-encrypt-build-key.toml built once per test binary.
+fn build_key_demo() -> PathBuf {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let out = tmp().join("debian-encrypt-build-key");
+            let _ = std::fs::remove_dir_all(&out);
+            let o = output(
+                oneimage()
+                    .arg("build")
+                    .arg(repo().join("examples/debian-encrypt-build-key.toml"))
+                    .arg("-o")
+                    .arg(&out)
+                    .arg("--rootfs-cache")
+                    .arg(tmp().join("rootfs-cache")),
+            );
+            let log = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "{log}");
+            assert!(log.contains("the root is LUKS2 (aes-xts-plain64, argon2id) under the public passphrase \"oneimage\""), "{log}");
+            out.join("debian-encrypt-build-key.img")
+        })
+        .clone()
+}
+
+/// The image's documented passphrase (examples/debian-encrypt-build-key.toml).
+const PUBLIC: &str = "oneimage";
+
+/// The volume key of partition 2 of `image`, as cryptsetup gives it for `passphrase`.
+fn volume_key(image: &Path, passphrase: &str, dir: &Path) -> Vec<u8> {
+    let part = extract_partition(image, 2, dir);
+    let key_file = dir.join("volume-key");
+    let _ = std::fs::remove_file(&key_file);
+    let (code, o) = cryptsetup(
+        &[
+            "luksDump",
+            "--dump-volume-key",
+            "--volume-key-file",
+            key_file.to_str().unwrap(),
+            "--batch-mode",
+            "--key-file",
+            "-",
+            part.to_str().unwrap(),
+        ],
+        passphrase.as_bytes(),
+    );
+    assert_eq!(code, Some(0), "{o}");
+    let key = std::fs::read(&key_file).unwrap();
+    std::fs::remove_file(key_file).unwrap();
+    std::fs::remove_file(part).unwrap();
+    key
+}
+
+#[test]
+fn a_build_key_image_opens_with_its_public_passphrase_until_its_first_boot_rekeys_it() {
+    let d = tempfile::tempdir().unwrap();
+    let built = build_key_demo();
+    // As built: LUKS2 that the host's cryptsetup reads and opens with the public
+    // passphrase; the root's plaintext is nowhere in the image.
+    let part = extract_partition(&built, 2, d.path());
+    let p = part.to_str().unwrap();
+    let (code, dump) = cryptsetup(&["luksDump", p], b"");
+    assert_eq!(code, Some(0), "{dump}");
+    assert_eq!(field(&dump, "cipher"), "aes-xts-plain64", "{dump}");
+    assert_eq!(field(&dump, "PBKDF"), "argon2id", "{dump}");
+    let test = ["open", "--test-passphrase", "--key-file", "-", p];
+    assert_eq!(cryptsetup(&test, PUBLIC.as_bytes()).0, Some(0));
+    assert_eq!(cryptsetup(&test, b"not it").0, Some(2));
+    std::fs::remove_file(&part).unwrap();
+    assert!(
+        !file_contains(&built, ROOT_TEXT),
+        "plaintext in the built image"
+    );
+    let build_key = volume_key(&built, PUBLIC, d.path());
+
+    let image = copy(&built, d.path(), "disk.img");
+    let len = std::fs::metadata(&image).unwrap().len();
+    let mut args = vec!["--disk-size".to_string(), (3 * len).to_string()];
+    args.extend(new_passphrase_answers(PASSPHRASE));
+    let console = boot(&image, &args);
+    assert_steps(
+        &console,
+        "first boot",
+        &[
+            "was encrypted when the image was built, with a passphrase anyone can read: choose your own",
+            "oneimage-init: /dev/vda2: the public passphrase no longer opens it",
+            "oneimage-init: re-encrypting /dev/vda2 with a new volume key",
+            "oneimage-init: first boot: step encrypt done: the root is LUKS2",
+            "oneimage-init: mounted /dev/mapper/oneimage-root on /sysroot read-write",
+            "oneimage-init: first boot: every step done",
+        ],
+    );
+    let part = extract_partition(&image, 2, d.path());
+    let p = part.to_str().unwrap();
+    let test = ["open", "--test-passphrase", "--key-file", "-", p];
+    assert_eq!(
+        cryptsetup(&test, PUBLIC.as_bytes()).0,
+        Some(2),
+        "the public passphrase still opens the copy"
+    );
+    assert_eq!(cryptsetup(&test, PASSPHRASE.as_bytes()).0, Some(0));
+    let (_, after) = cryptsetup(&["luksDump", p], b"");
+    assert_ne!(
+        field(&after, "UUID"),
+        field(&dump, "UUID"),
+        "the copy keeps the image's LUKS2 UUID"
+    );
+    std::fs::remove_file(&part).unwrap();
+    let own_key = volume_key(&image, PASSPHRASE, d.path());
+    assert_eq!(own_key.len(), build_key.len());
+    assert_ne!(own_key, build_key, "the volume key is still the build's");
+    let again = boot(
+        &image,
+        &[
+            "--answer".into(),
+            format!("Passphrase to unlock /dev/vda2={PASSPHRASE}"),
+        ],
+    );
+    assert_steps(
+        &again,
+        "second boot",
+        &["first boot: done on an earlier boot", MARKER],
+    );
+}
+
+#[test]
+#[ignore = "campaign (scripts/encryption.sh)"]
+fn a_build_key_image_boots_live_from_a_dvd_with_its_public_passphrase() {
+    let console = boot_console(
+        &build_key_demo(),
+        MARKER,
+        1200,
+        &["--snapshot", "--media", "cdrom"],
+    );
+    assert_steps(
+        &console,
+        "DVD",
+        &[
+            "oneimage-init: /dev/loop0p2 unlocked as /dev/mapper/oneimage-root (read-only)",
+            "oneimage-init: booted from a disc: live mode",
+            MARKER,
+        ],
+    );
+    assert!(
+        !console.contains("Passphrase to unlock"),
+        "asked for the public passphrase:\n{console}"
+    );
+}
+
+#[test]
+#[ignore = "campaign (scripts/encryption.sh)"]
+fn power_cuts_all_through_the_rekey_are_resumed() {
+    // The rekey takes about 2.5 min under TCG: the passphrase change, then cryptsetup's
+    // re-encryption. Cuts land anywhere in it; the next boot is answered every way.
+    let cuts = env_number("ONEIMAGE_POWER_CUTS", 3);
+    let mut rng = Seeded(env_number("ONEIMAGE_POWER_CUT_SEED", 1));
+    let span = env_number("ONEIMAGE_REKEY_CUT_SPAN_MS", 150_000);
+    for i in 0..cuts {
+        let ms = rng.below(span);
+        let d = tempfile::tempdir_in(tmp()).unwrap();
+        let image = copy(&build_key_demo(), d.path(), "disk.img");
+        let len = std::fs::metadata(&image).unwrap().len();
+        let mut args = vec!["--disk-size".to_string(), (3 * len).to_string()];
+        args.extend(new_passphrase_answers(PASSPHRASE));
+        cut_power(
+            &image,
+            "oneimage-init: Repeat the passphrase",
+            ms,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        let mut args = new_passphrase_answers(PASSPHRASE);
+        for prompt in [
+            "Passphrase to finish encrypting the disk",
+            "Passphrase chosen for the disk",
+            "Passphrase to unlock /dev/vda2",
+        ] {
+            args.extend(["--answer".into(), format!("{prompt}={PASSPHRASE}")]);
+        }
+        let console = boot(&image, &args);
+        eprintln!(
+            "rekey power cut {i}: {ms} ms after the passphrase; then: {}",
+            console
+                .lines()
+                .filter(|l| l.contains("first boot:") || l.contains("/dev/vda2:"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        assert_steps(
+            &console,
+            &format!("the boot after a cut {ms} ms into the rekey"),
+            &[
+                "oneimage-init: /dev/mapper/oneimage-root is clean",
+                "oneimage-init: first boot: every step done",
+                MARKER,
+            ],
+        );
+        let part = extract_partition(&image, 2, d.path());
+        let p = part.to_str().unwrap();
+        let test = ["open", "--test-passphrase", "--key-file", "-", p];
+        assert_eq!(cryptsetup(&test, PUBLIC.as_bytes()).0, Some(2));
+        assert_eq!(cryptsetup(&test, PASSPHRASE.as_bytes()).0, Some(0));
+        std::fs::remove_file(&part).unwrap();
+        let plain = d.path().join("root-plain.img");
+        decrypt_root(&image, PASSPHRASE, d.path(), &plain);
+        e2fsck_clean(&plain);
+    }
+}

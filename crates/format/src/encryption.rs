@@ -94,38 +94,83 @@ impl FromStr for Policy {
     }
 }
 
-/// What the initramfs tells the agent ([`POLICY_PATH`]): the policy's name, then
-/// `discards` when the filesystem's discards may reach the disk through dm-crypt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What the initramfs tells the agent ([`POLICY_PATH`]), one `key=value` per line:
+/// `policy`, `discards` (`yes` or `no`), and for an image encrypted at build time its
+/// public passphrase and the digest of its volume key as built (`build-passphrase`,
+/// `build-digest`), by which the agent tells a root still under the public key from one
+/// re-encrypted. None of it is secret.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Settings {
     /// The image's policy.
     pub policy: Policy,
     /// Open the root with discards allowed.
     pub discards: bool,
+    /// For `build-key`: what the image was encrypted with.
+    pub build_key: Option<BuildKeyFacts>,
+}
+
+/// What an image encrypted at build time was encrypted with (both public).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildKeyFacts {
+    /// The documented passphrase.
+    pub passphrase: String,
+    /// The LUKS2 header's digest of the volume key as built (base64, as in its JSON).
+    pub digest: String,
 }
 
 impl Settings {
     /// The file's text.
-    pub fn to_text(self) -> String {
-        if self.discards {
-            format!("{} discards\n", self.policy)
-        } else {
-            format!("{}\n", self.policy)
+    pub fn to_text(&self) -> String {
+        let mut s = format!(
+            "policy={}\ndiscards={}\n",
+            self.policy,
+            if self.discards { "yes" } else { "no" }
+        );
+        if let Some(b) = &self.build_key {
+            s.push_str(&format!(
+                "build-passphrase={}\nbuild-digest={}\n",
+                b.passphrase, b.digest
+            ));
         }
+        s
     }
 
     /// Reads the file's text.
     pub fn parse(text: &str) -> Result<Settings, String> {
-        let mut words = text.split_whitespace();
-        let policy = words.next().unwrap_or("off").parse::<Policy>()?;
-        let mut discards = false;
-        for w in words {
-            match w {
-                "discards" => discards = true,
-                other => return Err(format!("{other:?}: expected discards or nothing")),
+        let mut s = Settings::default();
+        let (mut passphrase, mut digest) = (None, None);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| format!("{line:?}: expected key=value"))?;
+            match k.trim() {
+                "policy" => s.policy = v.parse()?,
+                "discards" => {
+                    s.discards = match v.trim() {
+                        "yes" => true,
+                        "no" => false,
+                        other => return Err(format!("discards={other}: expected yes or no")),
+                    }
+                }
+                "build-passphrase" => passphrase = Some(v.to_string()),
+                "build-digest" => digest = Some(v.trim().to_string()),
+                other => return Err(format!("{other:?}: not a setting this agent knows")),
             }
         }
-        Ok(Settings { policy, discards })
+        // An initramfs a kernel update made has the policy but not the facts: the
+        // copy it boots was re-keyed long before.
+        s.build_key = match (s.policy, passphrase, digest) {
+            (Policy::BuildKey, Some(passphrase), Some(digest)) => {
+                Some(BuildKeyFacts { passphrase, digest })
+            }
+            (_, None, None) => None,
+            _ => {
+                return Err(
+                    "build-passphrase and build-digest go together, with policy=build-key".into(),
+                )
+            }
+        };
+        Ok(s)
     }
 }
 
@@ -196,13 +241,26 @@ mod tests {
             Settings {
                 policy: Policy::Require,
                 discards: true,
+                build_key: None,
+            },
+            Settings {
+                policy: Policy::BuildKey,
+                discards: false,
+                build_key: Some(BuildKeyFacts {
+                    passphrase: "one image".into(),
+                    digest: "q83v".into(),
+                }),
             },
         ] {
-            assert_eq!(Settings::parse(&s.to_text()), Ok(s));
+            assert_eq!(Settings::parse(&s.to_text()), Ok(s.clone()));
         }
         assert_eq!(Settings::parse(""), Ok(Settings::default()));
-        assert!(Settings::parse("offer trim")
+        assert!(Settings::parse("policy=offer\ntrim=yes")
             .unwrap_err()
             .contains("\"trim\""));
+        assert_eq!(Settings::parse("policy=build-key").unwrap().build_key, None);
+        assert!(Settings::parse("policy=offer\nbuild-digest=x")
+            .unwrap_err()
+            .contains("go together"));
     }
 }

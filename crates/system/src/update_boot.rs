@@ -204,6 +204,7 @@ fn update_disk(
         encryption: oneimage_format::encryption::Settings {
             policy,
             discards: settings.encryption_discards,
+            build_key: None,
         },
     };
     let mut kernels = Vec::new();

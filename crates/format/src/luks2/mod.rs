@@ -105,6 +105,9 @@ pub struct Header {
     pub segments: Vec<Segment>,
     /// Mandatory requirements (`online-reencrypt-v2` while a re-encryption runs).
     pub requirements: Vec<String>,
+    /// The digests of the volume keys (base64, as in the JSON): they change when the
+    /// volume key does.
+    pub digests: Vec<String>,
 }
 
 impl Header {
@@ -229,7 +232,12 @@ pub fn read(bytes: &[u8]) -> Result<Header, Luks2Error> {
                 .collect()
         })
         .unwrap_or_default();
+    let digests = obj("digests")?
+        .into_iter()
+        .filter_map(|(_, v)| text(v, "digest"))
+        .collect();
     Ok(Header {
+        digests,
         version: be16(hdr, 6),
         uuid: c_string(&hdr[168..208]),
         label: c_string(&hdr[24..72]),
