@@ -144,6 +144,20 @@ pub fn plan(medium: &Medium, say: &dyn Fn(&str)) -> Result<DiskView> {
         .iter()
         .find(|p| p.number == medium.root_number)
         .with_context(|| format!("{} has no partition {}", dev.display(), medium.root_number))?;
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut magic = [0u8; 6];
+        disk.seek(SeekFrom::Start(root.offset(ss)))
+            .and_then(|_| disk.read_exact(&mut magic))
+            .with_context(|| format!("reading partition {} of {}", root.number, dev.display()))?;
+        if oneimage_format::luks2::is_luks(&magic) {
+            bail!(
+                "the root on {} (partition {}) is encrypted (LUKS): installing an encrypted system is not supported by this version of oneimage; nothing was written",
+                dev.display(),
+                root.number
+            );
+        }
+    }
     // A compressed root is the image's own: a partition its first boot expanded it into
     // on this medium is not, and is left out (the copy expands on its own first boot).
     let compressed = is_compressed_root(&mut disk, root, ss);
