@@ -301,15 +301,18 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
         Policy::BuildKey => (0, build_key::DATA_OFFSET),
         Policy::Offer | Policy::Require => (oneimage_format::encryption::HEADER_ROOM, 0),
     };
-    let place = |root_bytes: u64| -> Result<ext4::Placement> {
-        cancel.check()?;
-        let plan = plan::Plan::new(
+    let plan_for = |root_bytes: u64| {
+        plan::Plan::new(
             &ids,
             arch,
             esp_bytes,
             data_offset + root_bytes + header_room,
             bios,
-        );
+        )
+    };
+    let place = |root_bytes: u64| -> Result<ext4::Placement> {
+        cancel.check()?;
+        let plan = plan_for(root_bytes);
         assemble::create_image(&partial, plan.total_bytes)?;
         Ok(ext4::Placement {
             file: partial.clone(),
@@ -359,13 +362,7 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
         std::fs::remove_dir_all(&tree.staging).ok();
     }
 
-    let plan = plan::Plan::new(
-        &ids,
-        arch,
-        esp_bytes,
-        data_offset + root_bytes + header_room,
-        bios,
-    );
+    let plan = plan_for(root_bytes);
     if let Some(made) = &build_key {
         build_key::encrypt_in_place(&partial, plan.root.offset(plan::SECTOR), root_bytes, made)
             .with_context(|| format!("{}: encrypting the root", spec_path.display()))?;

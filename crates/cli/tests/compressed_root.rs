@@ -53,16 +53,6 @@ fn compressed_demo(fs: &str) -> PathBuf {
     .clone()
 }
 
-/// A sparse copy of `image` in `dir`.
-fn copy(image: &Path, dir: &Path, name: &str) -> PathBuf {
-    let to = dir.join(name);
-    ok(Command::new("cp")
-        .arg("--sparse=always")
-        .arg(image)
-        .arg(&to));
-    to
-}
-
 /// Boots `image` in place to the marker, then shuts it down cleanly.
 fn boot_in_place(image: &Path, extra: &[&str]) -> String {
     let args: Vec<&str> = ["--poweroff"]
@@ -115,7 +105,7 @@ fn boots(image: &Path, dir: &Path) -> String {
 #[test]
 fn squashfs_demo_expands_into_ext4_on_its_first_persistent_boot() {
     let d = tempfile::tempdir().unwrap();
-    let image = copy(&compressed_demo("squashfs"), d.path(), "disk.img");
+    let image = sparse_copy(&compressed_demo("squashfs"), d.path(), "disk.img");
     // The DVD's view of the root is the compressed partition, byte for byte.
     let via_iso = d.path().join("root-via-iso.img");
     xorriso_extract(&image, "/ROOT.IMG", &via_iso);
@@ -145,7 +135,7 @@ fn squashfs_demo_expands_into_ext4_on_its_first_persistent_boot() {
 #[ignore = "campaign: scripts/compressed-root.sh"]
 fn squashfs_later_boots_use_the_expanded_root_and_live_writes_nothing() {
     let d = tempfile::tempdir().unwrap();
-    let image = copy(&compressed_demo("squashfs"), d.path(), "disk.img");
+    let image = sparse_copy(&compressed_demo("squashfs"), d.path(), "disk.img");
     boot_in_place(&image, &["--disk-size", &ROOMY_DISK.to_string()]);
     // The second boot, through the BIOS this time: no expansion, the first boot's write
     // is still there.
@@ -177,7 +167,7 @@ fn squashfs_later_boots_use_the_expanded_root_and_live_writes_nothing() {
 #[ignore = "campaign: scripts/compressed-root.sh"]
 fn a_disk_too_small_for_the_expanded_root_boots_live_and_writes_nothing() {
     let d = tempfile::tempdir().unwrap();
-    let image = copy(&compressed_demo("squashfs"), d.path(), "disk.img");
+    let image = sparse_copy(&compressed_demo("squashfs"), d.path(), "disk.img");
     let len = std::fs::metadata(&image).unwrap().len();
     let before = sha256(&image);
     // Three times the image: about 700 MiB, where the read-write root needs 1 GiB.
@@ -198,7 +188,7 @@ fn a_disk_too_small_for_the_expanded_root_boots_live_and_writes_nothing() {
 #[ignore = "campaign: scripts/compressed-root.sh"]
 fn erofs_demo_expands_and_boots_again_from_the_expanded_root() {
     let d = tempfile::tempdir().unwrap();
-    let image = copy(&compressed_demo("erofs"), d.path(), "disk.img");
+    let image = sparse_copy(&compressed_demo("erofs"), d.path(), "disk.img");
     let console = boot_in_place(&image, &["--disk-size", &ROOMY_DISK.to_string()]);
     assert_steps(
         &console,
@@ -290,7 +280,7 @@ fn expansion_survives_power_cuts_at_seeded_moments() {
     let mut rng = Seeded(seed);
     for point in 0..points {
         let d = tempfile::tempdir().unwrap();
-        let image = copy(&compressed_demo("squashfs"), d.path(), "disk.img");
+        let image = sparse_copy(&compressed_demo("squashfs"), d.path(), "disk.img");
         let (trigger, spread) = match point {
             p if p < EXPANSION_CUTS.len() as u64 => EXPANSION_CUTS[p as usize],
             _ => EXPANSION_CUTS[rng.below(EXPANSION_CUTS.len() as u64) as usize],

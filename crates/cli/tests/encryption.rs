@@ -10,10 +10,11 @@
 mod common;
 
 use common::*;
+use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 const MARKER: &str = "oneimage-demo: booted";
 const PASSPHRASE: &str = "correct horse battery staple";
@@ -24,43 +25,40 @@ fn tmp() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
 }
 
-/// The example built once per test binary; tests boot copies.
-fn encrypted_demo() -> PathBuf {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE
-        .get_or_init(|| {
-            let out = tmp().join("debian-encrypt-first-boot");
-            let _ = std::fs::remove_dir_all(&out);
-            let o = output(
-                oneimage()
-                    .arg("build")
-                    .arg(repo().join("examples/debian-encrypt-first-boot.toml"))
-                    .arg("-o")
-                    .arg(&out)
-                    .arg("--rootfs-cache")
-                    .arg(tmp().join("rootfs-cache")),
-            );
-            let log = String::from_utf8_lossy(&o.stderr);
-            assert!(o.status.success(), "{log}");
-            assert!(
-                log.contains(
-                    "the root partition keeps 32.0 MiB after the filesystem for the LUKS2 header"
-                ),
-                "{log}"
-            );
-            out.join("debian-encrypt-first-boot.img")
-        })
-        .clone()
+/// `examples/EXAMPLE.toml` built once per test binary (tests boot copies), and the
+/// build's log.
+fn example(name: &str) -> (PathBuf, String) {
+    static BUILT: Mutex<BTreeMap<String, (PathBuf, String)>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(b) = built.get(name) {
+        return b.clone();
+    }
+    let out = tmp().join(name);
+    let _ = std::fs::remove_dir_all(&out);
+    let o = output(
+        oneimage()
+            .arg("build")
+            .arg(repo().join(format!("examples/{name}.toml")))
+            .arg("-o")
+            .arg(&out)
+            .arg("--rootfs-cache")
+            .arg(tmp().join("rootfs-cache")),
+    );
+    let log = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{log}");
+    let b = (out.join(format!("{name}.img")), log);
+    built.insert(name.to_string(), b.clone());
+    b
 }
 
-/// A sparse copy of `image` in `dir`.
-fn copy(image: &Path, dir: &Path, name: &str) -> PathBuf {
-    let to = dir.join(name);
-    ok(Command::new("cp")
-        .arg("--sparse=always")
-        .arg(image)
-        .arg(&to));
-    to
+/// The image encrypted on its first boot.
+fn encrypted_demo() -> PathBuf {
+    let (image, log) = example("debian-encrypt-first-boot");
+    assert!(
+        log.contains("the root partition keeps 32.0 MiB after the filesystem for the LUKS2 header"),
+        "{log}"
+    );
+    image
 }
 
 /// `--answer` arguments for the first boot's two questions.
@@ -233,7 +231,7 @@ fn assert_encrypted(image: &Path, passphrase: &str, dir: &Path) {
 #[test]
 fn first_boot_encrypts_in_place_and_every_boot_after_unlocks() {
     let d = tempfile::tempdir().unwrap();
-    let image = copy(&encrypted_demo(), d.path(), "disk.img");
+    let image = sparse_copy(&encrypted_demo(), d.path(), "disk.img");
     let len = std::fs::metadata(&image).unwrap().len();
     assert!(
         file_contains(&image, ROOT_TEXT),
@@ -281,29 +279,15 @@ fn first_boot_encrypts_in_place_and_every_boot_after_unlocks() {
     );
 }
 
-/// The offer example built once per test binary.
+/// The image that offers encryption.
 fn offer_demo() -> PathBuf {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE
-        .get_or_init(|| {
-            let out = tmp().join("debian-encrypt-offer");
-            let _ = std::fs::remove_dir_all(&out);
-            ok(oneimage()
-                .arg("build")
-                .arg(repo().join("examples/debian-encrypt-offer.toml"))
-                .arg("-o")
-                .arg(&out)
-                .arg("--rootfs-cache")
-                .arg(tmp().join("rootfs-cache")));
-            out.join("debian-encrypt-offer.img")
-        })
-        .clone()
+    example("debian-encrypt-offer").0
 }
 
 /// A copy of the encrypted demo in `dir` after its first boot, on a disk three times
 /// the image.
 fn encrypted_copy(dir: &Path) -> PathBuf {
-    let image = copy(&encrypted_demo(), dir, "disk.img");
+    let image = sparse_copy(&encrypted_demo(), dir, "disk.img");
     let len = std::fs::metadata(&image).unwrap().len();
     let mut args = vec!["--disk-size".to_string(), (3 * len).to_string()];
     args.extend(new_passphrase_answers(PASSPHRASE));
@@ -381,7 +365,7 @@ fn wrong_passphrases_are_refused_without_a_write_and_the_right_one_boots() {
 #[ignore = "campaign (scripts/encryption.sh)"]
 fn a_declined_offer_boots_unencrypted_and_is_not_asked_again() {
     let d = tempfile::tempdir().unwrap();
-    let image = copy(&offer_demo(), d.path(), "disk.img");
+    let image = sparse_copy(&offer_demo(), d.path(), "disk.img");
     let len = std::fs::metadata(&image).unwrap().len();
     let console = boot(
         &image,
@@ -535,7 +519,7 @@ fn power_cuts_all_through_the_encryption_are_resumed() {
     for i in 0..cuts {
         let ms = rng.below(span);
         let d = tempfile::tempdir_in(tmp()).unwrap();
-        let image = copy(&encrypted_demo(), d.path(), "disk.img");
+        let image = sparse_copy(&encrypted_demo(), d.path(), "disk.img");
         let len = std::fs::metadata(&image).unwrap().len();
         let mut args = vec!["--disk-size".to_string(), (3 * len).to_string()];
         args.extend(new_passphrase_answers(PASSPHRASE));
@@ -592,28 +576,14 @@ fn power_cuts_all_through_the_encryption_are_resumed() {
     }
 }
 
-/// examples/debian-encrypt-build-key.toml built once per test binary.
+/// The image encrypted when built.
 fn build_key_demo() -> PathBuf {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE
-        .get_or_init(|| {
-            let out = tmp().join("debian-encrypt-build-key");
-            let _ = std::fs::remove_dir_all(&out);
-            let o = output(
-                oneimage()
-                    .arg("build")
-                    .arg(repo().join("examples/debian-encrypt-build-key.toml"))
-                    .arg("-o")
-                    .arg(&out)
-                    .arg("--rootfs-cache")
-                    .arg(tmp().join("rootfs-cache")),
-            );
-            let log = String::from_utf8_lossy(&o.stderr);
-            assert!(o.status.success(), "{log}");
-            assert!(log.contains("the root is LUKS2 (aes-xts-plain64, argon2id) under the public passphrase \"oneimage\""), "{log}");
-            out.join("debian-encrypt-build-key.img")
-        })
-        .clone()
+    let (image, log) = example("debian-encrypt-build-key");
+    assert!(
+        log.contains("the root is LUKS2 (aes-xts-plain64, argon2id) under the public passphrase \"oneimage\""),
+        "{log}"
+    );
+    image
 }
 
 /// The image's documented passphrase (examples/debian-encrypt-build-key.toml).
@@ -666,7 +636,7 @@ fn a_build_key_image_opens_with_its_public_passphrase_until_its_first_boot_rekey
     );
     let build_key = volume_key(&built, PUBLIC, d.path());
 
-    let image = copy(&built, d.path(), "disk.img");
+    let image = sparse_copy(&built, d.path(), "disk.img");
     let len = std::fs::metadata(&image).unwrap().len();
     let mut args = vec!["--disk-size".to_string(), (3 * len).to_string()];
     args.extend(new_passphrase_answers(PASSPHRASE));
@@ -751,7 +721,7 @@ fn power_cuts_all_through_the_rekey_are_resumed() {
     for i in 0..cuts {
         let ms = rng.below(span);
         let d = tempfile::tempdir_in(tmp()).unwrap();
-        let image = copy(&build_key_demo(), d.path(), "disk.img");
+        let image = sparse_copy(&build_key_demo(), d.path(), "disk.img");
         let len = std::fs::metadata(&image).unwrap().len();
         let mut args = vec!["--disk-size".to_string(), (3 * len).to_string()];
         args.extend(new_passphrase_answers(PASSPHRASE));

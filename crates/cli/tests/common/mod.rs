@@ -404,3 +404,13 @@ pub fn assert_disk_unchanged(image: &Path, len: u64, before: &str) {
         .unwrap();
     assert_eq!(sha256(image), before, "a live boot changed the disk image");
 }
+
+/// A sparse copy of `image` in `dir`, named `name`.
+pub fn sparse_copy(image: &Path, dir: &Path, name: &str) -> PathBuf {
+    let to = dir.join(name);
+    ok(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(image)
+        .arg(&to));
+    to
+}
