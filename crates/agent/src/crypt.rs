@@ -7,6 +7,10 @@
 //! and only the image's partition is rewritten (before it grows). cryptsetup keeps its
 //! progress in the LUKS2 header, so an encryption cut short (power loss) is finished by
 //! the next boot, which asks for the passphrase again.
+//!
+//! An image encrypted when it was built (`build-key`) is re-keyed instead ([`rekey`]):
+//! its public passphrase replaced by the user's, then its data re-encrypted to a new
+//! volume key, each part told from the header, so that a cut anywhere is finished too.
 
 use crate::console;
 use crate::disks::Found;
