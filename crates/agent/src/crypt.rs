@@ -71,21 +71,73 @@ pub fn header(node: &Path) -> Result<Option<luks2::Header>, String> {
 }
 
 /// Runs cryptsetup with `args`, the passphrase on its standard input (read whole, as
-/// `--key-file -` says, so no line end is added), its messages on the console.
+/// `--key-file -` says, so no line end is added), its messages on the console. The
+/// progress it reports (`--progress-json`, one JSON object a line on its standard
+/// output) is said on the console every 10% or so.
 fn cryptsetup(args: &[&str], passphrase: &[u8]) -> Result<std::process::ExitStatus, String> {
     let mut child = Command::new(CRYPTSETUP)
         .args(args)
         .env("LC_ALL", "C")
         .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("running {CRYPTSETUP}: {e}"))?;
     if let Some(mut input) = child.stdin.take() {
         // A cryptsetup that stopped early closes its end: its exit status says why.
         let _ = input.write_all(passphrase);
     }
+    if let Some(out) = child.stdout.take() {
+        let mut said = None;
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+            match Progress::parse(&line) {
+                Some(p) => {
+                    let tenth = p.done * 10 / p.total.max(1);
+                    if said != Some(tenth) || p.done == p.total {
+                        say(&p.describe(args.first().copied().unwrap_or("cryptsetup")));
+                        said = Some(tenth);
+                    }
+                }
+                None => say(&format!("cryptsetup: {line}")),
+            }
+        }
+    }
     child
         .wait()
         .map_err(|e| format!("waiting for {CRYPTSETUP}: {e}"))
+}
+
+/// One line of cryptsetup's `--progress-json`.
+#[derive(Debug, PartialEq)]
+struct Progress {
+    done: u64,
+    total: u64,
+    /// Bytes a second, as cryptsetup measures them.
+    speed: u64,
+}
+
+impl Progress {
+    fn parse(line: &str) -> Option<Progress> {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let n = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_u64().or_else(|| x.as_str()?.parse().ok()))
+        };
+        Some(Progress {
+            done: n("device_bytes")?,
+            total: n("device_size")?,
+            speed: n("speed").unwrap_or(0),
+        })
+    }
+
+    fn describe(&self, action: &str) -> String {
+        format!(
+            "{action}: {}% ({} of {} MiB, {:.1} MiB/s)",
+            self.done * 100 / self.total.max(1),
+            self.done >> 20,
+            self.total >> 20,
+            self.speed as f64 / f64::from(1 << 20)
+        )
+    }
 }
 
 /// cryptsetup's exit status for "no key available with this passphrase".
@@ -180,8 +232,7 @@ pub fn encrypt(node: &Path, passphrase: &[u8], uuid: Guid) -> Result<(), String>
         "--key-file",
         "-",
         "--batch-mode",
-        "--progress-frequency",
-        "5",
+        "--progress-json",
         &dev,
     ];
     match run(&args, passphrase)? {
@@ -216,8 +267,7 @@ pub fn resume(node: &Path) -> Result<Passphrase, String> {
             "--key-file",
             "-",
             "--batch-mode",
-            "--progress-frequency",
-            "5",
+            "--progress-json",
             &dev,
         ];
         match run(&args, &pass)? {
@@ -330,8 +380,7 @@ pub fn rekey(node: &Path, facts: &BuildKeyFacts, uuid: Guid) -> Result<Option<Pa
             "--key-file",
             "-",
             "--batch-mode",
-            "--progress-frequency",
-            "5",
+            "--progress-json",
             &dev,
         ];
         if let Ran::WrongPassphrase = run(&args, &new)? {
@@ -412,5 +461,33 @@ pub fn unlock(
         if answer.as_deref() == Some("poweroff") {
             crate::emergency::power(rustix::system::RebootCommand::PowerOff);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_are_read_and_anything_else_is_not() {
+        // As cryptsetup 2.6.1 prints them (numbers as strings): bytes done, of the size.
+        let p = Progress::parse(
+            r#"{"device":"/dev/vda2","device_bytes":"519045120","device_size":"1038090240","speed":"26214400","eta_ms":"3000","time_ms":"1000"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            Progress {
+                done: 519045120,
+                total: 1038090240,
+                speed: 26214400
+            }
+        );
+        assert_eq!(
+            p.describe("reencrypt"),
+            "reencrypt: 50% (495 of 990 MiB, 25.0 MiB/s)"
+        );
+        assert_eq!(Progress::parse("Finished, time 00m40s"), None);
+        assert_eq!(Progress::parse(r#"{"device_bytes":"1"}"#), None);
     }
 }
