@@ -503,15 +503,54 @@ fn decrypt_at(part: &Path, key: &[u8], offset: u64, from: u64, sector: u64, len:
     data
 }
 
+/// Seconds the step `what` took on `console`, from its line `... {what} ... (N s)` or
+/// `... {what} N s`.
+fn seconds(console: &str, what: &str) -> f64 {
+    let line = console
+        .lines()
+        .find(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("{what:?} missing from the console:\n{console}"));
+    let at = line.find(what).unwrap() + what.len();
+    line[at..]
+        .trim_start_matches([' ', '('])
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no seconds after {what:?} in {line:?}"))
+}
+
+/// How long, in ms, the first boot's `what` (a step whose time the console reports
+/// after `what`) takes on this machine now: measured on a copy of `image` booted
+/// through, unless `env` gives it. Cut points are spread over that span.
+fn measured_span(image: &Path, env: &str, what: &str, answers: &[String]) -> u64 {
+    if std::env::var(env).is_ok() {
+        return env_number(env, 0);
+    }
+    let d = tempfile::tempdir_in(tmp()).unwrap();
+    let copy = sparse_copy(image, d.path(), "measure.img");
+    let len = std::fs::metadata(&copy).unwrap().len();
+    let mut args = vec!["--disk-size".to_string(), (3 * len).to_string()];
+    args.extend(answers.iter().cloned());
+    let console = boot(&copy, &args);
+    let ms = (seconds(&console, what) * 1000.0) as u64;
+    eprintln!("{what}: {ms} ms on this machine now; the cuts are spread over it");
+    ms.max(1)
+}
+
 #[test]
 #[ignore = "campaign (scripts/encryption.sh)"]
 fn power_cuts_all_through_the_encryption_are_resumed() {
-    // Seeded points spread over the whole encryption (about 50 s under TCG, argon2's
-    // benchmark included); each cut copy is booted again, answered either way (a cut
-    // before cryptsetup wrote its header asks for a new passphrase again).
+    // Seeded points spread over the whole encryption (argon2's benchmark included), as
+    // long as it takes on this machine now; each cut copy is booted again, answered
+    // either way (a cut before cryptsetup wrote its header asks for a new passphrase).
     let cuts = env_number("ONEIMAGE_POWER_CUTS", 4);
     let mut rng = Seeded(env_number("ONEIMAGE_POWER_CUT_SEED", 1));
-    let span = env_number("ONEIMAGE_ENCRYPT_CUT_SPAN_MS", 50_000);
+    let span = measured_span(
+        &encrypted_demo(),
+        "ONEIMAGE_ENCRYPT_CUT_SPAN_MS",
+        "encrypted in",
+        &new_passphrase_answers(PASSPHRASE),
+    );
     let want = {
         let f = repo().join("examples/debian-overlay/etc/systemd/system/oneimage-demo.service");
         sha256(&f)
@@ -702,11 +741,16 @@ fn a_build_key_image_boots_live_from_a_dvd_with_its_public_passphrase() {
 #[test]
 #[ignore = "campaign (scripts/encryption.sh)"]
 fn power_cuts_all_through_the_rekey_are_resumed() {
-    // The rekey takes about 2.5 min under TCG: the passphrase change, then cryptsetup's
+    // The rekey (about 2.5 min under TCG): the passphrase change, then cryptsetup's
     // re-encryption. Cuts land anywhere in it; the next boot is answered every way.
     let cuts = env_number("ONEIMAGE_POWER_CUTS", 3);
     let mut rng = Seeded(env_number("ONEIMAGE_POWER_CUT_SEED", 1));
-    let span = env_number("ONEIMAGE_REKEY_CUT_SPAN_MS", 150_000);
+    let span = measured_span(
+        &build_key_demo(),
+        "ONEIMAGE_REKEY_CUT_SPAN_MS",
+        "has its own passphrase and volume key",
+        &new_passphrase_answers(PASSPHRASE),
+    );
     for i in 0..cuts {
         let ms = rng.below(span);
         let d = tempfile::tempdir_in(tmp()).unwrap();
