@@ -7,8 +7,8 @@
 # (ONEIMAGE_POWER_CUTS, ONEIMAGE_POWER_CUT_SEED; the span they are spread over is
 # measured on an uncut boot first, or ONEIMAGE_ENCRYPT_CUT_SPAN_MS), the
 # build-key image's rekey (the suite's), its live boot from a DVD, and power cuts all
-# through its rekey (ONEIMAGE_REKEY_CUT_SPAN_MS, or measured). Every test runs even when one fails; the script fails
-# at the end then. Needs about 20 GiB of free space.
+# through its rekey (ONEIMAGE_REKEY_CUT_SPAN_MS, or measured). Every test runs even when
+# one fails; the script fails at the end then. Needs about 20 GiB of free space.
 #
 #   scripts/encryption.sh
 set -euo pipefail
