@@ -407,6 +407,71 @@ fn ask_new_required() -> Result<Passphrase, String> {
     }
 }
 
+/// A new LUKS2 volume, open while the expansion fills it.
+pub struct Volume {
+    name: &'static str,
+}
+
+/// The mapping's name while the expansion fills it.
+const EXPANDING: &str = "oneimage-expanding";
+
+impl Volume {
+    /// Makes `node` a new, empty LUKS2 volume (aes-xts-plain64, argon2id, header `uuid`)
+    /// with `passphrase`, and opens it.
+    pub fn format_and_open(node: &Path, passphrase: &[u8], uuid: Guid) -> Result<Volume, String> {
+        let dev = node.display().to_string();
+        let uuid = uuid.to_string();
+        say(&format!(
+            "expanding: {dev} becomes a LUKS2 volume (aes-xts-plain64, argon2id)"
+        ));
+        let args = [
+            "luksFormat",
+            "--type",
+            "luks2",
+            "--cipher",
+            "aes-xts-plain64",
+            "--key-size",
+            "512",
+            "--pbkdf",
+            "argon2id",
+            "--uuid",
+            &uuid,
+            "--label",
+            MAPPING,
+            "--key-file",
+            "-",
+            "--batch-mode",
+            &dev,
+        ];
+        if let Ran::WrongPassphrase = run(&args, passphrase)? {
+            return Err(format!("cryptsetup refused the new passphrase for {dev}"));
+        }
+        let args = [
+            "open",
+            "--type",
+            "luks2",
+            "--key-file",
+            "-",
+            &dev,
+            EXPANDING,
+        ];
+        if let Ran::WrongPassphrase = run(&args, passphrase)? {
+            return Err(format!("{dev}: its new passphrase does not open it"));
+        }
+        Ok(Volume { name: EXPANDING })
+    }
+
+    /// The open volume's device.
+    pub fn node(&self) -> PathBuf {
+        PathBuf::from(format!("/dev/mapper/{}", self.name))
+    }
+
+    /// Closes the volume.
+    pub fn close(self) -> Result<(), String> {
+        crate::run::tool(CRYPTSETUP, &["close", self.name])
+    }
+}
+
 /// The unlocked root: `node` opened as `/dev/mapper/oneimage-root`, with `passphrase`
 /// when this boot already has it, else asked on the consoles. After a few wrong ones
 /// the user chooses to try again or power off; nothing here panics or gives up.

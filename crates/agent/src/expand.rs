@@ -10,6 +10,8 @@
 //!    `oneimage-expanding`, so nothing takes it for a root while it is being filled;
 //! 2. `mke2fs -d` makes the filesystem from scratch (a cut leaves a partial one, which
 //!    the next boot makes again: the first-boot record does not say "expanded" yet);
+//!    when the image asks for encryption, inside a LUKS2 volume made on the partition
+//!    first, so the root is never written in the clear;
 //! 3. the table makes the new partition the root (the architecture's root type, named
 //!    `root`) and the factory copy plain Linux data named `factory-root`, so tools that
 //!    look for a root by type find the read-write one.
@@ -171,9 +173,20 @@ pub fn new_number(table: &Table) -> u32 {
     oneimage_format::expansion::expanded_number(table)
 }
 
+/// An expansion into a new LUKS2 volume: the passphrase the user chose, and the
+/// header's UUID.
+pub struct IntoLuks<'a> {
+    /// The passphrase.
+    pub passphrase: &'a [u8],
+    /// The header's UUID (the copy's own).
+    pub uuid: Guid,
+}
+
 /// Makes the expanded root (at least `needed` bytes, see [`needed_bytes`]) in partition
 /// `number` (GUID `guid`, filesystem UUID `fs_uuid`) from the factory copy `found` holds
-/// (a `kind` filesystem); returns the new root. Redone from the start after a power cut (see the module's comment).
+/// (a `kind` filesystem), inside a new LUKS2 volume with `into_luks`; returns the new
+/// root. Redone from the start after a power cut (see the module's comment).
+#[allow(clippy::too_many_arguments)]
 pub fn expand(
     found: &Found,
     kind: &str,
@@ -182,6 +195,7 @@ pub fn expand(
     guid: Guid,
     fs_uuid: Guid,
     grow: Grow,
+    into_luks: Option<IntoLuks<'_>>,
 ) -> Result<Found, String> {
     let dev = format!("/dev/{}", found.disk);
     let mut disk = crate::disks::open_rw(&dev)?;
@@ -233,7 +247,17 @@ pub fn expand(
     let started = std::time::Instant::now();
     {
         let _m = FactoryMount::new(&found.node, kind)?;
-        let node_s = node.display().to_string();
+        // Into LUKS2: the filesystem is made inside the volume, never in the clear.
+        let luks = match &into_luks {
+            Some(l) => Some(crate::crypt::Volume::format_and_open(
+                &node,
+                l.passphrase,
+                l.uuid,
+            )?),
+            None => None,
+        };
+        let target = luks.as_ref().map_or(node.clone(), |v| v.node());
+        let node_s = target.display().to_string();
         crate::run::tool_env(
             "/sbin/mke2fs",
             &[
@@ -253,8 +277,14 @@ pub fn expand(
             ],
             &[("MKE2FS_CONFIG", "/etc/mke2fs.conf")],
         )?;
-        let f = std::fs::File::open(&node).map_err(|e| format!("opening {node_s}: {e}"))?;
+        let f = std::fs::File::open(&target).map_err(|e| format!("opening {node_s}: {e}"))?;
         f.sync_all().map_err(|e| format!("syncing {node_s}: {e}"))?;
+        drop(f);
+        // Closed before the table is written again: the kernel re-reads no table of a
+        // disk with a partition in use.
+        if let Some(v) = luks {
+            v.close()?;
+        }
     }
     say(&format!(
         "expanding: the ext4 root is made ({:.1} s)",

@@ -182,7 +182,7 @@ fn steps_before_mount(
             if let Some(kind) = compressed {
                 // Before anything is written: a disk too small keeps the image as it is.
                 let number = crate::expand::new_number(&table);
-                match room_to_expand(found, &table, kind, number, grow)? {
+                match room_to_expand(found, &table, kind, number, grow, encryption.policy)? {
                     Some(n) => needed = Some(n),
                     None => return Ok(Outcome::Live),
                 }
@@ -209,7 +209,7 @@ fn steps_before_mount(
                 0 => crate::expand::new_number(&table),
                 n => n,
             };
-            match room_to_expand(found, &table, kind, number, grow)? {
+            match room_to_expand(found, &table, kind, number, grow, encryption.policy)? {
                 Some(n) => needed = Some(n),
                 None => return Ok(Outcome::Live),
             }
@@ -245,6 +245,7 @@ fn steps_before_mount(
     }
 
     let mut root = found.clone();
+    let mut passphrase = None;
     if state.applies_step(Step::Expand) {
         let number = state.expand_into;
         if state.is_done(Step::Expand) {
@@ -259,6 +260,26 @@ fn steps_before_mount(
                 Some(n) => n,
                 None => crate::expand::needed_bytes(&found.node, kind)?,
             };
+            // With encryption asked for, the expansion goes straight into a new LUKS2
+            // volume: no plaintext is written, nothing is encrypted in place. The
+            // passphrase is asked first (again after a cut: the expansion is redone).
+            let choice = if state.applies_step(Step::Encrypt) && !state.is_done(Step::Encrypt) {
+                match state.encryption {
+                    Policy::Offer | Policy::Require => {
+                        Some(crate::crypt::ask_new(state.encryption, &found.node)?)
+                    }
+                    Policy::Off | Policy::BuildKey => None,
+                }
+            } else {
+                None
+            };
+            let into_luks = match &choice {
+                Some(crate::crypt::Choice::Encrypt(p)) => Some(crate::expand::IntoLuks {
+                    passphrase: p,
+                    uuid: id.luks_uuid,
+                }),
+                _ => None,
+            };
             root = crate::expand::expand(
                 found,
                 kind,
@@ -267,19 +288,31 @@ fn steps_before_mount(
                 id.partition(number),
                 id.root_fs_uuid,
                 grow,
+                into_luks,
             )
             .map_err(|e| format!("expanding the {kind} root: {e}"))?;
             disk = crate::disks::open_rw(&dev)?;
             state = state.with_done(Step::Expand);
+            let encrypted = match choice {
+                Some(crate::crypt::Choice::Encrypt(p)) => {
+                    state = state.with_encryption_done(Encrypted::Encrypted);
+                    passphrase = Some(p);
+                    " inside LUKS2 (the encrypt step with it)"
+                }
+                Some(crate::crypt::Choice::Decline) => {
+                    state = state.with_encryption_done(Encrypted::Declined);
+                    " (encryption declined)"
+                }
+                None => "",
+            };
             record_step(&mut disk, &dev, &state)?;
             say(&format!(
-                "first boot: step expand done: the root is now {} (ext4, read-write); the {kind} root stays as the factory copy for the live entry",
+                "first boot: step expand done: the root is now {} (ext4, read-write){encrypted}; the {kind} root stays as the factory copy for the live entry",
                 root.node.display()
             ));
         }
     }
 
-    let mut passphrase = None;
     if state.applies_step(Step::Encrypt) && !state.is_done(Step::Encrypt) {
         drop(disk);
         let (outcome, given) = encrypt_step(
@@ -386,9 +419,15 @@ fn room_to_expand(
     kind: &str,
     number: u32,
     grow: Grow,
+    policy: Policy,
 ) -> Result<Option<u64>, String> {
     let dev = format!("/dev/{}", found.disk);
-    let needed = crate::expand::needed_bytes(&found.node, kind)?;
+    // An expansion into LUKS2 puts its header in front of the filesystem.
+    let header = match policy {
+        Policy::Offer | Policy::Require => oneimage_format::luks2::DATA_OFFSET,
+        Policy::Off | Policy::BuildKey => 0,
+    };
+    let needed = crate::expand::needed_bytes(&found.node, kind)? + header;
     let ss = table.sector_size;
     let disk_last = (crate::grow::sysfs_bytes(&found.disk)? / ss).saturating_sub(1);
     let any = Guid([0; 16]);

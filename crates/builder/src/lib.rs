@@ -296,9 +296,11 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
     // An in-place encryption on the first boot puts its LUKS2 header in front of the
     // data: the partition keeps room for it after the filesystem.
     // An image encrypted at build time has its LUKS2 header there instead, in front.
+    // (A compressed root is never encrypted in place: its expansion goes into LUKS2.)
     let (header_room, data_offset) = match checked.encryption {
         Policy::Off => (0, 0),
         Policy::BuildKey => (0, build_key::DATA_OFFSET),
+        Policy::Offer | Policy::Require if checked.root_fs.is_compressed() => (0, 0),
         Policy::Offer | Policy::Require => (oneimage_format::encryption::HEADER_ROOM, 0),
     };
     let plan_for = |root_bytes: u64| {
@@ -391,11 +393,16 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
     if checked.root_fs.is_compressed() {
         // What the boot agent will find when it adds up the same tree (expand.rs).
         let (data, inodes) = expansion_estimate;
+        // Expanded into LUKS2 when the image asks for encryption: its header first.
+        let luks = match checked.encryption {
+            Policy::Offer | Policy::Require => oneimage_format::luks2::DATA_OFFSET,
+            Policy::Off | Policy::BuildKey => 0,
+        };
         let expanded = oneimage_format::ext4_size::minimal_bytes(
             data,
             inodes,
             oneimage_format::expansion::MIN_FREE,
-        );
+        ) + luks;
         say(
             "root",
             &format!(

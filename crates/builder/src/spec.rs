@@ -476,9 +476,9 @@ impl Spec {
             }
         }
         if encryption != Policy::Off {
-            if root_fs.is_compressed() {
+            if root_fs.is_compressed() && encryption == Policy::BuildKey {
                 bail!(
-                    "{p}: encryption.mode = \"{encryption}\" with root.filesystem = \"{}\": a compressed root cannot be encrypted yet; use root.filesystem = \"ext4\"",
+                    "{p}: encryption.mode = \"build-key\" with root.filesystem = \"{}\": a compressed root is not encrypted when built (with \"offer\" or \"require\", its first boot expands it into a LUKS2 volume)",
                     self.root.filesystem
                 );
             }
@@ -701,8 +701,8 @@ mod tests {
                 "without control characters",
             ),
             (
-                "[root]\nfilesystem = \"squashfs\"\n[encryption]\nmode = \"require\"\n",
-                "a compressed root cannot be encrypted yet",
+                "[root]\nfilesystem = \"squashfs\"\n[encryption]\nmode = \"build-key\"\n",
+                "a compressed root is not encrypted when built",
             ),
             (
                 "[boot]\ninitramfs = \"rootfs\"\n[encryption]\nmode = \"offer\"\n",

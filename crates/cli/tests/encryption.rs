@@ -801,3 +801,60 @@ fn power_cuts_all_through_the_rekey_are_resumed() {
         e2fsck_clean(&plain);
     }
 }
+
+#[test]
+#[ignore = "campaign (scripts/encryption.sh)"]
+fn a_compressed_root_expands_straight_into_luks2() {
+    // examples/debian-squashfs-encrypted.toml: the expansion's new partition is made a
+    // LUKS2 volume first and the ext4 root made inside it.
+    let d = tempfile::tempdir_in(tmp()).unwrap();
+    let image = sparse_copy(
+        &example("debian-squashfs-encrypted").0,
+        d.path(),
+        "disk.img",
+    );
+    let mut args = vec!["--disk-size".to_string(), (3u64 << 30).to_string()];
+    args.extend(new_passphrase_answers(PASSPHRASE));
+    let console = boot(&image, &args);
+    assert_steps(
+        &console,
+        "first boot",
+        &[
+            "oneimage-init: expanding: /dev/vda4 becomes a LUKS2 volume (aes-xts-plain64, argon2id)",
+            "oneimage-init: first boot: step expand done: the root is now /dev/vda4 (ext4, read-write) inside LUKS2",
+            "oneimage-init: /dev/vda4 unlocked as /dev/mapper/oneimage-root",
+            "oneimage-init: first boot: every step done",
+        ],
+    );
+    let j = inspect(&image);
+    assert_eq!(j["first_boot"]["encryption"]["outcome"], "encrypted", "{j}");
+    let part = extract_partition(&image, 4, d.path());
+    let p = part.to_str().unwrap();
+    let (code, dump) = cryptsetup(&["luksDump", p], b"");
+    assert_eq!(code, Some(0), "{dump}");
+    assert_eq!(field(&dump, "cipher"), "aes-xts-plain64", "{dump}");
+    assert_eq!(field(&dump, "PBKDF"), "argon2id", "{dump}");
+    let test = ["open", "--test-passphrase", "--key-file", "-", p];
+    assert_eq!(cryptsetup(&test, PASSPHRASE.as_bytes()).0, Some(0));
+    assert!(
+        !file_contains(&part, ROOT_TEXT),
+        "the expanded root holds plaintext"
+    );
+    std::fs::remove_file(&part).unwrap();
+    let again = boot(
+        &image,
+        &[
+            "--answer".into(),
+            format!("Passphrase to unlock /dev/vda4={PASSPHRASE}"),
+        ],
+    );
+    assert_steps(
+        &again,
+        "second boot",
+        &[
+            "the root is the expanded partition 4",
+            "oneimage-init: /dev/vda4 unlocked as /dev/mapper/oneimage-root",
+            MARKER,
+        ],
+    );
+}
