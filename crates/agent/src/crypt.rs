@@ -278,10 +278,18 @@ pub fn resume(node: &Path) -> Result<Passphrase, String> {
 }
 
 /// Whether `passphrase` opens a keyslot of `node` (`cryptsetup open --test-passphrase`).
+/// "No usable keyslot" (exit code 1, as after a passphrase change cut short) is a no,
+/// as a wrong passphrase (2) is; anything else is an error.
 fn opens(node: &Path, passphrase: &[u8]) -> Result<bool, String> {
     let dev = node.display().to_string();
     let args = ["open", "--test-passphrase", "--key-file", "-", dev.as_str()];
-    Ok(matches!(run(&args, passphrase)?, Ran::Done))
+    let s = cryptsetup(&args, passphrase)?;
+    match s.code() {
+        Some(0) => Ok(true),
+        Some(1 | WRONG_PASSPHRASE) => Ok(false),
+        Some(c) => Err(format!("cryptsetup {} failed (exit code {c})", args.join(" "))),
+        None => Err(format!("cryptsetup {} was killed", args.join(" "))),
+    }
 }
 
 /// A passphrase in a file only this program can read, on the initramfs's RAM
