@@ -41,7 +41,7 @@ ln -s ../oneimage-bench-crypt.service "$work/overlay/etc/systemd/system/multi-us
 
 build() { # spec name
   sed -e "s|^overlay = \"debian-overlay\"|overlay = \"$work/overlay\"|" "examples/$1.toml" >"$work/$1.toml"
-  "$bin" build "$work/$1.toml" -o "$work/$1" --rootfs-cache "$cache" 2>"$work/$1.log"
+  "$bin" build "$work/$1.toml" -o "$work/$1" --rootfs-cache "$cache" >/dev/null 2>"$work/$1.log"
   ls "$work/$1"/*.img
 }
 boot() { # image log answers...
