@@ -287,7 +287,10 @@ fn opens(node: &Path, passphrase: &[u8]) -> Result<bool, String> {
     match s.code() {
         Some(0) => Ok(true),
         Some(1 | WRONG_PASSPHRASE) => Ok(false),
-        Some(c) => Err(format!("cryptsetup {} failed (exit code {c})", args.join(" "))),
+        Some(c) => Err(format!(
+            "cryptsetup {} failed (exit code {c})",
+            args.join(" ")
+        )),
         None => Err(format!("cryptsetup {} was killed", args.join(" "))),
     }
 }
