@@ -176,21 +176,7 @@ fn assert_encrypted(image: &Path, passphrase: &str, dir: &Path) {
     let end = root["offset"].as_u64().unwrap() + root["size"].as_u64().unwrap();
     assert!(disk - end < 2 << 20, "root ends at {end} of {disk}");
     let key_file = dir.join("volume-key");
-    let (code, out) = cryptsetup(
-        &[
-            "luksDump",
-            "--dump-volume-key",
-            "--volume-key-file",
-            key_file.to_str().unwrap(),
-            "--batch-mode",
-            "--key-file",
-            "-",
-            p,
-        ],
-        passphrase.as_bytes(),
-    );
-    assert_eq!(code, Some(0), "{out}");
-    let key = std::fs::read(&key_file).unwrap();
+    let key = dump_volume_key(Path::new(p), passphrase, &key_file);
     assert_eq!(key.len(), 64, "a 512-bit aes-xts key");
     let offset: u64 = field(&dump, "offset")
         .split_whitespace()
@@ -453,21 +439,7 @@ fn decrypt_root(image: &Path, passphrase: &str, dir: &Path, out: &Path) {
     };
     let (offset, sector) = (number("offset"), number("sector"));
     let key_file = dir.join("volume-key");
-    let (code, o) = cryptsetup(
-        &[
-            "luksDump",
-            "--dump-volume-key",
-            "--volume-key-file",
-            key_file.to_str().unwrap(),
-            "--batch-mode",
-            "--key-file",
-            "-",
-            p,
-        ],
-        passphrase.as_bytes(),
-    );
-    assert_eq!(code, Some(0), "{o}");
-    let key = std::fs::read(&key_file).unwrap();
+    let key = dump_volume_key(Path::new(p), passphrase, &key_file);
     let len = std::fs::metadata(&part).unwrap().len() - offset;
     let mut w = std::fs::File::create(out).unwrap();
     let chunk = 64 << 20;
@@ -501,6 +473,27 @@ fn decrypt_at(part: &Path, key: &[u8], offset: u64, from: u64, sector: u64, len:
         xts.decrypt_sector(unit, xts_mode::get_tweak_default(n as u128));
     }
     data
+}
+
+/// The volume key of the LUKS2 header in `part`, as `cryptsetup luksDump
+/// --dump-volume-key` gives it for `passphrase` (through the file `key_file`).
+fn dump_volume_key(part: &Path, passphrase: &str, key_file: &Path) -> Vec<u8> {
+    let _ = std::fs::remove_file(key_file);
+    let (code, out) = cryptsetup(
+        &[
+            "luksDump",
+            "--dump-volume-key",
+            "--volume-key-file",
+            key_file.to_str().unwrap(),
+            "--batch-mode",
+            "--key-file",
+            "-",
+            part.to_str().unwrap(),
+        ],
+        passphrase.as_bytes(),
+    );
+    assert_eq!(code, Some(0), "{out}");
+    std::fs::read(key_file).unwrap()
 }
 
 /// Seconds the step `what` took on `console`, from its line `... {what} ... (N s)` or
@@ -632,22 +625,7 @@ const PUBLIC: &str = "oneimage";
 fn volume_key(image: &Path, passphrase: &str, dir: &Path) -> Vec<u8> {
     let part = extract_partition(image, 2, dir);
     let key_file = dir.join("volume-key");
-    let _ = std::fs::remove_file(&key_file);
-    let (code, o) = cryptsetup(
-        &[
-            "luksDump",
-            "--dump-volume-key",
-            "--volume-key-file",
-            key_file.to_str().unwrap(),
-            "--batch-mode",
-            "--key-file",
-            "-",
-            part.to_str().unwrap(),
-        ],
-        passphrase.as_bytes(),
-    );
-    assert_eq!(code, Some(0), "{o}");
-    let key = std::fs::read(&key_file).unwrap();
+    let key = dump_volume_key(&part, passphrase, &key_file);
     std::fs::remove_file(key_file).unwrap();
     std::fs::remove_file(part).unwrap();
     key
