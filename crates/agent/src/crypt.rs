@@ -25,6 +25,19 @@ use zeroize::Zeroizing;
 
 const CRYPTSETUP: &str = "/sbin/cryptsetup";
 
+/// The LUKS2 volumes oneimage makes, in place or new: aes-xts-plain64 with a 512-bit
+/// key, argon2id.
+const LUKS2_FORMAT: [&str; 8] = [
+    "--type",
+    "luks2",
+    "--cipher",
+    "aes-xts-plain64",
+    "--key-size",
+    "512",
+    "--pbkdf",
+    "argon2id",
+];
+
 /// A passphrase, wiped from memory when dropped.
 pub type Passphrase = Zeroizing<Vec<u8>>;
 
@@ -212,17 +225,9 @@ pub fn encrypt(node: &Path, passphrase: &[u8], uuid: Guid) -> Result<(), String>
     say(&format!(
         "encrypting {dev} in place (its data is read, encrypted and written back; a power cut is resumed by the next boot)"
     ));
-    let args = [
-        "reencrypt",
-        "--encrypt",
-        "--type",
-        "luks2",
-        "--cipher",
-        "aes-xts-plain64",
-        "--key-size",
-        "512",
-        "--pbkdf",
-        "argon2id",
+    let mut args = vec!["reencrypt", "--encrypt"];
+    args.extend(LUKS2_FORMAT);
+    args.extend([
         "--reduce-device-size",
         &reduce,
         "--uuid",
@@ -234,7 +239,7 @@ pub fn encrypt(node: &Path, passphrase: &[u8], uuid: Guid) -> Result<(), String>
         "--batch-mode",
         "--progress-json",
         &dev,
-    ];
+    ]);
     match run(&args, passphrase)? {
         Ran::Done => Ok(()),
         Ran::WrongPassphrase => Err(format!("cryptsetup refused the new passphrase for {dev}")),
@@ -435,16 +440,9 @@ impl Volume {
         say(&format!(
             "expanding: {dev} becomes a LUKS2 volume (aes-xts-plain64, argon2id)"
         ));
-        let args = [
-            "luksFormat",
-            "--type",
-            "luks2",
-            "--cipher",
-            "aes-xts-plain64",
-            "--key-size",
-            "512",
-            "--pbkdf",
-            "argon2id",
+        let mut args = vec!["luksFormat"];
+        args.extend(LUKS2_FORMAT);
+        args.extend([
             "--uuid",
             &uuid,
             "--label",
@@ -453,7 +451,7 @@ impl Volume {
             "-",
             "--batch-mode",
             &dev,
-        ];
+        ]);
         if let Ran::WrongPassphrase = run(&args, passphrase)? {
             return Err(format!("cryptsetup refused the new passphrase for {dev}"));
         }
