@@ -8,7 +8,7 @@
 #   scripts/power-loss.sh [POINTS] [SEED]     (default: 24 points, seed 1)
 #
 # Each point prints where its cut fell (the agent's last line before it). The test
-# suite runs the first three points of seed 1.
+# suite runs the first point of seed 1 (a cut during the filesystem's growth).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 points=${1:-24}
