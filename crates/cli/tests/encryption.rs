@@ -11,9 +11,9 @@ mod common;
 
 use common::*;
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 
 const MARKER: &str = "oneimage-demo: booted";
@@ -78,51 +78,6 @@ fn boot(image: &Path, args: &[String]) -> String {
         .chain(args.iter().map(String::as_str))
         .collect();
     boot_console(image, MARKER, 1800, &args)
-}
-
-/// Runs cryptsetup on the host (C locale) with `stdin`; returns its exit code and output.
-fn cryptsetup(args: &[&str], stdin: &[u8]) -> (Option<i32>, String) {
-    let mut child = Command::new("cryptsetup")
-        .args(args)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cryptsetup runs (apt-get install cryptsetup-bin)");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let o = child.wait_with_output().unwrap();
-    (
-        o.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
-}
-
-/// The value after `key:` on the first line of `dump` that has it.
-fn field<'a>(dump: &'a str, key: &str) -> &'a str {
-    dump.lines()
-        .find_map(|l| l.trim().strip_prefix(key))
-        .map(|v| v.trim_start_matches(':').trim())
-        .unwrap_or_else(|| panic!("{key} in {dump}"))
-}
-
-/// Whether `text` occurs anywhere in the file `path` (GNU grep, reading it as bytes).
-fn file_contains(path: &Path, text: &str) -> bool {
-    let o = output(
-        Command::new("grep")
-            .args(["-q", "-a", "-F", "--", text])
-            .arg(path)
-            .env("LC_ALL", "C"),
-    );
-    match o.status.code() {
-        Some(0) => true,
-        Some(1) => false,
-        other => panic!("grep {}: {other:?}", path.display()),
-    }
 }
 
 /// Decrypts the first `len` bytes of the LUKS2 data segment at `offset` of `part` with
@@ -452,48 +407,6 @@ fn decrypt_root(image: &Path, passphrase: &str, dir: &Path, out: &Path) {
     }
     std::fs::remove_file(part).unwrap();
     std::fs::remove_file(key_file).unwrap();
-}
-
-/// Decrypts `len` bytes that lie `from` bytes into the LUKS2 data segment at `offset` of
-/// `part`, with the volume key `key` (aes-xts-plain64: the tweak is the 512-byte sector
-/// number from the segment's start, whatever the encryption sector size).
-fn decrypt_at(part: &Path, key: &[u8], offset: u64, from: u64, sector: u64, len: u64) -> Vec<u8> {
-    use aes::cipher::KeyInit;
-    let (k1, k2) = key.split_at(key.len() / 2);
-    let xts = xts_mode::Xts128::new(
-        aes::Aes256::new_from_slice(k1).unwrap(),
-        aes::Aes256::new_from_slice(k2).unwrap(),
-    );
-    let mut f = std::fs::File::open(part).unwrap();
-    f.seek(SeekFrom::Start(offset + from)).unwrap();
-    let mut data = vec![0u8; len as usize];
-    f.read_exact(&mut data).unwrap();
-    for (i, unit) in data.chunks_mut(sector as usize).enumerate() {
-        let n = (from + i as u64 * sector) / 512;
-        xts.decrypt_sector(unit, xts_mode::get_tweak_default(n as u128));
-    }
-    data
-}
-
-/// The volume key of the LUKS2 header in `part`, as `cryptsetup luksDump
-/// --dump-volume-key` gives it for `passphrase` (through the file `key_file`).
-fn dump_volume_key(part: &Path, passphrase: &str, key_file: &Path) -> Vec<u8> {
-    let _ = std::fs::remove_file(key_file);
-    let (code, out) = cryptsetup(
-        &[
-            "luksDump",
-            "--dump-volume-key",
-            "--volume-key-file",
-            key_file.to_str().unwrap(),
-            "--batch-mode",
-            "--key-file",
-            "-",
-            part.to_str().unwrap(),
-        ],
-        passphrase.as_bytes(),
-    );
-    assert_eq!(code, Some(0), "{out}");
-    std::fs::read(key_file).unwrap()
 }
 
 /// Seconds the step `what` took on `console`, from its line `... {what} ... (N s)` or

@@ -190,7 +190,16 @@ fn run_script(image: &Path, disk: &Path, extra: &[&str]) -> String {
         .args(extra));
     let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
     let tail: Vec<&str> = console.lines().rev().take(60).collect();
-    let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+    // What the script and oneimage said, then how the boot ended.
+    let said: Vec<&str> = console
+        .lines()
+        .filter(|l| l.contains("oneimage-test:") || l.contains("oneimage: "))
+        .collect();
+    let tail = format!(
+        "{}\n--- the console's end:\n{}",
+        said.join("\n"),
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
     assert!(console.contains(MARKER), "no demo marker:\n{tail}");
     if secure_boot() {
         assert!(
@@ -822,5 +831,197 @@ fn kernel_update_on_an_expanded_compressed_root_reaches_the_boot() {
     assert!(
         console.contains("the root is the expanded partition 4"),
         "{console}"
+    );
+}
+
+/// The demo that offers encryption (examples/debian-encrypt-offer.toml) with the test
+/// runner; built once.
+fn encrypting_test_image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let dir = tmp().join("installed-system-encrypt-offer");
+        let overlay = runner_overlay(&dir);
+        build_example_variant(
+            "debian-encrypt-offer",
+            &dir,
+            &overlay,
+            false,
+            &tmp().join("rootfs-cache"),
+        )
+    })
+}
+
+/// Text of a file of the image's root (the demo's unit), looked for in the raw disk.
+const ROOT_TEXT: &str = "Announce that the oneimage demo booted";
+
+/// From a stick booted live, an encrypted install onto a used internal disk: refused
+/// without a passphrase and no terminal, then written with one. Before its first boot
+/// the disk holds none of the root's plaintext: its root partition is LUKS2 from its
+/// first sector (aes-xts-plain64, argon2id), the passphrase opens it and no other, and
+/// the filesystem inside, decrypted on the host with the volume key, is clean and has
+/// its own UUID. It boots alone, asks for the passphrase, grows and reaches the marker.
+#[test]
+fn an_encrypted_install_writes_no_plaintext_and_the_copy_boots_asking_for_its_passphrase() {
+    const PASSPHRASE: &str = "install secret";
+    let d = tempfile::tempdir().unwrap();
+    let image = encrypting_test_image();
+    assert!(
+        file_contains(image, ROOT_TEXT),
+        "the image holds the root's text in the clear (else the check below proves nothing)"
+    );
+    let stick = d.path().join("stick.img");
+    let image_len = std::fs::metadata(image).unwrap().len();
+    used_disk(&stick, image_len + (512 << 20));
+    ok(oneimage().args(["write", "--yes"]).arg(image).arg(&stick));
+    let internal = d.path().join("internal.img");
+    used_disk(&internal, INTERNAL);
+    let script = format!(
+        "{INSTALL_HELPERS}
+internal=$(disk_of {})
+test -n \"$internal\"
+refused 'no passphrase and no terminal' 'no passphrase can be asked' oneimage install --yes \"$internal\" < /dev/null
+printf '%s\\n' '{PASSPHRASE}' > /run/passphrase
+oneimage install --yes --encrypt --passphrase-file /run/passphrase \"$internal\"
+echo 'oneimage-test: installed'
+",
+        INTERNAL / 512
+    );
+    let disk = script_disk(d.path(), "install", &script, &[]);
+    let console = run_script(
+        &stick,
+        &disk,
+        &[
+            "--media",
+            "usb",
+            "--entry",
+            "live",
+            "--extra-disk",
+            internal.to_str().unwrap(),
+        ],
+    );
+    assert_steps(
+        &console,
+        "encrypted install",
+        &[
+            "oneimage-test: refused: no passphrase and no terminal",
+            "oneimage: install: making the copy's LUKS2 header: aes-xts-plain64, argon2id",
+            "the root written encrypted (LUKS2)",
+            "oneimage: install: the copy has its own identity",
+            "oneimage-test: installed",
+        ],
+    );
+    for l in console.lines().filter(|l| l.contains("oneimage: install:")) {
+        eprintln!("{l}");
+    }
+    assert_eq!(inspect(&stick)["first_boot"]["state"], "not-started");
+
+    // Before its first boot: no plaintext, LUKS2 from the root partition's first byte.
+    assert!(
+        !file_contains(&internal, ROOT_TEXT),
+        "the root's plaintext is on the internal disk"
+    );
+    let out = ok(Command::new("sgdisk")
+        .env("LC_ALL", "C")
+        .arg("-v")
+        .arg(&internal));
+    assert!(out.contains("No problems found"), "{out}");
+    let copy = inspect(&internal);
+    let built = inspect(image);
+    let fb = &copy["first_boot"];
+    assert_eq!(
+        fb["done"],
+        serde_json::json!(["identity", "encrypt"]),
+        "{fb}"
+    );
+    assert_eq!(fb["encryption"]["outcome"], "encrypted", "{fb}");
+    let part = extract_partition(&internal, 2, d.path());
+    let mut magic = [0u8; 6];
+    std::io::Read::read_exact(&mut std::fs::File::open(&part).unwrap(), &mut magic).unwrap();
+    assert_eq!(&magic, b"LUKS\xba\xbe", "the root partition's first bytes");
+    let p = part.to_str().unwrap();
+    let (code, dump) = cryptsetup(&["luksDump", p], b"");
+    assert_eq!(code, Some(0), "{dump}");
+    assert_eq!(field(&dump, "Version"), "2", "{dump}");
+    assert_eq!(field(&dump, "cipher"), "aes-xts-plain64", "{dump}");
+    assert_eq!(field(&dump, "PBKDF"), "argon2id", "{dump}");
+    assert_eq!(field(&dump, "length"), "(whole device)", "{dump}");
+    assert_eq!(
+        copy["partitions"][1]["luks2"]["uuid"],
+        field(&dump, "UUID"),
+        "{copy}"
+    );
+    let test = ["open", "--test-passphrase", "--key-file", "-", p];
+    let (code, out) = cryptsetup(&test, PASSPHRASE.as_bytes());
+    assert_eq!(code, Some(0), "the passphrase opens it: {out}");
+    let (code, out) = cryptsetup(&test, b"not the passphrase");
+    assert_eq!(code, Some(2), "another does not: {out}");
+    let key_file = d.path().join("volume-key");
+    let key = dump_volume_key(&part, PASSPHRASE, &key_file);
+    let offset: u64 = field(&dump, "offset")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let fs_len = built["partitions"][1]["filesystem"]["total_bytes"]
+        .as_u64()
+        .expect("the image's root filesystem size");
+    let plain = d.path().join("decrypted-root.img");
+    std::fs::write(&plain, decrypt_at(&part, &key, offset, 0, 512, fs_len)).unwrap();
+    e2fsck_clean(&plain);
+    let sb = ok(Command::new("dumpe2fs")
+        .env("LC_ALL", "C")
+        .arg("-h")
+        .arg(&plain));
+    let uuid = field(&sb, "Filesystem UUID");
+    assert_ne!(
+        uuid,
+        built["partitions"][1]["filesystem"]["uuid"]
+            .as_str()
+            .unwrap(),
+        "the copy's filesystem has the image's UUID"
+    );
+    for f in [&part, &key_file, &plain] {
+        std::fs::remove_file(f).unwrap();
+    }
+
+    // It boots alone, asks, unlocks, grows and keeps what it wrote.
+    let write = script_disk(
+        d.path(),
+        "write",
+        "echo encrypted > /root/kept\nsync\n",
+        &[],
+    );
+    let unlock = format!("Passphrase to unlock /dev/vda2={PASSPHRASE}");
+    let console = run_script(&internal, &write, &["--answer", &unlock]);
+    assert_steps(
+        &console,
+        "first boot of the copy",
+        &[
+            "first boot: resuming on /dev/vda; done so far: identity, encrypt",
+            "step grow-partition done",
+            "oneimage-init: /dev/vda2 unlocked as /dev/mapper/oneimage-root",
+            "step grow-filesystem done",
+            MARKER,
+        ],
+    );
+    assert!(
+        !console.contains(PASSPHRASE),
+        "the passphrase was echoed:\n{console}"
+    );
+    let grown = inspect(&internal);
+    assert_eq!(
+        grown["first_boot"]["complete"], true,
+        "{}",
+        grown["first_boot"]
+    );
+    let root = grown["partitions"][1]["size"].as_u64().unwrap();
+    assert!(
+        root > INTERNAL - (200 << 20),
+        "the root was not grown: {root} bytes"
+    );
+    assert!(
+        !file_contains(&internal, ROOT_TEXT),
+        "the root's plaintext is on the internal disk after its first boot"
     );
 }

@@ -14,8 +14,13 @@
 //! the live entry.
 
 use anyhow::{bail, Context, Result};
+use oneimage_builder::esp::MENU_SETTINGS_PATH;
+use oneimage_format::encryption::{Outcome, Policy};
+use oneimage_format::firstboot::State;
 use oneimage_format::gpt::{self, Table};
+use oneimage_format::luks2;
 use oneimage_format::slice::Slice;
+use oneimage_format::Guid;
 use oneimage_write::source::disk_view::DiskView;
 use oneimage_write::target::device::{whole_disk, Device};
 use oneimage_write::target::mounts::{self, DevNum};
@@ -38,6 +43,9 @@ pub struct Medium {
     pub disc: Option<PathBuf>,
     /// The root partition's number.
     pub root_number: u32,
+    /// The device-mapper device the live session opened an encrypted (LUKS2) root
+    /// through, e.g. `/dev/dm-0`: the filesystem is read from it.
+    pub root_mapping: Option<PathBuf>,
 }
 
 impl Medium {
@@ -81,7 +89,15 @@ pub fn find_medium() -> Result<Medium> {
         }
         bail!("this system was not started by oneimage (no oneimage.esp= on the kernel command line and no live root at {LIVE_LOWER}); boot the oneimage stick or DVD to install it");
     };
-    let (sys, part) = crate::boot_disk::sys_partition(lower)?;
+    let (mut sys, mut part) = crate::boot_disk::sys_partition(lower)?;
+    let (mut root_dev, mut root_mapping) = (lower, None);
+    if part.is_none() && sys.join("dm").is_dir() {
+        // An encrypted root: the partition is the one device under the mapping.
+        root_dev = single_slave(&sys)?;
+        root_mapping =
+            Some(PathBuf::from("/dev").join(sys.file_name().context("a device's name")?));
+        (sys, part) = crate::boot_disk::sys_partition(root_dev)?;
+    }
     let crate::boot_disk::SysPartition {
         number,
         disk_sys,
@@ -92,7 +108,7 @@ pub fn find_medium() -> Result<Medium> {
             sys.display()
         )
     })?;
-    let devnum = whole_disk(lower).context("the live root's disk")?;
+    let devnum = whole_disk(root_dev).context("the live root's disk")?;
     let disc = std::fs::read_to_string(disk_sys.join("loop/backing_file"))
         .ok()
         .map(|s| PathBuf::from(s.trim()));
@@ -101,7 +117,32 @@ pub fn find_medium() -> Result<Medium> {
         devnum,
         disc,
         root_number: number,
+        root_mapping,
     })
+}
+
+/// The device number of the one device under the device-mapper device at sysfs `sys`.
+fn single_slave(sys: &Path) -> Result<DevNum> {
+    let names: Vec<_> = std::fs::read_dir(sys.join("slaves"))
+        .with_context(|| format!("reading {}", sys.join("slaves").display()))?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    let [name] = names.as_slice() else {
+        bail!(
+            "the live root {} is a device-mapper device over {} devices; oneimage opens its root over one partition",
+            sys.display(),
+            names.len()
+        );
+    };
+    let dev = std::fs::read_to_string(sys.join("slaves").join(name).join("dev"))
+        .context("reading the device number of the live root's partition")?;
+    let (major, minor) = dev
+        .trim()
+        .split_once(':')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .with_context(|| format!("{dev:?}: not a device number"))?;
+    Ok((major, minor))
 }
 
 /// Whether partition `p` of `disk` holds a compressed root (SquashFS, EROFS).
@@ -132,8 +173,14 @@ fn iso_volume_size(disk: &mut File) -> Result<Option<u64>> {
 }
 
 /// What of the medium is copied: the extent of the image, the ranges read, and the new
-/// partition table and blank first-boot record put in.
-pub fn plan(medium: &Medium, say: &dyn Fn(&str)) -> Result<DiskView> {
+/// partition table and blank first-boot record put in. With `volume`, the copy's root
+/// partition is that new LUKS2 volume holding the medium's root filesystem, made as it
+/// is written (the partition grows by the header's room when it has not got it).
+pub fn plan(
+    medium: &Medium,
+    volume: Option<&oneimage_format::luks2::Made>,
+    say: &dyn Fn(&str),
+) -> Result<DiskView> {
     let dev = &medium.device;
     let mut disk = File::open(dev).with_context(|| format!("opening {}", dev.display()))?;
     let on_disk = gpt::read_table(&mut disk)
@@ -143,31 +190,122 @@ pub fn plan(medium: &Medium, say: &dyn Fn(&str)) -> Result<DiskView> {
         .partitions
         .iter()
         .find(|p| p.number == medium.root_number)
-        .with_context(|| format!("{} has no partition {}", dev.display(), medium.root_number))?;
-    {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut magic = [0u8; 6];
-        disk.seek(SeekFrom::Start(root.offset(ss)))
-            .and_then(|_| disk.read_exact(&mut magic))
-            .with_context(|| format!("reading partition {} of {}", root.number, dev.display()))?;
-        if oneimage_format::luks2::is_luks(&magic) {
-            bail!(
-                "the root on {} (partition {}) is encrypted (LUKS): installing an encrypted system is not supported by this version of oneimage; nothing was written",
-                dev.display(),
-                root.number
-            );
-        }
-    }
+        .with_context(|| format!("{} has no partition {}", dev.display(), medium.root_number))?
+        .clone();
+    let (root_at, root_len) = (root.offset(ss), root.len(ss));
+    let mut magic = [0u8; 6];
+    disk.seek(SeekFrom::Start(root_at))
+        .and_then(|_| disk.read_exact(&mut magic))
+        .with_context(|| format!("reading partition {} of {}", root.number, dev.display()))?;
+    let luks = oneimage_format::luks2::is_luks(&magic);
     // A compressed root is the image's own: a partition its first boot expanded it into
     // on this medium is not, and is left out (the copy expands on its own first boot).
-    let compressed = is_compressed_root(&mut disk, root, ss);
-    let table = if compressed {
+    let compressed = !luks && is_compressed_root(&mut disk, &root, ss);
+    if compressed && volume.is_some() {
+        bail!("the root on {} is compressed: its copy cannot be encrypted while it is written; the copy's first boot expands it straight into a new LUKS2 volume when the image asks for encryption ([encryption] mode = \"offer\" or \"require\")", dev.display());
+    }
+    let mut table = if compressed {
         oneimage_format::expansion::image_table(&on_disk, medium.root_number)
     } else {
         on_disk.clone()
     };
     if table.partitions.len() != on_disk.partitions.len() {
         say("the compressed root was expanded on this medium: copying the image without the expanded root");
+    }
+    // Where the root filesystem is read: the partition, or the mapping the live
+    // session opened an encrypted root through.
+    let (fs_path, fs_at) = match (&medium.root_mapping, luks) {
+        (Some(m), true) => (m.clone(), 0),
+        (None, true) if volume.is_some() => bail!(
+            "the root on {} (partition {}) is encrypted, but this live session did not open it; nothing was written",
+            dev.display(),
+            root.number
+        ),
+        _ => (dev.clone(), root_at),
+    };
+    let mut fs_file =
+        File::open(&fs_path).with_context(|| format!("opening {}", fs_path.display()))?;
+    let fs_room = if fs_path == *dev {
+        root_len
+    } else {
+        fs_file.seek(SeekFrom::End(0))?
+    };
+    let used = if compressed || (luks && volume.is_none()) {
+        // Compressed, or an encrypted root copied as it is: every block is in use.
+        None
+    } else {
+        let mut fs = Slice::new(&mut fs_file, fs_at, fs_room);
+        match oneimage_format::ext4_used::used_ranges(&mut fs) {
+            Ok(u) if u.needs_recovery => {
+                // Blocks its journal would allocate may be free in the bitmaps.
+                say("the root filesystem was not cleanly unmounted (its journal holds changes): copying all of it");
+                Some((
+                    vec![(0, u.blocks_count * u.block_size)],
+                    u.blocks_count * u.block_size,
+                ))
+            }
+            Ok(u) => Some((u.ranges, u.blocks_count * u.block_size)),
+            Err(e @ oneimage_format::ext4_used::Ext4Error::Unsupported { .. })
+                if volume.is_none() =>
+            {
+                say(&format!("{e}: copying all of the root filesystem"));
+                None
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "reading the root filesystem's block bitmaps ({})",
+                        fs_path.display()
+                    )
+                })
+            }
+        }
+    };
+    let mut encrypted = None;
+    if let Some(v) = volume {
+        let (ranges, fs_len) = used.clone().context("the root filesystem's size")?;
+        let needed = (v.header.len() as u64 + fs_len).next_multiple_of(ss);
+        let root_index = table
+            .partitions
+            .iter()
+            .position(|p| p.number == root.number)
+            .context("the root partition in the copy's table")?;
+        let mut new_len = root_len;
+        if needed > root_len {
+            let last = table
+                .partitions
+                .iter()
+                .map(|p| p.last_lba)
+                .max()
+                .unwrap_or(0);
+            if table.partitions[root_index].last_lba != last {
+                bail!(
+                    "the root partition {} of {} has no room for a LUKS2 header ({} more bytes) and is not the last partition, so it cannot grow in the copy",
+                    root.number,
+                    dev.display(),
+                    needed - root_len
+                );
+            }
+            table.partitions[root_index].last_lba += (needed - root_len) / ss;
+            new_len = needed;
+            say(&format!(
+                "the root partition grows by {} in the copy: the room of its LUKS2 header",
+                oneimage_format::size::format_size(needed - root_len)
+            ));
+        }
+        encrypted = Some(oneimage_write::source::disk_view::EncryptedPartition {
+            at: root_at,
+            len: new_len,
+            header: std::sync::Arc::new(v.header.clone()),
+            key: std::sync::Arc::new(v.volume_key),
+            source: fs_path.clone(),
+            source_at: fs_at,
+            read: ranges
+                .iter()
+                .map(|&(a, b)| (a, b.min(fs_len)))
+                .filter(|(a, b)| a < b)
+                .collect(),
+        });
     }
     let parts_end = table
         .partitions
@@ -181,51 +319,25 @@ pub fn plan(medium: &Medium, say: &dyn Fn(&str)) -> Result<DiskView> {
         .max(iso.unwrap_or(0))
         .next_multiple_of(4096);
     let device_size = disk.seek(SeekFrom::End(0))?;
-    if extent > device_size {
+    let mut read = vec![(0, root_at)];
+    match (&encrypted, used) {
+        (Some(_), _) => {}
+        (None, Some((ranges, _))) => read.extend(
+            ranges
+                .iter()
+                .map(|&(a, b)| (root_at + a, root_at + b.min(root_len))),
+        ),
+        (None, None) => read.push((root_at, root_at + root_len)),
+    }
+    let root_end = root_at + encrypted.as_ref().map_or(root_len, |e| e.len);
+    read.push((root_end, extent.min(device_size)));
+    read.retain(|(a, b)| a < b);
+    if extent > device_size && encrypted.is_none() {
         bail!(
             "{}: the image it holds would end at byte {extent}, past the device's end ({device_size} bytes)",
             medium.describe()
         );
     }
-    let (root_at, root_len) = (root.offset(ss), root.len(ss));
-    let used = if compressed {
-        // Compressed: every block is in use.
-        None
-    } else {
-        let mut fs = Slice::new(&mut disk, root_at, root_len);
-        match oneimage_format::ext4_used::used_ranges(&mut fs) {
-            Ok(u) if u.needs_recovery => {
-                // Blocks its journal would allocate may be free in the bitmaps.
-                say("the root filesystem was not cleanly unmounted (its journal holds changes): copying all of it");
-                None
-            }
-            Ok(u) => Some(u.ranges),
-            Err(e @ oneimage_format::ext4_used::Ext4Error::Unsupported { .. }) => {
-                say(&format!("{e}: copying all of the root filesystem"));
-                None
-            }
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "reading the root filesystem's block bitmaps (partition {} of {})",
-                        root.number,
-                        dev.display()
-                    )
-                })
-            }
-        }
-    };
-    let mut read = vec![(0, root_at)];
-    match used {
-        Some(ranges) => read.extend(
-            ranges
-                .iter()
-                .map(|&(a, b)| (root_at + a, root_at + b.min(root_len))),
-        ),
-        None => read.push((root_at, root_at + root_len)),
-    }
-    read.push((root_at + root_len, extent));
-    read.retain(|(a, b)| a < b);
     let mut patches = table_for_extent(&mut disk, &table, extent)
         .with_context(|| format!("{}: the partition table for the copy", dev.display()))?;
     for at in oneimage_format::firstboot::SLOT_OFFSETS {
@@ -236,6 +348,7 @@ pub fn plan(medium: &Medium, say: &dyn Fn(&str)) -> Result<DiskView> {
         extent,
         read,
         patches,
+        encrypted,
     })
 }
 
@@ -419,6 +532,19 @@ pub fn refuse_medium(medium: &Medium, target: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether the copy's root is encrypted, as asked on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EncryptChoice {
+    /// As the image says: always for `require`, `build-key` and an encrypted medium;
+    /// asked for `offer`; never for `off`.
+    #[default]
+    AsTheImageSays,
+    /// Encrypt (refused for an image that cannot unlock an encrypted root).
+    Encrypt,
+    /// Do not encrypt (refused where the image requires encryption).
+    Plain,
+}
+
 /// What `install` needs.
 pub struct InstallOptions {
     /// The whole disk to install onto.
@@ -429,23 +555,179 @@ pub struct InstallOptions {
     pub progress: oneimage_write::progress::Mode,
     /// Set to stop the copy; the target is then erased.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Whether the copy's root is encrypted.
+    pub encrypt: EncryptChoice,
+    /// Where the new passphrase is read from (its first line), instead of asking.
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// Asks the user for one line without showing it; `Ok(None)` when nobody can answer
+/// (no terminal).
+pub type AskSecret<'a> = &'a dyn Fn(&str) -> Result<Option<String>>;
+
+/// The encryption policy of the running image, from its boot settings (`off` for an
+/// image made before encryption existed).
+fn image_policy() -> Result<Policy> {
+    if !Path::new(MENU_SETTINGS_PATH).exists() {
+        return Ok(Policy::Off);
+    }
+    let settings = crate::update_boot::read_settings()?;
+    settings
+        .encryption
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{MENU_SETTINGS_PATH}: encryption = {e}"))
+}
+
+/// The passphrase of the copy's LUKS2 volume, or `None` when the copy is not encrypted.
+fn choose_passphrase(
+    o: &InstallOptions,
+    policy: Policy,
+    medium_encrypted: bool,
+    ask: AskSecret<'_>,
+) -> Result<Option<String>> {
+    let must = medium_encrypted || matches!(policy, Policy::Require | Policy::BuildKey);
+    match o.encrypt {
+        EncryptChoice::Plain if medium_encrypted => bail!(
+            "the root of this medium is encrypted: its copy is encrypted too (leave out --no-encrypt); nothing was written"
+        ),
+        EncryptChoice::Plain if must => bail!(
+            "this image requires encryption ([encryption] mode = \"{policy}\"): its copy is encrypted (leave out --no-encrypt); nothing was written"
+        ),
+        EncryptChoice::Plain => return Ok(None),
+        EncryptChoice::Encrypt if policy == Policy::Off && !medium_encrypted => bail!(
+            "this image was built without encryption ([encryption] mode = \"off\"): its initramfs has no cryptsetup to unlock an encrypted root; build it with mode = \"offer\" or \"require\"; nothing was written"
+        ),
+        EncryptChoice::AsTheImageSays if policy == Policy::Off && !medium_encrypted => {
+            return Ok(None)
+        }
+        _ => {}
+    }
+    if let Some(f) = &o.passphrase_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading the passphrase from {}", f.display()))?;
+        let p = text.lines().next().unwrap_or("").to_string();
+        if p.is_empty() {
+            bail!("{}: the first line (the passphrase) is empty", f.display());
+        }
+        return Ok(Some(p));
+    }
+    let may_decline = !must && o.encrypt == EncryptChoice::AsTheImageSays;
+    let prompt = if may_decline {
+        "New passphrase for the copy's encrypted root (empty: do not encrypt): "
+    } else {
+        "New passphrase for the copy's encrypted root: "
+    };
+    loop {
+        let Some(first) = ask(prompt)? else {
+            bail!("the copy's root is encrypted and no passphrase can be asked (standard input is not a terminal): give one with --passphrase-file FILE; nothing was written");
+        };
+        if first.is_empty() {
+            if may_decline {
+                return Ok(None);
+            }
+            eprintln!("oneimage: install: an empty passphrase is not allowed");
+            continue;
+        }
+        let again = ask("The same passphrase again: ")?.unwrap_or_default();
+        if again == first {
+            return Ok(Some(first));
+        }
+        eprintln!("oneimage: install: the two passphrases differ; again");
+    }
+}
+
+/// Argon2id's memory (KiB) and time cost for a new keyslot, like cryptsetup's: about
+/// two seconds on this machine, with up to 1 GiB and half its memory.
+fn kdf_cost() -> (u32, u32) {
+    const TARGET: f64 = 2.0;
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(2 << 20);
+    let max_kib = (1u64 << 20).min(total_kib / 2).max(64 << 10);
+    // One pass over 64 MiB gives the cost of a KiB.
+    let probe_kib = 64u32 << 10;
+    let started = std::time::Instant::now();
+    let params = argon2::Params::new(probe_kib, 1, 1, Some(32)).expect("valid argon2 parameters");
+    let mut out = [0u8; 32];
+    let _ = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password_into(b"probe", b"oneimage kdf probe", &mut out);
+    let per_kib = started.elapsed().as_secs_f64() / f64::from(probe_kib);
+    let time_at_max = (TARGET / (per_kib * max_kib as f64)).floor();
+    if time_at_max >= 4.0 {
+        (max_kib as u32, time_at_max.min(1000.0) as u32)
+    } else {
+        let kib = (TARGET / (per_kib * 4.0)).clamp(32.0 * 1024.0, max_kib as f64);
+        (kib as u32, 4)
+    }
 }
 
 /// Copies the running live session's medium onto `o.target` with the writer (every
 /// check of `oneimage write` but the one for removable disks: installing means writing
-/// to an internal disk), then reads it all back.
+/// to an internal disk), then reads it all back. An encrypted copy's root is a new
+/// LUKS2 volume from its first written byte: the target never holds its plaintext.
 pub fn install(
     o: InstallOptions,
+    ask: AskSecret<'_>,
     say: &dyn Fn(&str),
 ) -> Result<oneimage_write::write::WriteReport> {
     let medium = find_medium()?;
     refuse_medium(&medium, &o.target)?;
-    let view = plan(&medium, say)?;
+    let policy = image_policy()?;
+    let passphrase = choose_passphrase(&o, policy, medium.root_mapping.is_some(), ask)?;
+    let mut seed = [0u8; 32];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .context("reading /dev/urandom")?;
+    let volume = match &passphrase {
+        Some(p) => {
+            let (memory, time) = kdf_cost();
+            say(&format!(
+                "making the copy's LUKS2 header: aes-xts-plain64, argon2id with {} MiB and {time} passes",
+                memory >> 10
+            ));
+            let mut urandom = File::open("/dev/urandom").context("opening /dev/urandom")?;
+            let mut failed = None;
+            let secrets = luks2::Secrets::from_source(&mut |b| {
+                if let Err(e) = urandom.read_exact(b) {
+                    failed = Some(e);
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e).context("reading /dev/urandom");
+            }
+            let probe = State::new(Guid([0; 16]), Guid([0; 16]), medium.root_number, seed);
+            let made = luks2::make_header_with(
+                &luks2::BuildKey {
+                    passphrase: p.as_bytes(),
+                    seed: "",
+                    uuid: probe.identity().luks_uuid,
+                    label: "oneimage-root",
+                    kdf_memory_kib: memory,
+                    kdf_time: time,
+                },
+                &secrets,
+            )
+            .map_err(|e| anyhow::anyhow!("making the LUKS2 header: {e}"))?;
+            Some(made)
+        }
+        None => None,
+    };
+    let view = plan(&medium, volume.as_ref(), say)?;
     say(&format!(
-        "copying the {} image on {}: {} read, the root filesystem's free space written as zeros",
+        "copying the {} image on {}: {} read, the root filesystem's free space written as zeros{}",
         oneimage_format::size::format_size(view.extent),
         medium.describe(),
-        oneimage_format::size::format_size(view.bytes_read())
+        oneimage_format::size::format_size(view.bytes_read()),
+        if volume.is_some() {
+            "; the root written encrypted (LUKS2)"
+        } else {
+            ""
+        }
     ));
     let mut w = oneimage_write::write::WriteOptions::new(&medium.device, &o.target);
     w.view = Some(view);
@@ -457,21 +739,46 @@ pub fn install(
     w.progress = o.progress;
     w.cancel = o.cancel;
     let report = oneimage_write::write::write(&w)?;
-    give_identity(&o.target, medium.root_number, say).with_context(|| {
-        format!(
-            "{} holds a complete copy, but giving it its own identity failed (its first boot will)",
-            o.target.display()
-        )
-    })?;
+    let encryption = match (&passphrase, policy) {
+        (Some(p), _) => Encryption::Encrypted(p),
+        (None, Policy::Off) => Encryption::Off,
+        (None, _) => Encryption::Declined,
+    };
+    give_identity(&o.target, medium.root_number, seed, policy, encryption, say).with_context(
+        || {
+            format!(
+                "{} holds a complete copy, but giving it its own identity failed (its first boot will)",
+                o.target.display()
+            )
+        },
+    )?;
     Ok(report)
 }
 
+/// What became of the copy's encryption.
+enum Encryption<'a> {
+    /// The image does not encrypt.
+    Off,
+    /// The copy's root is LUKS2, with this passphrase.
+    Encrypted(&'a str),
+    /// Offered and declined: the copy's first boot does not ask again.
+    Declined,
+}
+
 /// Gives the copy on `target` its own identity, the first step of its first boot, through
-/// the same record the agent keeps: a record with a new seed, the identity, then the
-/// record of it done. A power cut anywhere leaves no record (the first boot does it all)
-/// or one the first boot resumes with the same seed.
-fn give_identity(target: &Path, root_number: u32, say: &dyn Fn(&str)) -> Result<()> {
-    use oneimage_format::firstboot::{self as record, State, Step};
+/// the same record the agent keeps: a record with the seed, the identity, then the
+/// record of it done (and of the encryption, when `install` decided it). A power cut
+/// anywhere leaves no record (the first boot does it all) or one the first boot resumes
+/// with the same seed.
+fn give_identity(
+    target: &Path,
+    root_number: u32,
+    seed: [u8; 32],
+    policy: Policy,
+    encryption: Encryption<'_>,
+    say: &dyn Fn(&str),
+) -> Result<()> {
+    use oneimage_format::firstboot::{self as record, Step};
     let mut disk = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -484,11 +791,7 @@ fn give_identity(target: &Path, root_number: u32, say: &dyn Fn(&str)) -> Result<
         .iter()
         .find(|p| p.number == root_number)
         .with_context(|| format!("{} has no partition {root_number}", target.display()))?;
-    let mut seed = [0u8; 32];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut seed))
-        .context("reading /dev/urandom")?;
-    let mut state = State::new(table.disk_guid, root.guid, root_number, seed);
+    let mut state = State::new(table.disk_guid, root.guid, root_number, seed).encrypting(policy);
     // A compressed root has no UUID to change; the copy's first boot expands it, into
     // a filesystem made with the new one.
     let compressed = is_compressed_root(&mut disk, root, table.sector_size);
@@ -503,24 +806,76 @@ fn give_identity(target: &Path, root_number: u32, say: &dyn Fn(&str)) -> Result<
     save(&mut disk, &state)?;
     let node = partition_node(&disk, target, root_number)?;
     let id = state.identity();
-    oneimage_format::identity::apply(&mut disk, &table, &id, &mut |uuid| {
-        if compressed {
-            Ok(())
-        } else {
-            set_ext4_uuid(&node, uuid)
-        }
+    oneimage_format::identity::apply(&mut disk, &table, &id, &mut |uuid| match encryption {
+        _ if compressed => Ok(()),
+        Encryption::Encrypted(p) => set_ext4_uuid_inside(&node, p, uuid),
+        _ => set_ext4_uuid(&node, uuid),
     })
     .map_err(|e| anyhow::anyhow!("{}: {e}", target.display()))?;
     disk.sync_all()?;
     oneimage_write::gpt_fix::reread_partitions(&disk);
-    save(&mut disk, &state.with_done(Step::Identity))?;
+    state = state.with_done(Step::Identity);
+    match encryption {
+        Encryption::Off => {}
+        Encryption::Encrypted(_) => state = state.with_encryption_done(Outcome::Encrypted),
+        Encryption::Declined => state = state.with_encryption_done(Outcome::Declined),
+    }
+    save(&mut disk, &state)?;
     say(&format!(
-        "the copy has its own identity: disk {}, root filesystem {}, ESP volume id {}",
+        "the copy has its own identity: disk {}, root filesystem {}, ESP volume id {}{}",
         id.disk,
         id.root_fs_uuid,
-        oneimage_format::fat::volume_id_text(id.esp_volume_id)
+        oneimage_format::fat::volume_id_text(id.esp_volume_id),
+        match encryption {
+            Encryption::Encrypted(_) => format!(", LUKS2 header {}", id.luks_uuid),
+            _ => String::new(),
+        }
     ));
     Ok(())
+}
+
+/// Sets the UUID of the ext4 filesystem inside the LUKS2 volume on `node`: opened with
+/// cryptsetup for the change, then closed.
+fn set_ext4_uuid_inside(
+    node: &Path,
+    passphrase: &str,
+    uuid: oneimage_format::Guid,
+) -> Result<(), String> {
+    const MAPPING: &str = "oneimage-install";
+    let mut open = std::process::Command::new("cryptsetup");
+    open.args(["open", "--type", "luks2", "--key-file=-"])
+        .arg(node)
+        .arg(MAPPING)
+        .stdin(std::process::Stdio::piped());
+    let mut child = open
+        .spawn()
+        .map_err(|e| format!("running cryptsetup open: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(passphrase.as_bytes())
+            .map_err(|e| format!("giving cryptsetup the passphrase: {e}"))?;
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for cryptsetup open: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "cryptsetup open {} failed ({status}): the new volume does not open with its passphrase",
+            node.display()
+        ));
+    }
+    let mapped = PathBuf::from(format!("/dev/mapper/{MAPPING}"));
+    let set = set_ext4_uuid(&mapped, uuid);
+    let mut close = std::process::Command::new("cryptsetup");
+    close.args(["close", MAPPING]);
+    let closed = oneimage_builder::run::run(
+        &mut close,
+        "closing the copy's LUKS2 volume",
+        Default::default(),
+    )
+    .map(|_| ())
+    .map_err(|e| format!("{e:#}"));
+    set.and(closed)
 }
 
 /// The device node of partition `number` of the whole disk `disk`, once the kernel has

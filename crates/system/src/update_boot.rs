@@ -113,7 +113,7 @@ fn choose(
     (chosen, keep_running_from_esp)
 }
 
-fn read_settings() -> Result<MenuSettings> {
+pub(crate) fn read_settings() -> Result<MenuSettings> {
     let text = std::fs::read_to_string(MENU_SETTINGS_PATH)
         .with_context(|| format!("reading {MENU_SETTINGS_PATH} (the boot menu's settings)"))?;
     toml::from_str(&text).with_context(|| format!("{MENU_SETTINGS_PATH}: not valid settings"))

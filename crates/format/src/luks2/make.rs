@@ -31,11 +31,12 @@ const KEYSLOT_OFFSET: u64 = 2 * HDR_SIZE as u64;
 const DIGEST_ITERATIONS: u32 = 1000;
 const SECTOR: usize = 512;
 
-/// What a build-time header is made from.
+/// What a header is made from.
 pub struct BuildKey<'a> {
-    /// The public passphrase.
+    /// The passphrase (for a build-time header, the public one).
     pub passphrase: &'a [u8],
-    /// Every value is derived from it (the image's seed and what the key is for).
+    /// For [`make_header`], every value is derived from it (the image's seed and what
+    /// the key is for).
     pub seed: &'a str,
     /// The header's UUID.
     pub uuid: crate::Guid,
@@ -166,13 +167,70 @@ fn binary_header(
     h
 }
 
-/// Makes a LUKS2 header for `k`: both headers and the keyslots area, and the volume key.
+/// The values cryptsetup draws at random for a new header.
+pub struct Secrets {
+    /// The volume key.
+    pub volume_key: [u8; KEY_LEN],
+    kdf_salt: [u8; 32],
+    digest_salt: [u8; 32],
+    stripes: Vec<u8>,
+    header_salts: [[u8; 64]; 2],
+}
+
+impl Secrets {
+    /// Every value taken from `fill`, e.g. a reader of `/dev/urandom` (a header whose
+    /// volume key nobody else knows).
+    pub fn from_source(fill: &mut dyn FnMut(&mut [u8])) -> Secrets {
+        let mut s = Secrets {
+            volume_key: [0; KEY_LEN],
+            kdf_salt: [0; 32],
+            digest_salt: [0; 32],
+            stripes: vec![0; KEY_LEN * (STRIPES - 1)],
+            header_salts: [[0; 64]; 2],
+        };
+        fill(&mut s.volume_key);
+        fill(&mut s.kdf_salt);
+        fill(&mut s.digest_salt);
+        fill(&mut s.stripes);
+        for salt in &mut s.header_salts {
+            fill(salt);
+        }
+        s
+    }
+
+    /// Every value derived from `seed` (a build-time header: reproducible, and known to
+    /// anyone who has the image).
+    pub fn derived_from(seed: &str) -> Secrets {
+        let take =
+            |what: &str, out: &mut [u8]| out.copy_from_slice(&derived(seed, what, out.len()));
+        let mut s = Secrets {
+            volume_key: [0; KEY_LEN],
+            kdf_salt: [0; 32],
+            digest_salt: [0; 32],
+            stripes: derived(seed, "anti-forensic stripes", KEY_LEN * (STRIPES - 1)),
+            header_salts: [[0; 64]; 2],
+        };
+        take("volume key", &mut s.volume_key);
+        take("keyslot 0 salt", &mut s.kdf_salt);
+        take("digest salt", &mut s.digest_salt);
+        for (i, salt) in s.header_salts.iter_mut().enumerate() {
+            take(&format!("header {i} salt"), salt);
+        }
+        s
+    }
+}
+
+/// Makes a LUKS2 header for `k`, every value derived from its seed: both headers and
+/// the keyslots area, and the volume key.
 pub fn make_header(k: &BuildKey<'_>) -> Result<Made, String> {
-    let seed = k.seed;
-    let mut volume_key = [0u8; KEY_LEN];
-    volume_key.copy_from_slice(&derived(seed, "volume key", KEY_LEN));
-    let kdf_salt = derived(seed, "keyslot 0 salt", 32);
-    let digest_salt = derived(seed, "digest salt", 32);
+    make_header_with(k, &Secrets::derived_from(k.seed))
+}
+
+/// Makes a LUKS2 header for `k` (whose seed is not used) from `secrets`.
+pub fn make_header_with(k: &BuildKey<'_>, secrets: &Secrets) -> Result<Made, String> {
+    let volume_key = secrets.volume_key;
+    let kdf_salt = &secrets.kdf_salt;
+    let digest_salt = &secrets.digest_salt;
 
     // The keyslot: argon2id of the passphrase is the key of its material.
     let params = argon2::Params::new(k.kdf_memory_kib, k.kdf_time, 1, Some(KEY_LEN))
@@ -180,16 +238,15 @@ pub fn make_header(k: &BuildKey<'_>) -> Result<Made, String> {
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut slot_key = [0u8; KEY_LEN];
     argon
-        .hash_password_into(k.passphrase, &kdf_salt, &mut slot_key)
+        .hash_password_into(k.passphrase, kdf_salt, &mut slot_key)
         .map_err(|e| format!("argon2id: {e}"))?;
-    let random = derived(seed, "anti-forensic stripes", KEY_LEN * (STRIPES - 1));
-    let mut material = af_split(&volume_key, STRIPES, &random);
+    let mut material = af_split(&volume_key, STRIPES, &secrets.stripes);
     let area_len = material.len().div_ceil(4096) * 4096;
     material.resize(area_len, 0);
     encrypt_sectors(&slot_key, 0, &mut material);
 
     let mut digest = [0u8; 32];
-    pbkdf2::pbkdf2_hmac::<Sha256>(&volume_key, &digest_salt, DIGEST_ITERATIONS, &mut digest);
+    pbkdf2::pbkdf2_hmac::<Sha256>(&volume_key, digest_salt, DIGEST_ITERATIONS, &mut digest);
 
     let keyslots_size = DATA_OFFSET - KEYSLOT_OFFSET;
     let json_size = HDR_SIZE - super::BINARY_LEN;
@@ -211,10 +268,10 @@ pub fn make_header(k: &BuildKey<'_>) -> Result<Made, String> {
         area_len = area_len,
         time = k.kdf_time,
         mem = k.kdf_memory_kib,
-        kdf_salt = b64(&kdf_salt),
+        kdf_salt = b64(kdf_salt),
         data = DATA_OFFSET,
         iter = DIGEST_ITERATIONS,
-        dsalt = b64(&digest_salt),
+        dsalt = b64(digest_salt),
         digest = b64(&digest),
         json_size = json_size,
         ks_size = keyslots_size,
@@ -229,8 +286,14 @@ pub fn make_header(k: &BuildKey<'_>) -> Result<Made, String> {
     let uuid = k.uuid.to_string();
     let mut header = vec![0u8; DATA_OFFSET as usize];
     for (i, secondary) in [false, true].into_iter().enumerate() {
-        let salt = derived(seed, &format!("header {i} salt"), 64);
-        let h = binary_header(&json, 1, k.label, &salt, &uuid, secondary);
+        let h = binary_header(
+            &json,
+            1,
+            k.label,
+            &secrets.header_salts[i],
+            &uuid,
+            secondary,
+        );
         header[i * HDR_SIZE..(i + 1) * HDR_SIZE].copy_from_slice(&h);
     }
     let at = KEYSLOT_OFFSET as usize;

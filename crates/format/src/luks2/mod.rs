@@ -10,7 +10,9 @@
 
 mod make;
 
-pub use make::{encrypt_sectors, make_header, BuildKey, Made, DATA_OFFSET};
+pub use make::{
+    encrypt_sectors, make_header, make_header_with, BuildKey, Made, Secrets, DATA_OFFSET,
+};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
