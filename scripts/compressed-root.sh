@@ -30,9 +30,13 @@ trap cleanup EXIT
 for fs in ext4 squashfs erofs; do
   # The demo's own spec with only the root filesystem changed: the same name and seed,
   # so the same identifiers and boot settings (/etc/oneimage/boot.toml) in every root.
+  # squashfs-tools is listed in every one: the builder adds it to a SquashFS root (its
+  # first boot expands with unsquashfs), so the three get the same packages.
   spec=$work/debian-$fs.toml
   sed -e "s|^overlay = \"debian-overlay\"|overlay = \"$PWD/examples/debian-overlay\"|" \
-      -e "s|^headroom = \"256M\"|filesystem = \"$fs\"|" examples/debian.toml >"$spec"
+      -e "s|^headroom = \"256M\"|filesystem = \"$fs\"|" \
+      -e 's|"e2fsprogs"\]|"e2fsprogs", "squashfs-tools"]|' examples/debian.toml >"$spec"
+  grep -q '"squashfs-tools"' "$spec" || { echo "compressed-root: could not add squashfs-tools to $spec" >&2; exit 1; }
   "$bin" build "$spec" -o "$work/$fs-a" --rootfs-cache "$cache" 2>"$work/$fs.log"
   if [ "$fs" != ext4 ]; then
     "$bin" build "$spec" -o "$work/$fs-b" --rootfs-cache "$cache" 2>>"$work/$fs.log"

@@ -3,12 +3,13 @@
 //!
 //! The layout: the compressed partition stays where it is, as the factory copy the live
 //! entry (and the DVD view) boots; the ext4 root goes into a new partition in the space
-//! after the last one, made by `mke2fs -d` from the factory copy mounted read-only.
+//! after the last one: for SquashFS, `mke2fs` then `unsquashfs` into it (on every core);
+//! otherwise `mke2fs -d` from the factory copy mounted read-only.
 //! Three writes, each redone harmlessly after a power cut:
 //!
 //! 1. the table gains the new partition, typed as plain Linux data and named
 //!    `oneimage-expanding`, so nothing takes it for a root while it is being filled;
-//! 2. `mke2fs -d` makes the filesystem from scratch (a cut leaves a partial one, which
+//! 2. `mke2fs` makes the filesystem from scratch (a cut leaves a partial one, which
 //!    the next boot makes again: the first-boot record does not say "expanded" yet);
 //!    when the image asks for encryption, inside a LUKS2 volume made on the partition
 //!    first, so the root is never written in the clear;
@@ -74,6 +75,57 @@ impl Drop for FactoryMount {
             say(&format!("unmounting {FACTORY_MOUNT}: {e}"));
         }
     }
+}
+
+/// unsquashfs in the initramfs (from a root that has squashfs-tools: the builder
+/// installs it in a SquashFS root).
+const UNSQUASHFS: &str = "/sbin/unsquashfs";
+
+/// Where the new ext4 root is mounted while unsquashfs fills it.
+const NEW_ROOT_MOUNT: &str = "/run/oneimage/expanding";
+
+/// Makes ext4 on `target` with `mkfs_args` and fills it with the SquashFS on `factory`
+/// (owners, modes, times, xattrs, hardlinks and device nodes, as root), then unmounts it.
+fn fill_with_unsquashfs(factory: &Path, target: &Path, mkfs_args: &[&str]) -> Result<(), String> {
+    let target_s = target.display().to_string();
+    let mut args = mkfs_args.to_vec();
+    args.push(&target_s);
+    crate::run::tool_env(
+        "/sbin/mke2fs",
+        &args,
+        &[("MKE2FS_CONFIG", "/etc/mke2fs.conf")],
+    )?;
+    std::fs::create_dir_all(NEW_ROOT_MOUNT)
+        .map_err(|e| format!("creating {NEW_ROOT_MOUNT}: {e}"))?;
+    mount(
+        target,
+        NEW_ROOT_MOUNT,
+        "ext4",
+        MountFlags::NOATIME,
+        None::<&std::ffi::CStr>,
+    )
+    .map_err(|e| format!("mounting the new root {target_s} on {NEW_ROOT_MOUNT}: {e}"))?;
+    let factory_s = factory.display().to_string();
+    // -f: into the existing (mounted) directory; -n: no progress bar; -q: quiet;
+    // -da/-fr: data and fragment caches of 64 MiB each (not 256), for small machines.
+    let filled = crate::run::tool(
+        UNSQUASHFS,
+        &[
+            "-f",
+            "-n",
+            "-q",
+            "-da",
+            "64",
+            "-fr",
+            "64",
+            "-d",
+            NEW_ROOT_MOUNT,
+            &factory_s,
+        ],
+    );
+    let unmounted = unmount(NEW_ROOT_MOUNT, UnmountFlags::empty())
+        .map_err(|e| format!("unmounting the new root from {NEW_ROOT_MOUNT}: {e}"));
+    filled.and(unmounted)
 }
 
 /// Adds up what the tree below `dir` takes on ext4 (hardlinks once).
@@ -246,7 +298,6 @@ pub fn expand(
     ));
     let started = std::time::Instant::now();
     {
-        let _m = FactoryMount::new(&found.node, kind)?;
         // Into LUKS2: the filesystem is made inside the volume, never in the clear.
         let luks = match &into_luks {
             Some(l) => Some(crate::crypt::Volume::format_and_open(
@@ -257,26 +308,34 @@ pub fn expand(
             None => None,
         };
         let target = luks.as_ref().map_or(node.clone(), |v| v.node());
+        let uuid = fs_uuid.to_string();
+        let mut mkfs = vec![
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            EXPANDED_NAME,
+            "-U",
+            &uuid,
+            "-E",
+            "lazy_itable_init=1,nodiscard",
+        ];
+        if kind == "squashfs" && Path::new(UNSQUASHFS).exists() {
+            // unsquashfs decompresses on every core; the kernel's SquashFS, which
+            // `mke2fs -d` would read through, decompresses for one reader at a time.
+            fill_with_unsquashfs(&found.node, &target, &mkfs)?;
+        } else {
+            let _m = FactoryMount::new(&found.node, kind)?;
+            let target_s = target.display().to_string();
+            mkfs.extend(["-d", FACTORY_MOUNT, &target_s]);
+            crate::run::tool_env(
+                "/sbin/mke2fs",
+                &mkfs,
+                &[("MKE2FS_CONFIG", "/etc/mke2fs.conf")],
+            )?;
+        }
         let node_s = target.display().to_string();
-        crate::run::tool_env(
-            "/sbin/mke2fs",
-            &[
-                "-q",
-                "-F",
-                "-t",
-                "ext4",
-                "-L",
-                EXPANDED_NAME,
-                "-U",
-                &fs_uuid.to_string(),
-                "-E",
-                "lazy_itable_init=1,nodiscard",
-                "-d",
-                FACTORY_MOUNT,
-                &node_s,
-            ],
-            &[("MKE2FS_CONFIG", "/etc/mke2fs.conf")],
-        )?;
         let f = std::fs::File::open(&target).map_err(|e| format!("opening {node_s}: {e}"))?;
         f.sync_all().map_err(|e| format!("syncing {node_s}: {e}"))?;
         drop(f);

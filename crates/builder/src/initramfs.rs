@@ -90,11 +90,13 @@ pub fn wanted_modules(arch: Arch, encryption: bool) -> Vec<&'static str> {
 /// Programs copied from the root filesystem when present: (path in the root, path in the
 /// initramfs).
 /// e2fsck checks the root; tune2fs gives a copy's root filesystem its own UUID; mke2fs
-/// expands a compressed root into ext4.
+/// expands a compressed root into ext4, and unsquashfs (in a root that has it: the
+/// builder installs squashfs-tools in a SquashFS root) fills it on every core.
 const TOOLS: &[(&str, &str)] = &[
     ("/sbin/e2fsck", "/sbin/e2fsck"),
     ("/sbin/tune2fs", "/sbin/tune2fs"),
     ("/sbin/mke2fs", "/sbin/mke2fs"),
+    ("/usr/bin/unsquashfs", "/sbin/unsquashfs"),
     ("/bin/sh", "/bin/sh"),
 ];
 

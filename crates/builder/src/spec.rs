@@ -524,6 +524,13 @@ impl Spec {
                 {
                     m.packages.push("cryptsetup-bin".into());
                 }
+                // The first boot expands a SquashFS root with unsquashfs (all cores),
+                // which the initramfs takes from the root filesystem.
+                if matches!(root_fs, RootFilesystem::Squashfs(_))
+                    && !m.packages.iter().any(|p| p == "squashfs-tools")
+                {
+                    m.packages.push("squashfs-tools".into());
+                }
                 if let Some(k) = &m.keyring {
                     m.keyring = Some(resolve("rootfs.mmdebstrap.keyring", k, false)?);
                 }
@@ -716,6 +723,23 @@ mod tests {
         ] {
             let e = format!("{:#}", with(extra).unwrap_err());
             assert!(e.contains(want) && e.contains("s.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_squashfs_root_gets_unsquashfs_for_its_expansion() {
+        let spec = |fs: &str| {
+            format!("name = \"x\"\n[rootfs.mmdebstrap]\nsuite = \"bookworm\"\npackages = [\"systemd\"]\n[root]\nfilesystem = \"{fs}\"\n")
+        };
+        for (fs, want) in [
+            ("squashfs", vec!["systemd", "squashfs-tools"]),
+            ("erofs", vec!["systemd"]),
+            ("ext4", vec!["systemd"]),
+        ] {
+            let RootfsSource::Mmdebstrap(m) = load(&spec(fs)).unwrap().source else {
+                panic!("mmdebstrap")
+            };
+            assert_eq!(m.packages, want, "{fs}");
         }
     }
 
