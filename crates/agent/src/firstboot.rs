@@ -460,6 +460,30 @@ fn expanded(found: &Found, number: u32) -> Result<Found, String> {
     })
 }
 
+/// Gives the filesystem inside an unlocked root (`root`, the open mapping) the copy's
+/// own UUID, when its first boot is under way and the identity step could not reach it
+/// (a root encrypted when the image was built is LUKS2 before its first boot). Nothing
+/// to do when it has it already; redone harmlessly after a power cut.
+pub fn settle_unlocked_uuid(p: &Pending, root: &Found) -> Result<(), String> {
+    if !p.state.is_done(Step::Identity) {
+        return Ok(());
+    }
+    let uuid = p.state.identity().root_fs_uuid;
+    let change = File::open(&root.node)
+        .map_err(|e| e.to_string())
+        .and_then(|mut f| uuid_change_of(&mut f, uuid))
+        .map_err(|e| format!("{}: {e}", root.node.display()))?;
+    if change == UuidChange::Done {
+        return Ok(());
+    }
+    set_ext4_uuid(&root.node, uuid)?;
+    say(&format!(
+        "first boot: the filesystem in {} has this copy's UUID {uuid}",
+        root.node.display()
+    ));
+    Ok(())
+}
+
 /// Runs the steps that need the root mounted at `mountpoint` (filesystem growth).
 pub fn after_mount(p: Pending, found: &Found, mountpoint: &str) -> Result<(), String> {
     let mut state = p.state;

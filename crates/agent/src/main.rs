@@ -96,6 +96,11 @@ fn persistent(
             return live(&root.node, format!("the root: {why}"));
         }
     }
+    if let (Some(p), true, false) = (&pending, unlock, cmd.read_only) {
+        if let Err(e) = firstboot::settle_unlocked_uuid(p, &root) {
+            log::say(&format!("first boot: {e}"));
+        }
+    }
     mounts::mount_root(&root.node, cmd.read_only)?;
     if let Some(p) = pending {
         if cmd.read_only {

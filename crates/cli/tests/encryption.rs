@@ -602,7 +602,47 @@ fn a_build_key_image_opens_with_its_public_passphrase_until_its_first_boot_rekey
     let own_key = volume_key(&image, PASSPHRASE, d.path());
     assert_eq!(own_key.len(), build_key.len());
     assert_ne!(own_key, build_key, "the volume key is still the build's");
+    // The filesystem inside has the copy's own UUID, the one its identity step chose.
+    let chosen = console
+        .lines()
+        .find_map(|l| l.split("step identity done: ").nth(1))
+        .and_then(|l| l.split("root filesystem ").nth(1))
+        .and_then(|l| l.split(',').next())
+        .unwrap_or_else(|| panic!("no identity line:\n{console}"))
+        .to_string();
+    assert_eq!(fs_uuid_inside(&image, PASSPHRASE, d.path()), chosen);
+    assert_ne!(fs_uuid_inside(&built, PUBLIC, d.path()), chosen);
     // Later boots unlock as any encrypted copy's do (the first-boot encryption's test).
+}
+
+/// The UUID of the ext4 filesystem inside the LUKS2 root of `image`, read with
+/// `passphrase` (its superblock decrypted here with the volume key cryptsetup gives).
+fn fs_uuid_inside(image: &Path, passphrase: &str, dir: &Path) -> String {
+    let part = extract_partition(image, 2, dir);
+    let (code, dump) = cryptsetup(&["luksDump", part.to_str().unwrap()], b"");
+    assert_eq!(code, Some(0), "{dump}");
+    let offset: u64 = field(&dump, "offset")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let key_file = dir.join("volume-key");
+    let key = dump_volume_key(&part, passphrase, &key_file);
+    let start = dir.join("decrypted-start.img");
+    std::fs::write(&start, decrypt_at(&part, &key, offset, 0, 512, 1 << 20)).unwrap();
+    let o = output(
+        Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(&start)
+            .env("LC_ALL", "C"),
+    );
+    let sb = String::from_utf8_lossy(&o.stdout).into_owned();
+    let uuid = field(&sb, "Filesystem UUID").to_string();
+    for f in [part, key_file, start] {
+        std::fs::remove_file(f).unwrap();
+    }
+    uuid
 }
 
 #[test]
