@@ -291,10 +291,16 @@ pub fn expand(
     };
     let node = partition_node_after_reread(&disk, &dev, &found.disk, number)?;
 
+    let unsquashfs = kind == "squashfs" && Path::new(UNSQUASHFS).exists();
     say(&format!(
-        "expanding: making ext4 on {} ({}) from the {kind} root",
+        "expanding: making ext4 on {} ({}) from the {kind} root, with {}",
         node.display(),
-        format_size(new.len(ss))
+        format_size(new.len(ss)),
+        if unsquashfs {
+            "mke2fs and unsquashfs"
+        } else {
+            "mke2fs -d"
+        }
     ));
     let started = std::time::Instant::now();
     {
@@ -321,7 +327,7 @@ pub fn expand(
             "-E",
             "lazy_itable_init=1,nodiscard",
         ];
-        if kind == "squashfs" && Path::new(UNSQUASHFS).exists() {
+        if unsquashfs {
             // unsquashfs decompresses on every core; the kernel's SquashFS, which
             // `mke2fs -d` would read through, decompresses for one reader at a time.
             fill_with_unsquashfs(&found.node, &target, &mkfs)?;

@@ -122,6 +122,7 @@ fn squashfs_demo_expands_into_ext4_on_its_first_persistent_boot() {
             "oneimage-init: the root filesystem is squashfs (compressed, read-only)",
             "oneimage-init: first boot: a new copy on /dev/vda; steps: identity, expand, grow-partition, grow-filesystem",
             "oneimage-init: expanding: new partition 4 on /dev/vda",
+            "from the squashfs root, with mke2fs and unsquashfs",
             "oneimage-init: first boot: step expand done: the root is now /dev/vda4 (ext4, read-write)",
             "oneimage-init: mounted /dev/vda4 on /sysroot read-write",
             "oneimage-init: first boot: every step done",
