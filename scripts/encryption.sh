@@ -7,7 +7,8 @@
 # (ONEIMAGE_POWER_CUTS, ONEIMAGE_POWER_CUT_SEED; the span they are spread over is
 # measured on an uncut boot first, or ONEIMAGE_ENCRYPT_CUT_SPAN_MS), the
 # build-key image's rekey (the suite's), its live boot from a DVD, and power cuts all
-# through its rekey (ONEIMAGE_REKEY_CUT_SPAN_MS, or measured). Every test runs even when
+# through its rekey (ONEIMAGE_REKEY_CUT_SPAN_MS, or measured), and encrypted installs
+# (from an `offer` stick, and from a build-key stick). Every test runs even when
 # one fails; the script fails at the end then. Needs about 20 GiB of free space.
 #
 #   scripts/encryption.sh
@@ -38,4 +39,10 @@ done
 
 failed=0
 cargo test --release --locked --test encryption -- --include-ignored --test-threads=1 --nocapture || failed=1
+# Encrypted installs: from a stick that offers encryption (the suite's), and from a
+# stick encrypted when built.
+for t in an_encrypted_install_writes_no_plaintext_and_the_copy_boots_asking_for_its_passphrase \
+         an_install_from_a_build_key_stick_is_encrypted_under_a_new_key; do
+  cargo test --release --locked --test installed_system -- --include-ignored --exact "$t" || failed=1
+done
 [ "$failed" = 0 ] || { echo "encryption: some tests failed (see above)" >&2; exit 1; }
