@@ -512,8 +512,10 @@ fn assert_installed_copy(disk: &Path, dir: &Path) {
 /// small disk, a mounted one, and a run with no --yes and no terminal, then installs
 /// onto a used internal disk. That disk then boots alone, takes its own identity, grows
 /// and keeps what was written on it. With both attached, each boots its own root, and
-/// they differ in every identifier.
+/// they differ in every identifier. (A campaign test: the suite's install test is the
+/// encrypted one, which runs the same listing and refusals.)
 #[test]
+#[ignore = "campaign: scripts/long-tests.sh (the suite installs encrypted)"]
 fn install_from_a_live_stick_gives_a_disk_that_lives_on_its_own() {
     let d = tempfile::tempdir().unwrap();
     let stick = d.path().join("stick.img");
@@ -866,25 +868,24 @@ fn stick_and_internal(image: &Path, dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// Runs `commands` in a live session from `stick` with `internal` attached (as
-/// `$internal` in them) and returns the console.
-fn install_live(stick: &Path, internal: &Path, dir: &Path, commands: &str) -> String {
+/// `$internal` in them), and `others` after it, and returns the console.
+fn install_live(
+    stick: &Path,
+    internal: &Path,
+    others: &[&Path],
+    dir: &Path,
+    commands: &str,
+) -> String {
     let script = format!(
         "{INSTALL_HELPERS}\ninternal=$(disk_of {})\ntest -n \"$internal\"\n{commands}",
         INTERNAL / 512
     );
     let disk = script_disk(dir, "install", &script, &[]);
-    let console = run_script(
-        stick,
-        &disk,
-        &[
-            "--media",
-            "usb",
-            "--entry",
-            "live",
-            "--extra-disk",
-            internal.to_str().unwrap(),
-        ],
-    );
+    let mut args = vec!["--media", "usb", "--entry", "live"];
+    for d in std::iter::once(&internal).chain(others) {
+        args.extend(["--extra-disk", d.to_str().unwrap()]);
+    }
+    let console = run_script(stick, &disk, &args);
     for l in console.lines().filter(|l| l.contains("oneimage: install:")) {
         eprintln!("{l}");
     }
@@ -1029,22 +1030,51 @@ fn an_encrypted_install_writes_no_plaintext_and_the_copy_boots_asking_for_its_pa
         "the image holds the root's text in the clear (else the check below proves nothing)"
     );
     let (stick, internal) = stick_and_internal(image, d.path());
+    let small = d.path().join("small.img");
+    let small_len = std::fs::metadata(image).unwrap().len() - (64 << 20);
+    std::fs::File::create(&small)
+        .unwrap()
+        .set_len(small_len)
+        .unwrap();
+    // The listing and the refusals first (the whole install's, shared with the plain
+    // one: its test is a campaign test).
     let console = install_live(
         &stick,
         &internal,
+        &[&small],
         d.path(),
         &format!(
-            "refused 'no passphrase and no terminal' 'no passphrase can be asked' oneimage install --yes \"$internal\" < /dev/null
+            "small=$(disk_of {})
+test -n \"$small\"
+medium=/dev/$(lsblk -no PKNAME \"$(findmnt -no SOURCE /run/oneimage/lower)\")
+oneimage install
+refused 'its own medium' 'the medium this system was started from' oneimage install --yes --no-encrypt \"$medium\"
+refused 'a too small disk' 'is too small' oneimage install --yes --no-encrypt \"$small\"
+mkfs.ext4 -q -F \"$small\"
+mount \"$small\" /mnt
+refused 'a mounted disk' 'is mounted on /mnt' oneimage install --yes --no-encrypt \"$small\"
+umount /mnt
+refused 'no --yes and no terminal' 'standard input is not a terminal' oneimage install --no-encrypt \"$internal\" < /dev/null
+refused 'no passphrase and no terminal' 'no passphrase can be asked' oneimage install --yes \"$internal\" < /dev/null
 printf '%s\\n' '{PASSPHRASE}' > /run/passphrase
 oneimage install --yes --encrypt --passphrase-file /run/passphrase \"$internal\"
 echo 'oneimage-test: installed'
-"
+",
+            small_len / 512
         ),
+    );
+    assert!(
+        console.contains("can be used: oneimage install /dev/vd"),
+        "{console}"
     );
     assert_steps(
         &console,
         "encrypted install",
         &[
+            "oneimage-test: refused: its own medium",
+            "oneimage-test: refused: a too small disk",
+            "oneimage-test: refused: a mounted disk",
+            "oneimage-test: refused: no --yes and no terminal",
             "oneimage-test: refused: no passphrase and no terminal",
             "oneimage: install: making the copy's LUKS2 header: aes-xts-plain64, argon2id",
             "the root written encrypted (LUKS2)",
@@ -1087,6 +1117,7 @@ fn an_install_from_a_build_key_stick_is_encrypted_under_a_new_key() {
     let console = install_live(
         &stick,
         &internal,
+        &[],
         d.path(),
         &format!(
             "refused 'a plain copy of an encrypted root' 'its copy is encrypted too' oneimage install --yes --no-encrypt \"$internal\"
