@@ -70,7 +70,7 @@ if [ "$(findmnt -no SOURCE /)" != /dev/vda4 ]; then
   exit 0
 fi
 # Alone on the machine, as the agent is in the initramfs: the rest of the boot first.
-while systemctl list-jobs --no-legend | grep -v oneimage-bench-unpack | grep -q .; do
+while systemctl list-jobs --no-legend | grep -q .; do
   sleep 1
 done
 kind=$(blkid -o value -s TYPE /dev/vda2)
@@ -90,10 +90,10 @@ EOF
   cat >"$work/overlay-$fs/etc/systemd/system/oneimage-bench-unpack.service" <<'EOF'
 [Unit]
 Description=oneimage benchmark: the usual way of unpacking the compressed root
-After=oneimage-demo.service
 
 [Service]
-Type=oneshot
+# Not waited for by the boot, which it waits for (see the script).
+Type=simple
 ExecStart=/usr/local/sbin/oneimage-bench-unpack
 
 [Install]
