@@ -8,6 +8,12 @@
 //! first boot of a fresh copy: it takes its own identity (GUIDs, filesystem UUID, ESP
 //! volume id) before anything writes to it, then grows to fill its disk.
 //!
+//! An encrypted copy (`--encrypt`, or as the image's `[encryption]` says) has its root
+//! partition written as a new LUKS2 volume, made here and encrypted on the way by the
+//! writer (`EncryptedPartition`): the target never holds the root's plaintext. The
+//! medium's root may itself be encrypted (a build-key stick): its filesystem is read
+//! through the mapping the live session opened.
+//!
 //! A live session mounts the root read-only without replaying its journal, so the
 //! medium does not change while it is copied. A persistent session writes to its root:
 //! copying it then would give a torn filesystem, so `install` refuses and says to boot
