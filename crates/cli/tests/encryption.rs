@@ -689,11 +689,21 @@ fn power_cuts_all_through_the_rekey_are_resumed() {
         let len = std::fs::metadata(&image).unwrap().len();
         let mut args = vec!["--disk-size".to_string(), (3 * len).to_string()];
         args.extend(new_passphrase_answers(PASSPHRASE));
-        cut_power(
+        let cut = cut_power(
             &image,
             "oneimage-init: Repeat the passphrase",
             ms,
             &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        // Said before the next boot is judged, so that a failing point can be found again.
+        eprintln!(
+            "rekey power cut {i}: {ms} ms after the passphrase; the agent's last lines before it: {}",
+            cut.lines()
+                .filter(|l| l.starts_with("oneimage-init:"))
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
         let mut args = new_passphrase_answers(PASSPHRASE);
         for prompt in [
