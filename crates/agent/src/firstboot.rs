@@ -469,18 +469,12 @@ pub fn settle_unlocked_uuid(p: &Pending, root: &Found) -> Result<(), String> {
         return Ok(());
     }
     let uuid = p.state.identity().root_fs_uuid;
-    let change = File::open(&root.node)
-        .map_err(|e| e.to_string())
-        .and_then(|mut f| uuid_change_of(&mut f, uuid))
-        .map_err(|e| format!("{}: {e}", root.node.display()))?;
-    if change == UuidChange::Done {
-        return Ok(());
+    if set_ext4_uuid(&root.node, uuid)? {
+        say(&format!(
+            "first boot: the filesystem in {} has this copy's UUID {uuid}",
+            root.node.display()
+        ));
     }
-    set_ext4_uuid(&root.node, uuid)?;
-    say(&format!(
-        "first boot: the filesystem in {} has this copy's UUID {uuid}",
-        root.node.display()
-    ));
     Ok(())
 }
 
@@ -517,7 +511,7 @@ fn give_identity(
     // A compressed root has no UUID to change: its expansion gets the new one.
     oneimage_format::identity::apply(disk, table, id, &mut |uuid| {
         if root_is_ext4 {
-            set_ext4_uuid(&found.node, uuid)
+            set_ext4_uuid(&found.node, uuid).map(|_| ())
         } else {
             Ok(())
         }
@@ -529,24 +523,26 @@ fn give_identity(
 }
 
 /// Sets the UUID of the ext4 filesystem on `node` with tune2fs, unless that would
-/// rewrite every checksum (see `oneimage_format::identity::UuidChange`).
-fn set_ext4_uuid(node: &Path, uuid: Guid) -> Result<(), String> {
+/// rewrite every checksum (see `oneimage_format::identity::UuidChange`); says whether
+/// it was changed.
+fn set_ext4_uuid(node: &Path, uuid: Guid) -> Result<bool, String> {
     let change = File::open(node)
         .map_err(|e| e.to_string())
         .and_then(|mut f| uuid_change_of(&mut f, uuid))
         .map_err(|e| format!("{}: {e}", node.display()))?;
     match change {
-        UuidChange::Done => Ok(()),
+        UuidChange::Done => Ok(false),
         UuidChange::Keep => {
             say(&format!(
                 "first boot: the root filesystem on {} keeps its UUID: it lacks metadata_csum_seed, and changing it would rewrite every checksum",
                 node.display()
             ));
-            Ok(())
+            Ok(false)
         }
         UuidChange::Tune2fs => crate::run::tool(
             "/sbin/tune2fs",
             &["-U", &uuid.to_string(), &node.display().to_string()],
-        ),
+        )
+        .map(|()| true),
     }
 }

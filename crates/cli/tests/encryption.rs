@@ -93,19 +93,10 @@ fn decrypt_start(part: &Path, key: &[u8], offset: u64, sector: u64, len: u64) ->
 fn assert_encrypted(image: &Path, passphrase: &str, dir: &Path) {
     let part = extract_partition(image, 2, dir);
     let p = part.to_str().unwrap();
-    let (code, dump) = cryptsetup(&["luksDump", p], b"");
-    assert_eq!(code, Some(0), "{dump}");
-    assert_eq!(field(&dump, "Version"), "2", "{dump}");
-    assert_eq!(field(&dump, "cipher"), "aes-xts-plain64", "{dump}");
-    assert_eq!(field(&dump, "PBKDF"), "argon2id", "{dump}");
+    let dump = luks2_dump(&part);
     assert_eq!(field(&dump, "Label"), "oneimage-root", "{dump}");
-    assert_eq!(field(&dump, "length"), "(whole device)", "{dump}");
     assert!(!dump.contains("online-reencrypt"), "finished: {dump}");
-    let test = ["open", "--test-passphrase", "--key-file", "-", p];
-    let (code, out) = cryptsetup(&test, passphrase.as_bytes());
-    assert_eq!(code, Some(0), "the passphrase opens it: {out}");
-    let (code, out) = cryptsetup(&test, b"not the passphrase");
-    assert_eq!(code, Some(2), "another does not: {out}");
+    assert_opens_only_with(&part, passphrase, "not the passphrase");
     assert!(
         !file_contains(image, ROOT_TEXT),
         "plaintext left on the disk"
@@ -133,12 +124,7 @@ fn assert_encrypted(image: &Path, passphrase: &str, dir: &Path) {
     let key_file = dir.join("volume-key");
     let key = dump_volume_key(Path::new(p), passphrase, &key_file);
     assert_eq!(key.len(), 64, "a 512-bit aes-xts key");
-    let offset: u64 = field(&dump, "offset")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let offset = luks_data_offset(&dump);
     let sector: u64 = field(&dump, "sector")
         .split_whitespace()
         .next()
@@ -621,12 +607,7 @@ fn fs_uuid_inside(image: &Path, passphrase: &str, dir: &Path) -> String {
     let part = extract_partition(image, 2, dir);
     let (code, dump) = cryptsetup(&["luksDump", part.to_str().unwrap()], b"");
     assert_eq!(code, Some(0), "{dump}");
-    let offset: u64 = field(&dump, "offset")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let offset = luks_data_offset(&dump);
     let key_file = dir.join("volume-key");
     let key = dump_volume_key(&part, passphrase, &key_file);
     let start = dir.join("decrypted-start.img");

@@ -453,6 +453,15 @@ fn boots_alone_grows_and_persists(disk: &Path, dir: &Path, name: &str) {
         console.contains("oneimage-test: refused: a persistent session"),
         "{console}"
     );
+    assert_grown_to_internal(disk, name);
+    let root_fs = extract_partition(disk, 2, dir);
+    e2fsck_clean(&root_fs);
+    std::fs::remove_file(root_fs).unwrap();
+}
+
+/// `disk`, an internal disk, has finished its first boot: the record is complete and
+/// the root partition fills the disk.
+fn assert_grown_to_internal(disk: &Path, name: &str) {
     let grown = inspect(disk);
     assert_eq!(
         grown["first_boot"]["complete"], true,
@@ -464,9 +473,6 @@ fn boots_alone_grows_and_persists(disk: &Path, dir: &Path, name: &str) {
         root > INTERNAL - (200 << 20),
         "{name}: the root was not grown: {root} bytes"
     );
-    let root_fs = extract_partition(disk, 2, dir);
-    e2fsck_clean(&root_fs);
-    std::fs::remove_file(root_fs).unwrap();
 }
 
 /// The disk written by `install`, before its first boot: a table sgdisk accepts over the
@@ -925,31 +931,16 @@ fn assert_encrypted_copy(
     let mut magic = [0u8; 6];
     std::io::Read::read_exact(&mut std::fs::File::open(&part).unwrap(), &mut magic).unwrap();
     assert_eq!(&magic, b"LUKS\xba\xbe", "the root partition's first bytes");
-    let p = part.to_str().unwrap();
-    let (code, dump) = cryptsetup(&["luksDump", p], b"");
-    assert_eq!(code, Some(0), "{dump}");
-    assert_eq!(field(&dump, "Version"), "2", "{dump}");
-    assert_eq!(field(&dump, "cipher"), "aes-xts-plain64", "{dump}");
-    assert_eq!(field(&dump, "PBKDF"), "argon2id", "{dump}");
-    assert_eq!(field(&dump, "length"), "(whole device)", "{dump}");
+    let dump = luks2_dump(&part);
     assert_eq!(
         copy["partitions"][1]["luks2"]["uuid"],
         field(&dump, "UUID"),
         "{copy}"
     );
-    let test = ["open", "--test-passphrase", "--key-file", "-", p];
-    let (code, out) = cryptsetup(&test, passphrase.as_bytes());
-    assert_eq!(code, Some(0), "the passphrase opens it: {out}");
-    let (code, out) = cryptsetup(&test, other.as_bytes());
-    assert_eq!(code, Some(2), "{other:?} does not: {out}");
+    assert_opens_only_with(&part, passphrase, other);
     let key_file = dir.join("volume-key");
     let key = dump_volume_key(&part, passphrase, &key_file);
-    let offset: u64 = field(&dump, "offset")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let offset = luks_data_offset(&dump);
     // The filesystem's size, from its superblock.
     let start = decrypt_at(&part, &key, offset, 0, 512, 1 << 20);
     let le32 = |o: usize| u64::from(u32::from_le_bytes(start[o..o + 4].try_into().unwrap()));
@@ -997,17 +988,7 @@ fn encrypted_copy_boots_asking(internal: &Path, passphrase: &str, dir: &Path) {
         !console.contains(passphrase),
         "the passphrase was echoed:\n{console}"
     );
-    let grown = inspect(internal);
-    assert_eq!(
-        grown["first_boot"]["complete"], true,
-        "{}",
-        grown["first_boot"]
-    );
-    let root = grown["partitions"][1]["size"].as_u64().unwrap();
-    assert!(
-        root > INTERNAL - (200 << 20),
-        "the root was not grown: {root} bytes"
-    );
+    assert_grown_to_internal(internal, "the encrypted copy");
     assert!(
         !file_contains(internal, ROOT_TEXT),
         "the root's plaintext is on the internal disk after its first boot"

@@ -508,3 +508,41 @@ pub fn dump_volume_key(part: &Path, passphrase: &str, key_file: &Path) -> Vec<u8
     assert_eq!(code, Some(0), "{out}");
     std::fs::read(key_file).unwrap()
 }
+
+/// The data segment's byte offset in the output of `cryptsetup luksDump`.
+pub fn luks_data_offset(dump: &str) -> u64 {
+    field(dump, "offset")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// `cryptsetup luksDump` of `part`, which must be LUKS2 in aes-xts-plain64 with an
+/// argon2id keyslot and a data segment over the whole device.
+pub fn luks2_dump(part: &Path) -> String {
+    let (code, dump) = cryptsetup(&["luksDump", part.to_str().unwrap()], b"");
+    assert_eq!(code, Some(0), "{dump}");
+    assert_eq!(field(&dump, "Version"), "2", "{dump}");
+    assert_eq!(field(&dump, "cipher"), "aes-xts-plain64", "{dump}");
+    assert_eq!(field(&dump, "PBKDF"), "argon2id", "{dump}");
+    assert_eq!(field(&dump, "length"), "(whole device)", "{dump}");
+    dump
+}
+
+/// `passphrase` opens the LUKS2 header in `part` (`cryptsetup open --test-passphrase`)
+/// and `other` does not.
+pub fn assert_opens_only_with(part: &Path, passphrase: &str, other: &str) {
+    let test = [
+        "open",
+        "--test-passphrase",
+        "--key-file",
+        "-",
+        part.to_str().unwrap(),
+    ];
+    let (code, out) = cryptsetup(&test, passphrase.as_bytes());
+    assert_eq!(code, Some(0), "the passphrase opens it: {out}");
+    let (code, out) = cryptsetup(&test, other.as_bytes());
+    assert_eq!(code, Some(2), "{other:?} does not: {out}");
+}

@@ -62,6 +62,35 @@ impl std::fmt::Debug for EncryptedPartition {
     }
 }
 
+/// Reads into `buf` (bytes `off..` of a stream) the parts of `ranges` (sorted, not
+/// overlapping) that fall in it, from `file` (named `path`), where stream byte `x` is
+/// file byte `base + x`; other bytes of `buf` are left as they are.
+fn read_ranges(
+    file: &File,
+    path: &std::path::Path,
+    base: u64,
+    ranges: &[(u64, u64)],
+    buf: &mut [u8],
+    off: u64,
+) -> io::Result<()> {
+    let end = off + buf.len() as u64;
+    let first = ranges.partition_point(|&(_, e)| e <= off);
+    for &(a, b) in ranges[first..].iter().take_while(|&&(a, _)| a < end) {
+        let (from, to) = (a.max(off), b.min(end));
+        file.read_exact_at(
+            &mut buf[(from - off) as usize..(to - off) as usize],
+            base + from,
+        )
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("reading {} at byte {}: {e}", path.display(), base + from),
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// Bytes of one aes-xts sector.
 const SECTOR: u64 = 512;
 
@@ -86,26 +115,15 @@ impl EncryptedPartition {
         }
         let plain = &mut buf[(from - off) as usize..(to - off) as usize];
         plain.fill(0);
-        let (p_from, p_to) = (from - data_at, to - data_at);
-        let first = self.read.partition_point(|&(_, e)| e <= p_from);
-        for &(a, b) in self.read[first..].iter().take_while(|&&(a, _)| a < p_to) {
-            let (x, y) = (a.max(p_from), b.min(p_to));
-            source
-                .read_exact_at(
-                    &mut plain[(x - p_from) as usize..(y - p_from) as usize],
-                    self.source_at + x,
-                )
-                .map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!(
-                            "reading {} at byte {}: {e}",
-                            self.source.display(),
-                            self.source_at + x
-                        ),
-                    )
-                })?;
-        }
+        let p_from = from - data_at;
+        read_ranges(
+            source,
+            &self.source,
+            self.source_at,
+            &self.read,
+            plain,
+            p_from,
+        )?;
         // aes-xts on every core: the encryption, not the disk, is what limits the copy.
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let per = (plain.len() as u64 / SECTOR).div_ceil(threads as u64) * SECTOR;
@@ -143,17 +161,7 @@ impl DiskView {
     ) -> io::Result<()> {
         buf.fill(0);
         let end = off + buf.len() as u64;
-        let first = self.read.partition_point(|&(_, e)| e <= off);
-        for &(a, b) in self.read[first..].iter().take_while(|&&(a, _)| a < end) {
-            let (from, to) = (a.max(off), b.min(end));
-            file.read_exact_at(&mut buf[(from - off) as usize..(to - off) as usize], from)
-                .map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("reading {} at byte {from}: {e}", self.device.display()),
-                    )
-                })?;
-        }
+        read_ranges(file, &self.device, 0, &self.read, buf, off)?;
         for (at, bytes) in &self.patches {
             let (a, b) = (*at, at + bytes.len() as u64);
             let (from, to) = (a.max(off), b.min(end));
