@@ -335,6 +335,57 @@ impl Drop for KeyFile {
     }
 }
 
+/// Finishes, from the header alone, a re-key of `node` whose data had all moved to the
+/// new volume key when a cut fell in cryptsetup's last clean-up (the wipe of the old
+/// key's keyslot or of the re-encryption's own): cryptsetup cannot resume from there,
+/// the old key being gone ([`luks2::finish_rekey`]). Says whether it did.
+pub fn finish_cut_rekey(node: &Path) -> Result<bool, String> {
+    use std::os::unix::fs::FileExt;
+    let dev = node.display().to_string();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(node)
+        .map_err(|e| format!("opening {dev}: {e}"))?;
+    let mut start = vec![0u8; luks2::BINARY_LEN];
+    f.read_exact_at(&mut start, 0)
+        .map_err(|e| format!("reading {dev}: {e}"))?;
+    let Some(len) = luks2::header_len(&start) else {
+        return Ok(false);
+    };
+    let mut both = vec![0u8; 2 * len];
+    f.read_exact_at(&mut both, 0)
+        .map_err(|e| format!("reading {dev}: {e}"))?;
+    let Some(done) =
+        luks2::finish_rekey(&both).map_err(|e| format!("the LUKS2 header of {dev}: {e}"))?
+    else {
+        return Ok(false);
+    };
+    say(&format!(
+        "{dev}: the re-encryption had moved all the data to the new volume key when the power was cut in cryptsetup's clean-up, which cannot be resumed; finishing the header (keyslots {:?} removed, the re-encryption requirement dropped)",
+        done.removed_keyslots
+    ));
+    // The primary copy first, each made durable before the next: a cut between them
+    // leaves one sound copy with the higher sequence number, which cryptsetup takes.
+    for (i, copy) in done.headers.chunks(len).enumerate() {
+        f.write_all_at(copy, (i * len) as u64)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| format!("writing the LUKS2 header of {dev}: {e}"))?;
+    }
+    let zeros = vec![0u8; 1 << 20];
+    for &(at, n) in &done.unused_areas {
+        let mut off = 0;
+        while off < n {
+            let k = (n - off).min(zeros.len() as u64) as usize;
+            f.write_all_at(&zeros[..k], at + off)
+                .map_err(|e| format!("wiping an unused keyslot area of {dev}: {e}"))?;
+            off += k as u64;
+        }
+    }
+    f.sync_all().map_err(|e| format!("writing {dev}: {e}"))?;
+    Ok(true)
+}
+
 /// The first persistent boot of an image encrypted at build time: the public
 /// passphrase replaced by one the user chooses, then the root re-encrypted to a new
 /// volume key (the build's is public), then the header given this copy's `uuid`. Each
@@ -345,9 +396,12 @@ impl Drop for KeyFile {
 /// boot was given it.
 pub fn rekey(node: &Path, facts: &BuildKeyFacts, uuid: Guid) -> Result<Option<Passphrase>, String> {
     let dev = node.display().to_string();
-    let h = header(node)?.ok_or_else(|| {
-        format!("{dev} holds no LUKS2 header, but this image was encrypted when it was built")
-    })?;
+    let no_header =
+        || format!("{dev} holds no LUKS2 header, but this image was encrypted when it was built");
+    let mut h = header(node)?.ok_or_else(no_header)?;
+    if h.reencrypt_in_progress() && finish_cut_rekey(node)? {
+        h = header(node)?.ok_or_else(no_header)?;
+    }
     let pass = if h.reencrypt_in_progress() {
         Some(resume(node)?)
     } else if h.digests.iter().any(|d| d == &facts.digest) {
@@ -541,6 +595,196 @@ pub fn unlock(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Output;
+
+    fn run_host(cmd: &mut Command) -> Output {
+        let o = cmd
+            .env("LC_ALL", "C")
+            .output()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e} (cryptsetup and strace are needed)"));
+        o
+    }
+
+    /// A LUKS2 file as a build-key image's root partition is: the header made by oneimage
+    /// under `pass`, then `plain` encrypted with its volume key. Returns the volume key.
+    /// `seed` gives it its UUID: cryptsetup locks a re-encryption by it, so tests that run
+    /// at once need their own.
+    fn build_key_volume(path: &Path, seed: &str, pass: &str, plain: &[u8]) -> Vec<u8> {
+        let made = luks2::make_header(&luks2::BuildKey {
+            passphrase: pass.as_bytes(),
+            seed,
+            uuid: Guid::derive(seed, "luks2"),
+            label: MAPPING,
+            kdf_memory_kib: 8 << 10,
+            kdf_time: 1,
+        })
+        .unwrap();
+        let mut data = plain.to_vec();
+        luks2::encrypt_sectors(&made.volume_key, 0, &mut data);
+        let mut bytes = made.header.clone();
+        bytes.extend(data);
+        std::fs::write(path, bytes).unwrap();
+        made.volume_key.to_vec()
+    }
+
+    fn reencrypt(path: &Path, key_file: &Path) -> Vec<String> {
+        [
+            "reencrypt",
+            "--force-offline-reencrypt",
+            "--batch-mode",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-file",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([key_file.display().to_string(), path.display().to_string()])
+        .collect()
+    }
+
+    /// cryptsetup's re-key of a build-key volume, killed at the end of one of its last
+    /// wipes (found by tracing a whole run first): the write that wipes the old key's
+    /// keyslot (`wipe` = its area's length) or the re-encryption keyslot's (`wipe` =
+    /// `None`: the last write of more than 1 MiB made durable with fsync).
+    fn rekey_killed_in_the_finish(wipe: Option<usize>) {
+        let d = tempfile::tempdir().unwrap();
+        let plain: Vec<u8> = (0..4u32 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
+        let pass = d.path().join("pass");
+        std::fs::write(&pass, "correct horse").unwrap();
+        let traced = d.path().join("traced.luks");
+        let old_key = build_key_volume(&traced, &format!("{wipe:?}"), "correct horse", &plain);
+        let vol = d.path().join("cut.luks");
+        std::fs::copy(&traced, &vol).unwrap();
+
+        // Which fsync follows the wipe: syscalls in order, each write's length.
+        let trace = d.path().join("trace");
+        let o = run_host(
+            Command::new("strace")
+                .args(["-s", "0", "-e", "trace=write,fsync", "-o"])
+                .arg(&trace)
+                .arg("cryptsetup")
+                .args(reencrypt(&traced, &pass)),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let text = std::fs::read_to_string(&trace).unwrap();
+        let (mut fsyncs, mut last_write, mut at) = (0, 0usize, None);
+        for line in text.lines() {
+            if line.starts_with("write(") {
+                last_write = line
+                    .rsplit("= ")
+                    .next()
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+            } else if line.starts_with("fsync(") {
+                fsyncs += 1;
+                let hit = match wipe {
+                    Some(n) => last_write == n,
+                    None => last_write > 1 << 20,
+                };
+                if hit {
+                    at = Some(fsyncs);
+                }
+            }
+        }
+        let at = at.unwrap_or_else(|| panic!("no wipe of {wipe:?} bytes in the trace:\n{text}"));
+
+        let o = run_host(
+            Command::new("strace")
+                .args(["-o", "/dev/null", "-e", "trace=fsync", "-e"])
+                .arg(format!("inject=fsync:signal=SIGKILL:when={at}"))
+                .arg("cryptsetup")
+                .args(reencrypt(&vol, &pass)),
+        );
+        assert!(!o.status.success(), "cryptsetup was not killed");
+        let test = |path: &Path| {
+            run_host(
+                Command::new("cryptsetup")
+                    .args(["open", "--test-passphrase", "--key-file"])
+                    .arg(&pass)
+                    .arg(path),
+            )
+            .status
+            .code()
+        };
+        // The state cryptsetup cannot leave: its own resume and open both fail.
+        let dump = run_host(Command::new("cryptsetup").arg("luksDump").arg(&vol));
+        let dump = String::from_utf8_lossy(&dump.stdout).into_owned();
+        assert!(dump.contains("online-reencrypt"), "{dump}");
+        assert_ne!(
+            test(&vol),
+            Some(0),
+            "cryptsetup opens the cut volume:\n{dump}"
+        );
+        let repair = run_host(
+            Command::new("cryptsetup")
+                .args(["repair", "--batch-mode", "--key-file"])
+                .arg(&pass)
+                .arg(&vol),
+        );
+        assert!(!repair.status.success(), "cryptsetup repaired it:\n{dump}");
+
+        assert_eq!(finish_cut_rekey(&vol), Ok(true));
+        assert_eq!(
+            finish_cut_rekey(&vol),
+            Ok(false),
+            "finished once is finished"
+        );
+        assert_eq!(test(&vol), Some(0));
+        let dump = run_host(Command::new("cryptsetup").arg("luksDump").arg(&vol));
+        let dump = String::from_utf8_lossy(&dump.stdout).into_owned();
+        assert!(!dump.contains("Requirements"), "{dump}");
+        assert!(!dump.contains("reencrypt"), "{dump}");
+        let repair = run_host(
+            Command::new("cryptsetup")
+                .args(["repair", "--batch-mode"])
+                .arg(&vol),
+        );
+        assert!(
+            repair.status.success(),
+            "{}",
+            String::from_utf8_lossy(&repair.stderr)
+        );
+        // The data is whole under a new key.
+        let key_file = d.path().join("volume-key");
+        let o = run_host(
+            Command::new("cryptsetup")
+                .args([
+                    "luksDump",
+                    "--dump-volume-key",
+                    "--batch-mode",
+                    "--volume-key-file",
+                ])
+                .arg(&key_file)
+                .arg("--key-file")
+                .arg(&pass)
+                .arg(&vol),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let new_key = std::fs::read(&key_file).unwrap();
+        assert_ne!(new_key, old_key);
+        let mut data = std::fs::read(&vol).unwrap()[luks2::DATA_OFFSET as usize..].to_vec();
+        luks2::decrypt_sectors(&new_key, 0, &mut data);
+        assert!(
+            data == plain,
+            "the data decrypted with the new key is not what was written"
+        );
+    }
+
+    #[test]
+    fn a_rekey_cut_while_its_old_keyslot_is_wiped_is_finished() {
+        // The area of the keyslot oneimage's build-key header has: 4000 stripes of 64
+        // bytes, in whole 4 KiB blocks.
+        rekey_killed_in_the_finish(Some(258048));
+    }
+
+    #[test]
+    fn a_rekey_cut_while_its_reencryption_keyslot_is_wiped_is_finished() {
+        rekey_killed_in_the_finish(None);
+    }
 
     #[test]
     fn progress_lines_are_read_and_anything_else_is_not() {

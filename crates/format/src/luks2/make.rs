@@ -105,17 +105,35 @@ fn af_split(key: &[u8], stripes: usize, random: &[u8]) -> Vec<u8> {
     out
 }
 
+/// aes-xts under `key` (64 bytes: two AES-256 keys).
+fn xts(key: &[u8]) -> xts_mode::Xts128<aes::Aes256> {
+    let (k1, k2) = key.split_at(key.len() / 2);
+    xts_mode::Xts128::new(
+        aes::Aes256::new_from_slice(k1).expect("32-byte key"),
+        aes::Aes256::new_from_slice(k2).expect("32-byte key"),
+    )
+}
+
 /// Encrypts `data` in place with aes-xts-plain64 under `key` (64 bytes), in 512-byte
 /// sectors numbered from `first_sector` (the tweak). `data` is whole sectors.
 pub fn encrypt_sectors(key: &[u8], first_sector: u64, data: &mut [u8]) {
-    let (k1, k2) = key.split_at(key.len() / 2);
-    let xts = xts_mode::Xts128::new(
-        aes::Aes256::new_from_slice(k1).expect("32-byte key"),
-        aes::Aes256::new_from_slice(k2).expect("32-byte key"),
-    );
+    let xts = xts(key);
     for (i, sector) in data.chunks_mut(SECTOR).enumerate() {
-        let n = first_sector + i as u64;
-        xts.encrypt_sector(sector, xts_mode::get_tweak_default(n as u128));
+        xts.encrypt_sector(
+            sector,
+            xts_mode::get_tweak_default(u128::from(first_sector) + i as u128),
+        );
+    }
+}
+
+/// Decrypts `data` in place: the inverse of [`encrypt_sectors`].
+pub fn decrypt_sectors(key: &[u8], first_sector: u64, data: &mut [u8]) {
+    let xts = xts(key);
+    for (i, sector) in data.chunks_mut(SECTOR).enumerate() {
+        xts.decrypt_sector(
+            sector,
+            xts_mode::get_tweak_default(u128::from(first_sector) + i as u128),
+        );
     }
 }
 

@@ -8,10 +8,13 @@
 //! (SHA-256 here, as cryptsetup writes by default) covers those `hdr_size` bytes with the
 //! checksum field zeroed.
 
+mod finish;
 mod make;
 
+pub use finish::{finish_rekey, FinishedRekey};
 pub use make::{
-    encrypt_sectors, make_header, make_header_with, BuildKey, Made, Secrets, DATA_OFFSET,
+    decrypt_sectors, encrypt_sectors, make_header, make_header_with, BuildKey, Made, Secrets,
+    DATA_OFFSET,
 };
 
 use serde::Serialize;
@@ -148,6 +151,18 @@ pub enum Luks2Error {
     Json(String),
 }
 
+/// Whether the checksum of `hdr` (one copy, `hdr_size` bytes) holds: SHA-256, the only
+/// algorithm cryptsetup writes, over the copy with the checksum field zeroed.
+fn checksum_ok(hdr: &[u8]) -> bool {
+    c_string(&hdr[72..104]) == "sha256" && {
+        let mut h = Sha256::new();
+        h.update(&hdr[..448]);
+        h.update([0u8; 64]);
+        h.update(&hdr[512..]);
+        h.finalize()[..] == hdr[448..480]
+    }
+}
+
 /// Reads the primary header from `bytes`, the start of the device (at least
 /// [`header_len`] bytes).
 pub fn read(bytes: &[u8]) -> Result<Header, Luks2Error> {
@@ -159,14 +174,7 @@ pub fn read(bytes: &[u8]) -> Result<Header, Luks2Error> {
         });
     }
     let hdr = &bytes[..len];
-    let csum_alg = c_string(&hdr[72..104]);
-    let checksum_ok = csum_alg == "sha256" && {
-        let mut h = Sha256::new();
-        h.update(&hdr[..448]);
-        h.update([0u8; 64]);
-        h.update(&hdr[512..]);
-        h.finalize()[..] == hdr[448..480]
-    };
+    let checksum_ok = checksum_ok(hdr);
     let json_area = &hdr[BINARY_LEN..];
     let end = json_area
         .iter()
@@ -263,7 +271,7 @@ mod tests {
     use super::*;
 
     /// A header as cryptsetup 2.6 writes one during `reencrypt --encrypt`, made by hand.
-    fn header(json: &str, fix_checksum: bool) -> Vec<u8> {
+    pub(super) fn header(json: &str, fix_checksum: bool) -> Vec<u8> {
         let len = 16 << 10;
         let mut b = vec![0u8; len];
         b[..6].copy_from_slice(MAGIC);
