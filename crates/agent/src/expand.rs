@@ -3,8 +3,9 @@
 //!
 //! The layout: the compressed partition stays where it is, as the factory copy the live
 //! entry (and the DVD view) boots; the ext4 root goes into a new partition in the space
-//! after the last one: for SquashFS, `mke2fs` then `unsquashfs` into it (on every core);
-//! otherwise `mke2fs -d` from the factory copy mounted read-only.
+//! after the last one: `mke2fs`, then for SquashFS `unsquashfs` into it (on every core),
+//! for EROFS `cp -a` from the factory copy mounted read-only; without either tool in the
+//! initramfs, `mke2fs -d` from the factory copy.
 //! Three writes, each redone harmlessly after a power cut:
 //!
 //! 1. the table gains the new partition, typed as plain Linux data and named
@@ -81,14 +82,67 @@ impl Drop for FactoryMount {
 /// installs it in a SquashFS root).
 const UNSQUASHFS: &str = "/sbin/unsquashfs";
 
-/// Where the new ext4 root is mounted while unsquashfs fills it.
+/// cp in the initramfs (the builder adds it for an EROFS root).
+const CP: &str = "/bin/cp";
+
+/// Where the new ext4 root is mounted while it is filled.
 const NEW_ROOT_MOUNT: &str = "/run/oneimage/expanding";
 
-/// Makes ext4 on `target` with `mkfs_args` and fills it with the SquashFS on `factory`
-/// (owners, modes, times, xattrs, hardlinks and device nodes, as root), then unmounts it.
-fn fill_with_unsquashfs(factory: &Path, target: &Path, mkfs_args: &[&str]) -> Result<(), String> {
+/// How the new ext4 root is filled from the factory copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// `unsquashfs` into the mounted ext4: decompresses on every core, where the
+    /// kernel's SquashFS decompresses for one reader at a time.
+    Unsquashfs,
+    /// `cp -a` from the kernel's mount into the mounted ext4: the kernel writes the
+    /// ext4, with its page cache and delayed allocation.
+    Copy,
+    /// `mke2fs -d` from the kernel's mount: libext2fs writes the ext4 block by block.
+    MkfsD,
+}
+
+impl Fill {
+    /// The fastest way the initramfs has for a root of `kind`.
+    fn for_kind(kind: &str) -> Fill {
+        if kind == "squashfs" && Path::new(UNSQUASHFS).exists() {
+            Fill::Unsquashfs
+        } else if Path::new(CP).exists() {
+            Fill::Copy
+        } else {
+            Fill::MkfsD
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Fill::Unsquashfs => "mke2fs and unsquashfs",
+            Fill::Copy => "mke2fs and cp -a",
+            Fill::MkfsD => "mke2fs -d",
+        }
+    }
+}
+
+/// Makes ext4 on `target` with `mkfs_args` and fills it from the `kind` filesystem on
+/// `factory` the way `fill` says (owners, modes, times, xattrs, hardlinks and device
+/// nodes, as root).
+fn make_and_fill(
+    fill: Fill,
+    factory: &Path,
+    kind: &str,
+    target: &Path,
+    mkfs_args: &[&str],
+) -> Result<(), String> {
     let target_s = target.display().to_string();
     let mut args = mkfs_args.to_vec();
+    if fill == Fill::MkfsD {
+        let _m = FactoryMount::new(factory, kind)?;
+        args.extend(["-d", FACTORY_MOUNT, &target_s]);
+        return crate::run::tool_env(
+            "/sbin/mke2fs",
+            &args,
+            &[("MKE2FS_CONFIG", "/etc/mke2fs.conf")],
+        );
+    }
     args.push(&target_s);
     crate::run::tool_env(
         "/sbin/mke2fs",
@@ -105,24 +159,31 @@ fn fill_with_unsquashfs(factory: &Path, target: &Path, mkfs_args: &[&str]) -> Re
         None::<&std::ffi::CStr>,
     )
     .map_err(|e| format!("mounting the new root {target_s} on {NEW_ROOT_MOUNT}: {e}"))?;
-    let factory_s = factory.display().to_string();
-    // -f: into the existing (mounted) directory; -n: no progress bar; -q: quiet;
-    // -da/-fr: data and fragment caches of 64 MiB each (not 256), for small machines.
-    let filled = crate::run::tool(
-        UNSQUASHFS,
-        &[
-            "-f",
-            "-n",
-            "-q",
-            "-da",
-            "64",
-            "-fr",
-            "64",
-            "-d",
-            NEW_ROOT_MOUNT,
-            &factory_s,
-        ],
-    );
+    let filled = if fill == Fill::Unsquashfs {
+        let factory_s = factory.display().to_string();
+        // -f: into the existing (mounted) directory; -n: no progress bar; -q: quiet;
+        // -da/-fr: data and fragment caches of 64 MiB each (not 256), for small machines.
+        crate::run::tool(
+            UNSQUASHFS,
+            &[
+                "-f",
+                "-n",
+                "-q",
+                "-da",
+                "64",
+                "-fr",
+                "64",
+                "-d",
+                NEW_ROOT_MOUNT,
+                &factory_s,
+            ],
+        )
+    } else {
+        // -a: owners, modes, times, links, xattrs, recursively; -T: the factory's root
+        // onto the new root itself, not into a directory below it.
+        FactoryMount::new(factory, kind)
+            .and_then(|_m| crate::run::tool(CP, &["-a", "-T", FACTORY_MOUNT, NEW_ROOT_MOUNT]))
+    };
     let unmounted = unmount(NEW_ROOT_MOUNT, UnmountFlags::empty())
         .map_err(|e| format!("unmounting the new root from {NEW_ROOT_MOUNT}: {e}"));
     filled.and(unmounted)
@@ -291,16 +352,12 @@ pub fn expand(
     };
     let node = partition_node_after_reread(&disk, &dev, &found.disk, number)?;
 
-    let unsquashfs = kind == "squashfs" && Path::new(UNSQUASHFS).exists();
+    let fill = Fill::for_kind(kind);
     say(&format!(
         "expanding: making ext4 on {} ({}) from the {kind} root, with {}",
         node.display(),
         format_size(new.len(ss)),
-        if unsquashfs {
-            "mke2fs and unsquashfs"
-        } else {
-            "mke2fs -d"
-        }
+        fill.describe()
     ));
     let started = std::time::Instant::now();
     {
@@ -315,7 +372,7 @@ pub fn expand(
         };
         let target = luks.as_ref().map_or(node.clone(), |v| v.node());
         let uuid = fs_uuid.to_string();
-        let mut mkfs = vec![
+        let mkfs = [
             "-q",
             "-F",
             "-t",
@@ -327,20 +384,7 @@ pub fn expand(
             "-E",
             "lazy_itable_init=1,nodiscard",
         ];
-        if unsquashfs {
-            // unsquashfs decompresses on every core; the kernel's SquashFS, which
-            // `mke2fs -d` would read through, decompresses for one reader at a time.
-            fill_with_unsquashfs(&found.node, &target, &mkfs)?;
-        } else {
-            let _m = FactoryMount::new(&found.node, kind)?;
-            let target_s = target.display().to_string();
-            mkfs.extend(["-d", FACTORY_MOUNT, &target_s]);
-            crate::run::tool_env(
-                "/sbin/mke2fs",
-                &mkfs,
-                &[("MKE2FS_CONFIG", "/etc/mke2fs.conf")],
-            )?;
-        }
+        make_and_fill(fill, &found.node, kind, &target, &mkfs)?;
         let node_s = target.display().to_string();
         let f = std::fs::File::open(&target).map_err(|e| format!("opening {node_s}: {e}"))?;
         f.sync_all().map_err(|e| format!("syncing {node_s}: {e}"))?;

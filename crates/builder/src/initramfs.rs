@@ -100,6 +100,11 @@ const TOOLS: &[(&str, &str)] = &[
     ("/bin/sh", "/bin/sh"),
 ];
 
+/// What an image with an EROFS root adds: cp, by which its first boot fills the new
+/// ext4 root from the kernel's EROFS (mke2fs -d, the other way, writes the ext4 in
+/// userspace one block at a time, and is slower).
+const COPY_TOOL: (&str, &str) = ("/bin/cp", "/bin/cp");
+
 /// What an image that may be encrypted adds: cryptsetup (required, from the root
 /// filesystem; its libraries come with it) ...
 const ENCRYPTION_TOOL: (&str, &str) = ("/sbin/cryptsetup", "/sbin/cryptsetup");
@@ -377,6 +382,8 @@ pub struct Extras {
     pub epoch: i64,
     /// The image's encryption: anything but `off` adds cryptsetup and dm-crypt's modules.
     pub encryption: oneimage_format::encryption::Settings,
+    /// The root is EROFS, expanded on the first boot by copying: adds cp.
+    pub erofs_root: bool,
 }
 
 /// Writes the initramfs for kernel `version` of `tree`, an `arch` root filesystem, to
@@ -434,6 +441,13 @@ pub fn make_initramfs(
         if add_program(tree, &mut c, src, dst, arch)? {
             tools.push(dst.to_string());
         }
+    }
+    if extras.erofs_root {
+        let (src, dst) = COPY_TOOL;
+        if !add_program(tree, &mut c, src, dst, arch)? {
+            bail!("the root is EROFS, whose first boot copies it into ext4, but the root filesystem has no {src}: install coreutils in it");
+        }
+        tools.push(dst.to_string());
     }
     if encryption {
         let (src, dst) = ENCRYPTION_TOOL;
