@@ -2,7 +2,8 @@
 # The compressed-root campaign: the demo built as SquashFS and as EROFS, twice each
 # (byte-identical), its tree compared with the ext4 demo's (the three roots mounted
 # read-only from the images and compared with rsync: names, types, owners, modes,
-# times, hardlinks, xattrs, ACLs, contents), then the campaign tests: later boots from
+# times, hardlinks, xattrs, ACLs, contents), each first boot's expansion compared with
+# its factory copy the same way, then the campaign tests: later boots from
 # the expanded root, the live entry, a disk too small, EROFS expansion, every boot
 # route, power cuts all through the expansion (ONEIMAGE_POWER_CUTS,
 # ONEIMAGE_POWER_CUT_SEED), install from an expanded stick, and a kernel update on an
@@ -68,6 +69,37 @@ for fs in squashfs erofs; do
     fi
     exit 1
   fi
+done
+
+# The expansion itself, checked the same way: each compressed demo's first boot, cut
+# the moment the expansion is recorded done (the new root is synced and unmounted
+# then), and the expanded ext4 (partition 4) compared with its factory copy
+# (partition 2) with rsync. SquashFS is filled by unsquashfs, EROFS by cp -a.
+mount_part() { # image partition-number mountpoint
+  local s e
+  s=$(LC_ALL=C sgdisk -i "$2" "$1" | awk '/First sector/ {print $3}')
+  e=$(LC_ALL=C sgdisk -i "$2" "$1" | awk '/Last sector/ {print $3}')
+  mkdir -p "$3"
+  mount -o ro,loop,offset=$((s * 512)),sizelimit=$(((e - s + 1) * 512)) "$1" "$3"
+}
+for fs in squashfs erofs; do
+  x=$work/expanded-$fs.img
+  cp --sparse=always "$(ls "$work/$fs-a"/*.img)" "$x"
+  "$bin" qemu "$x" --headless --quiet --disk-size 3G --timeout 900 \
+    --expect "oneimage-init: first boot: step expand done" --power-cut-after 0 \
+    --console-log "$work/expand-$fs.log" >/dev/null
+  grep "oneimage-init: expanding: making ext4" "$work/expand-$fs.log"
+  mount_part "$x" 2 "$work/mnt-factory-$fs"
+  mount_part "$x" 4 "$work/mnt-expanded-$fs"
+  diffs=$(rsync -naicHAX --numeric-ids --delete --exclude=/lost+found "$work/mnt-factory-$fs/" "$work/mnt-expanded-$fs/" || true)
+  umount "$work/mnt-factory-$fs" "$work/mnt-expanded-$fs"
+  if [ -n "$diffs" ]; then
+    echo "compressed-root: the expanded $fs root differs from its factory copy:"
+    echo "$diffs"
+    exit 1
+  fi
+  echo "compressed-root: expanded $fs root = its factory copy (rsync -naicHAX --numeric-ids: no difference)"
+  rm -f "$x"
 done
 
 failed=0

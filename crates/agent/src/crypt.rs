@@ -10,7 +10,9 @@
 //!
 //! An image encrypted when it was built (`build-key`) is re-keyed instead ([`rekey`]):
 //! its public passphrase replaced by the user's, then its data re-encrypted to a new
-//! volume key, each part told from the header, so that a cut anywhere is finished too.
+//! volume key, each part told from the header, so that a cut anywhere is finished too;
+//! a cut in cryptsetup's own last clean-up, which it cannot resume, is finished here
+//! ([`finish_cut_rekey`]).
 
 use crate::console;
 use crate::disks::Found;
