@@ -4,8 +4,9 @@
 //! The layout: the compressed partition stays where it is, as the factory copy the live
 //! entry (and the DVD view) boots; the ext4 root goes into a new partition in the space
 //! after the last one: `mke2fs`, then for SquashFS `unsquashfs` into it (on every core),
-//! for EROFS `cp -a` from the factory copy mounted read-only; without either tool in the
-//! initramfs, `mke2fs -d` from the factory copy.
+//! for EROFS `fsck.erofs --extract` and what it leaves out ([`crate::erofs_extract`]);
+//! without either tool in the initramfs, `mke2fs -d` from the factory copy mounted
+//! read-only.
 //! Three writes, each redone harmlessly after a power cut:
 //!
 //! 1. the table gains the new partition, typed as plain Linux data and named
@@ -82,9 +83,6 @@ impl Drop for FactoryMount {
 /// installs it in a SquashFS root).
 const UNSQUASHFS: &str = "/sbin/unsquashfs";
 
-/// cp in the initramfs (the builder adds it for an EROFS root).
-const CP: &str = "/bin/cp";
-
 /// Where the new ext4 root is mounted while it is filled.
 const NEW_ROOT_MOUNT: &str = "/run/oneimage/expanding";
 
@@ -94,9 +92,10 @@ enum Fill {
     /// `unsquashfs` into the mounted ext4: decompresses on every core, where the
     /// kernel's SquashFS decompresses for one reader at a time.
     Unsquashfs,
-    /// `cp -a` from the kernel's mount into the mounted ext4: the kernel writes the
-    /// ext4, with its page cache and delayed allocation.
-    Copy,
+    /// `fsck.erofs --extract` into the mounted ext4 (decompressing in userspace, twice
+    /// as fast as the kernel's EROFS under emulation), then a walk of the kernel's mount
+    /// for what it leaves out.
+    ErofsExtract,
     /// `mke2fs -d` from the kernel's mount: libext2fs writes the ext4 block by block.
     MkfsD,
 }
@@ -106,8 +105,8 @@ impl Fill {
     fn for_kind(kind: &str) -> Fill {
         if kind == "squashfs" && Path::new(UNSQUASHFS).exists() {
             Fill::Unsquashfs
-        } else if Path::new(CP).exists() {
-            Fill::Copy
+        } else if kind == "erofs" && Path::new(crate::erofs_extract::FSCK_EROFS).exists() {
+            Fill::ErofsExtract
         } else {
             Fill::MkfsD
         }
@@ -116,7 +115,7 @@ impl Fill {
     fn describe(self) -> &'static str {
         match self {
             Fill::Unsquashfs => "mke2fs and unsquashfs",
-            Fill::Copy => "mke2fs and cp -a",
+            Fill::ErofsExtract => "mke2fs and fsck.erofs --extract",
             Fill::MkfsD => "mke2fs -d",
         }
     }
@@ -179,10 +178,16 @@ fn make_and_fill(
             ],
         )
     } else {
-        // -a: owners, modes, times, links, xattrs, recursively; -T: the factory's root
-        // onto the new root itself, not into a directory below it.
-        FactoryMount::new(factory, kind)
-            .and_then(|_m| crate::run::tool(CP, &["-a", "-T", FACTORY_MOUNT, NEW_ROOT_MOUNT]))
+        let target = Path::new(NEW_ROOT_MOUNT);
+        crate::erofs_extract::extract(factory, target).and_then(|()| {
+            let _m = FactoryMount::new(factory, kind)?;
+            let r = crate::erofs_extract::restore(Path::new(FACTORY_MOUNT), target)?;
+            say(&format!(
+                "expanding: put back what fsck.erofs leaves out: {} hardlinks, {} set-ID modes, {} extended attributes",
+                r.hardlinks, r.modes, r.xattrs
+            ));
+            Ok(())
+        })
     };
     let unmounted = unmount(NEW_ROOT_MOUNT, UnmountFlags::empty())
         .map_err(|e| format!("unmounting the new root from {NEW_ROOT_MOUNT}: {e}"));

@@ -16,6 +16,7 @@ mod console;
 mod crypt;
 mod disks;
 mod emergency;
+mod erofs_extract;
 mod expand;
 mod firstboot;
 mod grow;

@@ -90,20 +90,17 @@ pub fn wanted_modules(arch: Arch, encryption: bool) -> Vec<&'static str> {
 /// Programs copied from the root filesystem when present: (path in the root, path in the
 /// initramfs).
 /// e2fsck checks the root; tune2fs gives a copy's root filesystem its own UUID; mke2fs
-/// expands a compressed root into ext4, and unsquashfs (in a root that has it: the
-/// builder installs squashfs-tools in a SquashFS root) fills it on every core.
+/// expands a compressed root into ext4, and unsquashfs or fsck.erofs (in a root that has
+/// them: the builder installs squashfs-tools in a SquashFS root, erofs-utils in an EROFS
+/// one) fill it.
 const TOOLS: &[(&str, &str)] = &[
     ("/sbin/e2fsck", "/sbin/e2fsck"),
     ("/sbin/tune2fs", "/sbin/tune2fs"),
     ("/sbin/mke2fs", "/sbin/mke2fs"),
     ("/usr/bin/unsquashfs", "/sbin/unsquashfs"),
+    ("/usr/bin/fsck.erofs", "/sbin/fsck.erofs"),
     ("/bin/sh", "/bin/sh"),
 ];
-
-/// What an image with an EROFS root adds: cp, by which its first boot fills the new
-/// ext4 root from the kernel's EROFS (mke2fs -d, the other way, writes the ext4 in
-/// userspace one block at a time, and is slower).
-const COPY_TOOL: (&str, &str) = ("/bin/cp", "/bin/cp");
 
 /// What an image that may be encrypted adds: cryptsetup (required, from the root
 /// filesystem; its libraries come with it) ...
@@ -382,8 +379,6 @@ pub struct Extras {
     pub epoch: i64,
     /// The image's encryption: anything but `off` adds cryptsetup and dm-crypt's modules.
     pub encryption: oneimage_format::encryption::Settings,
-    /// The root is EROFS, expanded on the first boot by copying: adds cp.
-    pub erofs_root: bool,
 }
 
 /// Writes the initramfs for kernel `version` of `tree`, an `arch` root filesystem, to
@@ -441,13 +436,6 @@ pub fn make_initramfs(
         if add_program(tree, &mut c, src, dst, arch)? {
             tools.push(dst.to_string());
         }
-    }
-    if extras.erofs_root {
-        let (src, dst) = COPY_TOOL;
-        if !add_program(tree, &mut c, src, dst, arch)? {
-            bail!("the root is EROFS, whose first boot copies it into ext4, but the root filesystem has no {src}: install coreutils in it");
-        }
-        tools.push(dst.to_string());
     }
     if encryption {
         let (src, dst) = ENCRYPTION_TOOL;

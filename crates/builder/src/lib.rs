@@ -227,7 +227,6 @@ fn build_steps(spec_path: &Path, opts: &BuildOptions, cancel: run::Cancel) -> Re
                 &initramfs::Extras {
                     epoch,
                     encryption: encryption.clone(),
-                    erofs_root: matches!(checked.root_fs, spec::RootFilesystem::Erofs(_)),
                 },
                 &initrd,
             )

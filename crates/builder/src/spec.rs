@@ -525,11 +525,15 @@ impl Spec {
                     m.packages.push("cryptsetup-bin".into());
                 }
                 // The first boot expands a SquashFS root with unsquashfs (all cores),
-                // which the initramfs takes from the root filesystem.
-                if matches!(root_fs, RootFilesystem::Squashfs(_))
-                    && !m.packages.iter().any(|p| p == "squashfs-tools")
-                {
-                    m.packages.push("squashfs-tools".into());
+                // an EROFS one with fsck.erofs --extract; the initramfs takes them from
+                // the root filesystem.
+                let expander = match root_fs {
+                    RootFilesystem::Squashfs(_) => Some("squashfs-tools"),
+                    RootFilesystem::Erofs(_) => Some("erofs-utils"),
+                    RootFilesystem::Ext4 => None,
+                };
+                if let Some(p) = expander.filter(|p| !m.packages.iter().any(|q| q == p)) {
+                    m.packages.push(p.into());
                 }
                 if let Some(k) = &m.keyring {
                     m.keyring = Some(resolve("rootfs.mmdebstrap.keyring", k, false)?);
@@ -727,13 +731,13 @@ mod tests {
     }
 
     #[test]
-    fn a_squashfs_root_gets_unsquashfs_for_its_expansion() {
+    fn a_compressed_root_gets_the_tool_of_its_expansion() {
         let spec = |fs: &str| {
             format!("name = \"x\"\n[rootfs.mmdebstrap]\nsuite = \"bookworm\"\npackages = [\"systemd\"]\n[root]\nfilesystem = \"{fs}\"\n")
         };
         for (fs, want) in [
             ("squashfs", vec!["systemd", "squashfs-tools"]),
-            ("erofs", vec!["systemd"]),
+            ("erofs", vec!["systemd", "erofs-utils"]),
             ("ext4", vec!["systemd"]),
         ] {
             let RootfsSource::Mmdebstrap(m) = load(&spec(fs)).unwrap().source else {

@@ -196,7 +196,7 @@ fn erofs_demo_expands_and_boots_again_from_the_expanded_root() {
         "first boot",
         &[
             "oneimage-init: the root filesystem is erofs (compressed, read-only)",
-            "from the erofs root, with mke2fs and cp -a",
+            "from the erofs root, with mke2fs and fsck.erofs --extract",
             "oneimage-init: first boot: step expand done: the root is now /dev/vda4",
             "oneimage-init: first boot: every step done",
         ],

@@ -206,9 +206,6 @@ fn update_disk(
             discards: settings.encryption_discards,
             build_key: None,
         },
-        // A running persistent system's root is ext4: a compressed one was expanded on
-        // its first boot, before anything could be updated.
-        erofs_root: false,
     };
     let mut kernels = Vec::new();
     let mut written = Vec::new();
