@@ -31,13 +31,14 @@ trap cleanup EXIT
 for fs in ext4 squashfs erofs; do
   # The demo's own spec with only the root filesystem changed: the same name and seed,
   # so the same identifiers and boot settings (/etc/oneimage/boot.toml) in every root.
-  # squashfs-tools is listed in every one: the builder adds it to a SquashFS root (its
-  # first boot expands with unsquashfs), so the three get the same packages.
+  # squashfs-tools and erofs-utils are listed in every one: the builder adds them to a
+  # SquashFS and an EROFS root (their first boots expand with unsquashfs and
+  # fsck.erofs), so the three get the same packages.
   spec=$work/debian-$fs.toml
   sed -e "s|^overlay = \"debian-overlay\"|overlay = \"$PWD/examples/debian-overlay\"|" \
       -e "s|^headroom = \"256M\"|filesystem = \"$fs\"|" \
-      -e 's|"e2fsprogs"\]|"e2fsprogs", "squashfs-tools"]|' examples/debian.toml >"$spec"
-  grep -q '"squashfs-tools"' "$spec" || { echo "compressed-root: could not add squashfs-tools to $spec" >&2; exit 1; }
+      -e 's|"e2fsprogs"\]|"e2fsprogs", "squashfs-tools", "erofs-utils"]|' examples/debian.toml >"$spec"
+  grep -q '"erofs-utils"' "$spec" || { echo "compressed-root: could not add squashfs-tools and erofs-utils to $spec" >&2; exit 1; }
   "$bin" build "$spec" -o "$work/$fs-a" --rootfs-cache "$cache" 2>"$work/$fs.log"
   if [ "$fs" != ext4 ]; then
     "$bin" build "$spec" -o "$work/$fs-b" --rootfs-cache "$cache" 2>>"$work/$fs.log"
@@ -74,7 +75,8 @@ done
 # The expansion itself, checked the same way: each compressed demo's first boot, cut
 # the moment the expansion is recorded done (the new root is synced and unmounted
 # then), and the expanded ext4 (partition 4) compared with its factory copy
-# (partition 2) with rsync. SquashFS is filled by unsquashfs, EROFS by cp -a.
+# (partition 2) with rsync. SquashFS is filled by unsquashfs, EROFS by fsck.erofs and
+# the agent's walk for what it leaves out.
 mount_part() { # image partition-number mountpoint
   local s e
   s=$(LC_ALL=C sgdisk -i "$2" "$1" | awk '/First sector/ {print $3}')
