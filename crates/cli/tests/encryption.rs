@@ -712,14 +712,18 @@ fn power_cuts_all_through_the_rekey_are_resumed() {
                 .collect::<Vec<_>>()
                 .join(" | ")
         );
+        let what = format!("the boot after a cut {ms} ms after {trigger:?} in the rekey");
         assert_steps(
             &console,
-            &format!("the boot after a cut {ms} ms after {trigger:?} in the rekey"),
-            &[
-                "oneimage-init: /dev/mapper/oneimage-root is clean",
-                "oneimage-init: first boot: every step done",
-                MARKER,
-            ],
+            &what,
+            &["oneimage-init: /dev/mapper/oneimage-root is clean", MARKER],
+        );
+        // A cut after the first boot's end (the span is measured on a machine whose load
+        // changes) leaves nothing to finish.
+        assert!(
+            console.contains("oneimage-init: first boot: every step done")
+                || console.contains("oneimage-init: first boot: done on an earlier boot"),
+            "{what}: the first boot's steps were not finished:\n{console}"
         );
         let part = extract_partition(&image, 2, d.path());
         let p = part.to_str().unwrap();
