@@ -133,14 +133,13 @@ fn make_and_fill(
 ) -> Result<(), String> {
     let target_s = target.display().to_string();
     let mut args = mkfs_args.to_vec();
-    if fill == Fill::MkfsD {
-        let _m = FactoryMount::new(factory, kind)?;
-        args.extend(["-d", FACTORY_MOUNT, &target_s]);
-        return crate::run::tool_env(
-            "/sbin/mke2fs",
-            &args,
-            &[("MKE2FS_CONFIG", "/etc/mke2fs.conf")],
-        );
+    // `mke2fs -d` fills the filesystem as it makes it, from the factory copy mounted.
+    let populate = fill == Fill::MkfsD;
+    let factory_mount = populate
+        .then(|| FactoryMount::new(factory, kind))
+        .transpose()?;
+    if populate {
+        args.extend(["-d", FACTORY_MOUNT]);
     }
     args.push(&target_s);
     crate::run::tool_env(
@@ -148,6 +147,10 @@ fn make_and_fill(
         &args,
         &[("MKE2FS_CONFIG", "/etc/mke2fs.conf")],
     )?;
+    if populate {
+        drop(factory_mount);
+        return Ok(());
+    }
     std::fs::create_dir_all(NEW_ROOT_MOUNT)
         .map_err(|e| format!("creating {NEW_ROOT_MOUNT}: {e}"))?;
     mount(

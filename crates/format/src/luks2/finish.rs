@@ -14,7 +14,7 @@
 //! the requirement (both copies, a higher sequence number, fresh checksums), and the
 //! unused keyslot areas named for wiping.
 
-use super::{be64, c_string, checksum_ok, header_len, Luks2Error, BINARY_LEN};
+use super::{be64, checksum_ok, header_len, Luks2Error, BINARY_LEN};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -39,7 +39,8 @@ fn newest_copy(bytes: &[u8], len: usize) -> Option<(usize, u64)> {
         .max_by_key(|&(_, seqid)| seqid)
 }
 
-/// Whether segment `s` is one of the backups a re-encryption keeps.
+/// The flags of segment `s` (`backup-final`, `backup-previous`... for the backups a
+/// re-encryption keeps).
 fn flags(s: &Value) -> Vec<&str> {
     s.get("flags")
         .and_then(Value::as_array)
@@ -246,7 +247,6 @@ pub fn finish_rekey(bytes: &[u8]) -> Result<Option<FinishedRekey>, Luks2Error> {
         let sum = Sha256::digest(&*copy);
         copy[448..480].copy_from_slice(&sum);
     }
-    debug_assert_eq!(c_string(&headers[72..104]), "sha256");
     let mut removed_keyslots: Vec<u32> = removed.iter().filter_map(|r| r.parse().ok()).collect();
     removed_keyslots.sort_unstable();
     Ok(Some(FinishedRekey {

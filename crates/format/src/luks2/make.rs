@@ -117,24 +117,22 @@ fn xts(key: &[u8]) -> xts_mode::Xts128<aes::Aes256> {
 /// Encrypts `data` in place with aes-xts-plain64 under `key` (64 bytes), in 512-byte
 /// sectors numbered from `first_sector` (the tweak). `data` is whole sectors.
 pub fn encrypt_sectors(key: &[u8], first_sector: u64, data: &mut [u8]) {
-    let xts = xts(key);
-    for (i, sector) in data.chunks_mut(SECTOR).enumerate() {
-        xts.encrypt_sector(
-            sector,
-            xts_mode::get_tweak_default(u128::from(first_sector) + i as u128),
-        );
-    }
+    xts(key).encrypt_area(
+        data,
+        SECTOR,
+        first_sector.into(),
+        xts_mode::get_tweak_default,
+    );
 }
 
 /// Decrypts `data` in place: the inverse of [`encrypt_sectors`].
 pub fn decrypt_sectors(key: &[u8], first_sector: u64, data: &mut [u8]) {
-    let xts = xts(key);
-    for (i, sector) in data.chunks_mut(SECTOR).enumerate() {
-        xts.decrypt_sector(
-            sector,
-            xts_mode::get_tweak_default(u128::from(first_sector) + i as u128),
-        );
-    }
+    xts(key).decrypt_area(
+        data,
+        SECTOR,
+        first_sector.into(),
+        xts_mode::get_tweak_default,
+    );
 }
 
 fn b64(bytes: &[u8]) -> String {
